@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from visrec.cli import build_parser, main
+
+COMMANDS = ["synth", "import"]
+
+
+def _run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "VISREC_HOME": str(home), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "visrec.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: visrec " + command in capsys.readouterr().out
+
+
+def test_parser_knows_every_command():
+    choices = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    assert sorted(choices) == sorted(COMMANDS)
+
+
+def test_synth_writes_shop_and_says_where(tmp_path: Path):
+    result = _run(["synth", "--users", "30", "--items", "20", "--days", "2", "-q"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "20 items, 30 users" in result.stdout
+    assert (tmp_path / "lake" / "raw" / "catalog" / "items.csv").exists()
+    assert str(tmp_path / "lake" / "raw") in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["synth", "--users", "0"], {}, "need users >= 1"),
+        (["synth", "--start-date", "yesterday"], {}, "Invalid isoformat"),
+        (["import", "hm", "/nonexistent/folder"], {}, "does not exist"),
+        (
+            ["synth", "-q", "--out", "s3://nobucket/x"],
+            {
+                "VISREC_S3_ENDPOINT": "http://127.0.0.1:9",
+                "AWS_ACCESS_KEY_ID": "x",
+                "AWS_SECRET_ACCESS_KEY": "y",
+            },
+            "failed",
+        ),  # fmt: skip
+        (["synth"], {"VISREC_SEED": "abc"}, "bad numeric setting"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(tmp_path: Path, args, env, message):
+    result = _run(args, tmp_path, **env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [x for x in result.stderr.splitlines() if x.startswith("visrec: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_bad_argument_type_is_a_usage_error(tmp_path: Path):
+    result = _run(["synth", "--users", "many"], tmp_path)
+    assert result.returncode == 2 and "invalid int value" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from visrec.settings import Settings
+
+
+def test_defaults_live_under_home(tmp_path: Path):
+    s = Settings.from_env({"VISREC_HOME": str(tmp_path)})
+    assert s.home == tmp_path
+    assert s.lake_uri == (tmp_path / "lake").as_uri()
+    assert s.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert s.mlflow_artifact_uri == (tmp_path / "mlartifacts").as_uri()
+    assert s.warehouse_path == tmp_path / "warehouse.duckdb"
+    assert s.seed == 42 and s.s3_endpoint is None
+
+
+def test_environment_overrides(tmp_path: Path):
+    s = Settings.from_env(
+        {
+            "VISREC_HOME": str(tmp_path),
+            "VISREC_LAKE_URI": "s3://bucket/prefix",
+            "VISREC_S3_ENDPOINT": "http://127.0.0.1:9000",
+            "VISREC_SEED": "7",
+            "VISREC_ERROR_BUDGET": "0.1",
+            "VISREC_MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        }
+    )
+    assert (s.lake_uri, s.s3_endpoint, s.seed, s.error_budget) == (
+        "s3://bucket/prefix", "http://127.0.0.1:9000", 7, 0.1)  # fmt: skip
+    assert s.mlflow_tracking_uri == "http://mlflow:5000"
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [({"VISREC_SEED": "x"}, "bad numeric"), ({"VISREC_ERROR_BUDGET": "2"}, "within")],
+)
+def test_bad_values_are_named(env, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
