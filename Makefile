@@ -26,12 +26,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check visrec tests bench
-	$(BIN)/ruff format --check visrec tests bench
+	$(BIN)/ruff check visrec tests bench spark_jobs
+	$(BIN)/ruff format --check visrec tests bench spark_jobs
 
 format: $(STAMP)
-	$(BIN)/ruff format visrec tests bench
-	$(BIN)/ruff check --fix visrec tests bench
+	$(BIN)/ruff format visrec tests bench spark_jobs
+	$(BIN)/ruff check --fix visrec tests bench spark_jobs
 
 clean:
 	rm -rf $(VENV) .visrec .pytest_cache

@@ -64,3 +64,13 @@ def hm_sample() -> Path:
     if not (HM_SAMPLE / "transactions.csv").exists():
         pytest.skip(f"hm-sample not found at {HM_SAMPLE} (set VISREC_HM_SAMPLE; a clone has no shared/)")
     return HM_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """One local[2] SparkSession for the whole test session."""
+    from visrec.spark import get_spark
+
+    session = get_spark(Settings(home=tmp_path_factory.mktemp("spark-home")), "visrec-tests")
+    yield session
+    session.stop()

@@ -9,7 +9,7 @@ import pytest
 
 from visrec.cli import build_parser, main
 
-COMMANDS = ["synth", "import"]
+COMMANDS = ["synth", "import", "ingest"]
 
 
 def _run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess:
@@ -60,6 +60,8 @@ def test_synth_writes_shop_and_says_where(tmp_path: Path):
             "failed",
         ),  # fmt: skip
         (["synth"], {"VISREC_SEED": "abc"}, "bad numeric setting"),
+        (["ingest", "--ds", "2026-02-30"], {}, "not a real date"),
+        (["ingest", "--ds", "2026-11-01"], {}, "no catalog at"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path: Path, args, env, message):

@@ -119,7 +119,7 @@ def test_every_corruption_kind_is_produced_and_listed(dirty_shop: Lake, clean_sh
             data = dirty_shop.get_bytes(b["where"])
             if b["kind"] == "wrong_extension":
                 assert b["where"].endswith(".jpg") and Image.open(io.BytesIO(data)).format == "PNG"
-            elif b["kind"] == "absurd_dimensions":
+            elif b["kind"] == "decompression_bomb":
                 with pytest.raises(Image.DecompressionBombError):
                     Image.open(io.BytesIO(data))
             else:

@@ -20,6 +20,16 @@ from visrec.settings import Settings
 log = logging.getLogger("visrec")
 
 
+def setup_logging(verbose: bool = False) -> None:
+    """visrec's messages at INFO (DEBUG with -v); the chatty libraries only when they warn."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("py4j", "great_expectations", "mlflow", "alembic", "urllib3", "botocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def _progress(enabled: bool) -> Callable[[str, int, int], None]:
     """A progress callback that keeps one tqdm bar per stage on stderr."""
     from tqdm import tqdm
@@ -88,6 +98,27 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from visrec.ingest import ingest_day
+    from visrec.lake import check_ds
+
+    lake = _lake(None, settings)
+    dss = [check_ds(ds) for ds in args.ds]
+    for ds in dss:
+        report = ingest_day(settings, ds, lake=lake, progress=_progress(not args.quiet))
+        ev, im = report.events, report.images
+        print(
+            f"ingested {ds}: events {ev.raw} raw -> {ev.valid} valid, {ev.quarantined} quarantined, "
+            f"{ev.duplicates} duplicates dropped; images {im.files} files -> {im.accepted} accepted "
+            f"({im.reused} unchanged), {im.quarantined} quarantined; {report.rows}"
+        )
+        for source, reasons in report.quarantine_reasons.items():
+            if reasons:
+                print(f"  quarantined {source}: {reasons}")
+        print(f"  data docs: {report.data_docs}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="visrec",
@@ -131,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", default=None, help="output root URI (default: the lake)")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     imp.set_defaults(func=cmd_import)
+
+    ing = sub.add_parser(
+        "ingest",
+        help="the ingestion jobs for a date: events, features, images, validation",
+        description="Ingest one or more dates: the day's event logs (Spark) into clean events and "
+        "quarantine, interactions / user profiles / item statistics as of that day, the catalog "
+        "images into staging/images, each table checked with Great Expectations.",
+    )
+    ing.add_argument("--ds", required=True, nargs="+", help="the date(s), YYYY-MM-DD")
+    ing.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    ing.set_defaults(func=cmd_ingest)
     return parser
 
 
@@ -138,10 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``visrec`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.verbose)
     try:
         settings = Settings.from_env()
         return args.func(args, settings)

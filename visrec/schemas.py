@@ -60,6 +60,17 @@ QUARANTINE = pa.schema(
         pa.field("detail", pa.string()),  # a human-readable explanation
     ]
 )
+EVENTS = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        _ts("ts"),
+        pa.field("event_id", pa.string()),
+        pa.field("price", pa.float64()),
+        pa.field("category", pa.string(), nullable=False),
+    ]
+)
 INTERACTIONS = pa.schema(
     [
         pa.field("user_id", pa.string(), nullable=False),
@@ -185,6 +196,7 @@ class TableSpec:
 TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in [
+        TableSpec("events", "features/events", EVENTS, ()),
         TableSpec("interactions", "features/interactions", INTERACTIONS, ("user_id", "item_id")),
         TableSpec("user_profiles", "features/user_profiles", USER_PROFILES, ("user_id",)),
         TableSpec("item_stats", "features/item_stats", ITEM_STATS, ("item_id",)),

@@ -25,6 +25,13 @@ class Settings:
     warehouse_path: Path = field(default_factory=lambda: Path(".visrec/warehouse.duckdb").resolve())
     seed: int = 42
     error_budget: float = 0.05
+    spark_master: str = "local[2]"
+    image_size: int = 64
+    # Implicit-feedback confidence: each event counts its type's weight, halved every half-life days.
+    event_weights: str = "view=1,click=2,add_to_cart=4,purchase=8"
+    decay_half_life_days: float = 30.0
+    max_event_age_days: int = 365  # older events in a day's log are quarantined as stale
+    test_days: int = 2  # evaluation: the last N days before a run's ds are the test window
 
     def __post_init__(self) -> None:
         # Derived defaults depend on ``home``; fill the empty ones once so every reader agrees.
@@ -38,6 +45,27 @@ class Settings:
             object.__setattr__(self, "mlflow_artifact_uri", (home / "mlartifacts").as_uri())
         if not 0.0 <= self.error_budget <= 1.0:
             raise ValueError(f"VISREC_ERROR_BUDGET must be within [0, 1], got {self.error_budget}")
+        self.weights()  # fail early on a malformed VISREC_EVENT_WEIGHTS
+
+    def weights(self) -> dict[str, float]:
+        """The event-type weights of :attr:`event_weights` as a dict."""
+        from visrec.schemas import EVENT_TYPES
+
+        out: dict[str, float] = {}
+        for part in self.event_weights.split(","):
+            name, _, value = part.partition("=")
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                raise ValueError(
+                    f"VISREC_EVENT_WEIGHTS: bad entry {part!r}; use view=1,click=2,..."
+                ) from None
+        missing = set(EVENT_TYPES) - set(out)
+        if missing or set(out) - set(EVENT_TYPES):
+            raise ValueError(
+                f"VISREC_EVENT_WEIGHTS must give exactly {', '.join(EVENT_TYPES)}; got {self.event_weights!r}"
+            )
+        return out
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -52,6 +80,10 @@ class Settings:
         try:
             seed = int(get("VISREC_SEED", "42"))
             budget = float(get("VISREC_ERROR_BUDGET", "0.05"))
+            image_size = int(get("VISREC_IMAGE_SIZE", "64"))
+            half_life = float(get("VISREC_DECAY_HALF_LIFE_DAYS", "30"))
+            max_age = int(get("VISREC_MAX_EVENT_AGE_DAYS", "365"))
+            test_days = int(get("VISREC_TEST_DAYS", "2"))
         except ValueError as exc:
             raise ValueError(f"bad numeric setting: {exc}") from None
         return cls(
@@ -65,6 +97,12 @@ class Settings:
             warehouse_path=Path(get("VISREC_WAREHOUSE", str(home / "warehouse.duckdb"))).resolve(),
             seed=seed,
             error_budget=budget,
+            spark_master=get("VISREC_SPARK_MASTER", "local[2]") or "local[2]",
+            image_size=image_size,
+            event_weights=get("VISREC_EVENT_WEIGHTS", cls.event_weights) or cls.event_weights,
+            decay_half_life_days=half_life,
+            max_event_age_days=max_age,
+            test_days=test_days,
         )
 
 

@@ -47,12 +47,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "pink": (240, 130, 170),
 }
 PATTERNS: tuple[str, ...] = ("solid", "stripes", "dots", "checks", "diagonal")
+# Kinds of injected bad input, named by the quarantine reason ingestion must give them (a duplicate is
+# dropped, not quarantined).
 IMAGE_BAD_KINDS: tuple[str, ...] = (
-    "truncated", "zero_byte", "not_image", "wrong_extension", "absurd_dimensions",
+    "truncated", "empty_file", "not_an_image", "wrong_extension", "decompression_bomb",
 )  # fmt: skip
 EVENT_BAD_KINDS: tuple[str, ...] = (
-    "malformed_json", "missing_field", "unknown_item", "unknown_event_type", "duplicate",
-    "future_timestamp",
+    "malformed", "missing_field", "unknown_item", "unknown_event_type", "duplicate", "future_timestamp",
 )  # fmt: skip
 
 
@@ -376,7 +377,7 @@ def _corrupt_events(config: ShopConfig, day_lines: list[list[str]], rng: np.rand
         d = int(rng.choice(nonempty))
         src = day_lines[d][int(rng.integers(0, len(day_lines[d])))]
         record = json.loads(src)
-        if kind == "malformed_json":
+        if kind == "malformed":
             line = src[: int(rng.integers(5, len(src) - 5))]
         elif kind == "missing_field":
             del record[str(rng.choice(["user_id", "item_id", "event_type", "ts"]))]
@@ -412,15 +413,15 @@ def _corrupt_image(kind: str, data: bytes, rng: np.random.Generator) -> tuple[by
     """Return the bad bytes and, for ``wrong_extension``, the misleading extension."""
     if kind == "truncated":
         return data[: max(16, len(data) // int(rng.integers(3, 6)))], None
-    if kind == "zero_byte":
+    if kind == "empty_file":
         return b"", None
-    if kind == "not_image":
+    if kind == "not_an_image":
         return b"<html><body>404 Not Found</body></html>\n", None
     if kind == "wrong_extension":
         buf = io.BytesIO()
         Image.open(io.BytesIO(data)).convert("RGB").save(buf, "PNG")
         return buf.getvalue(), "jpg"  # PNG bytes behind a .jpg name
-    if kind == "absurd_dimensions":
+    if kind == "decompression_bomb":
         return _absurd_png(), "png"
     raise ValueError(kind)
 
