@@ -48,7 +48,119 @@ def bench_synth() -> Figures:
     return out
 
 
-BENCHES: dict[str, Callable[[], Figures]] = {"synth": bench_synth}
+HM_SAMPLE = Path(os.environ.get("VISREC_HM_SAMPLE", HERE.parent.parent / "shared" / "data" / "hm-sample"))
+
+
+def bench_ingest() -> Figures:
+    """Event ingestion (Spark, local[2]) at about 2 million events in one day's log, the interactions
+    aggregation in Spark and in DuckDB on the same clean events, and image ingestion throughput."""
+    import duckdb
+
+    from visrec.ingest import build_features, ingest_events, ingest_images
+    from visrec.lake import Lake
+    from visrec.settings import Settings
+    from visrec.spark import get_spark
+    from visrec.synth import ShopConfig, generate_shop
+
+    out: Figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(home=Path(tmp), error_budget=0.5)
+        lake = Lake.from_settings(settings)
+        config = ShopConfig(users=30_000, items=5_000, days=30, seed=1)
+        generate_shop(config, lake)
+        # All days in one log: one ingestion job over ~2M lines.
+        ds = "2026-11-30"
+        lines = b"".join(lake.get_bytes(k) for k in lake.list_keys("raw/events"))
+        lake.delete("raw/events")
+        lake.put_bytes(f"raw/events/dt={ds}/events.jsonl", lines)
+        n_events = lines.count(b"\n")
+        spark = get_spark(settings, "bench")
+        ingest_events(settings, lake, "2026-11-29", spark)  # warm up the JVM on an empty day
+        started = time.perf_counter()
+        counts, _ = ingest_events(settings, lake, ds, spark)
+        seconds = time.perf_counter() - started
+        note = f"{n_events} events in one day's JSONL, {config.users} users x {config.items} items, local[2]"
+        out["ingest.events.count"] = _figure(n_events, "events", note)
+        out["ingest.events.seconds"] = _figure(round(seconds, 2), "s", note)
+        out["ingest.events.events_per_s"] = _figure(round(n_events / seconds), "events/s", note)
+
+        started = time.perf_counter()
+        rows = build_features(settings, lake, ds, spark)
+        feat_seconds = time.perf_counter() - started
+        out["ingest.features.spark_seconds"] = _figure(
+            round(feat_seconds, 2),
+            "s",
+            f"interactions + user profiles + item stats over {counts.valid} events",
+        )
+
+        # The same interactions aggregation, in Spark alone and in DuckDB, on the same Parquet file.
+        from visrec.jobs.features import interactions
+        from visrec.spark import read_table
+
+        weights = settings.weights()
+        events_df = read_table(spark, lake, "events", [ds])
+        started = time.perf_counter()
+        # Both sides materialise the full result as Arrow, so neither can prune the aggregates away.
+        n_spark = interactions(events_df, ds, weights, settings.decay_half_life_days).toArrow().num_rows
+        spark_agg = time.perf_counter() - started
+        path = lake.partition_files("events", ds)[0].removeprefix("file://")
+        case = " ".join(f"WHEN '{k}' THEN {v}" for k, v in weights.items())
+        sql = f"""
+            SELECT user_id, item_id,
+                   SUM((CASE event_type {case} END) *
+                       POW(0.5, (EPOCH(TIMESTAMPTZ '{ds} 00:00:00+00' + INTERVAL 1 DAY) - EPOCH(ts)) / 86400.0
+                                / {settings.decay_half_life_days})) AS confidence,
+                   COUNT(*) FILTER (event_type = 'view') AS n_view, COUNT(*) FILTER (event_type = 'click') AS n_click,
+                   COUNT(*) FILTER (event_type = 'add_to_cart') AS n_cart,
+                   COUNT(*) FILTER (event_type = 'purchase') AS n_purchase, MIN(ts), MAX(ts)
+            FROM read_parquet('{path}') GROUP BY user_id, item_id"""
+        con = duckdb.connect()
+        con.execute("SET threads = 2")
+        started = time.perf_counter()
+        n_duck = con.execute(sql).to_arrow_table().num_rows
+        duck_agg = time.perf_counter() - started
+        assert n_duck == n_spark == rows["interactions"], (n_duck, n_spark, rows)
+        agg_note = f"interactions aggregation over {counts.valid} clean events -> {n_spark} pairs"
+        out["ingest.interactions.spark_seconds"] = _figure(
+            round(spark_agg, 2), "s", agg_note + ", Spark local[2]"
+        )
+        out["ingest.interactions.duckdb_seconds"] = _figure(
+            round(duck_agg, 2), "s", agg_note + ", DuckDB 2 threads"
+        )
+        out["ingest.interactions.spark_over_duckdb"] = _figure(
+            round(spark_agg / duck_agg, 1),
+            "x",
+            "how many times longer Spark takes than DuckDB on one machine",
+        )
+
+    # Image ingestion: the real H&M photos when present, otherwise the synthetic shop's.
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(home=Path(tmp), error_budget=0.5)
+        lake = Lake.from_settings(settings)
+        if (HM_SAMPLE / "articles.csv").exists():
+            from visrec.importer import import_hm
+
+            import_hm(HM_SAMPLE, lake)
+            source = "hm-sample (96x144 JPEG)"
+        else:
+            generate_shop(ShopConfig(users=100, items=10_000, days=1), lake)
+            source = "synthetic shop (64x64)"
+        started = time.perf_counter()
+        counts, _ = ingest_images(settings, lake, "2026-11-01")
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        again, _ = ingest_images(settings, lake, "2026-11-02")
+        second = time.perf_counter() - started
+        note = f"{counts.files} images of {source} -> {settings.image_size}x{settings.image_size} PNG, {os.cpu_count()} threads"
+        out["ingest.images.count"] = _figure(counts.files, "images", note)
+        out["ingest.images.images_per_s"] = _figure(round(counts.files / first), "images/s", note)
+        out["ingest.images.unchanged_images_per_s"] = _figure(
+            round(again.files / second), "images/s", "the next day, every image unchanged (hash check only)"
+        )
+    return out
+
+
+BENCHES: dict[str, Callable[[], Figures]] = {"synth": bench_synth, "ingest": bench_ingest}
 
 
 def _write(results: dict) -> None:
