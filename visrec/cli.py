@@ -119,6 +119,77 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from visrec.lake import check_ds
+    from visrec.vision import CNNConfig, build_similar_items, embed_items, load_cnn, train_cnn
+
+    ds = check_ds(args.ds)
+    lake = _lake(None, settings)
+    config = CNNConfig(
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        fine_tune=not args.from_scratch,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        mixed_precision=args.mixed_precision,
+    )
+    result = train_cnn(settings, ds, lake=lake, config=config, progress=_progress(not args.quiet))
+    m = result.metrics
+    print(
+        f"cnn {ds}: held-out accuracy {m['held_out_accuracy']:.4f} (top-5 {m['held_out_top5_accuracy']:.4f}, "
+        f"majority class {m['majority_class_accuracy']:.4f}) over {len(result.class_names)} categories, "
+        f"{m['epochs_run']:.0f} epochs in {m['train_seconds']:.0f}s"
+        + (f", fine-tuned from {result.fine_tuned_from}" if result.fine_tuned_from else "")
+    )
+    print(f"registered {result.version}: {result.reason}")
+    model, version = load_cnn()
+    embeddings = embed_items(settings, ds, lake, model, version)
+    similar = build_similar_items(lake, ds, k=args.k)
+    print(
+        f"item_embeddings {ds}: {embeddings.num_rows} items with {version}; similar_items: {similar.num_rows} rows"
+    )
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
+    import html as html_lib
+
+    from visrec.html import data_uri, figure, page
+    from visrec.vision import find_similar_to_photo
+
+    photo = Path(args.photo)
+    if not photo.is_file():
+        raise VisrecError(f"photo {photo} not found")
+    lake = _lake(None, settings)
+    matches, context = find_similar_to_photo(
+        settings, photo.read_bytes(), photo.name, k=args.k, lake=lake, ds=args.ds
+    )
+    guesses = ", ".join(f"{c} {p:.0%}" for c, p in context["categories"])
+    print(f"{photo.name}: looks like {guesses} ({context['model_version']}, catalog of {context['ds']})")
+    print(f"{'rank':>4}  {'item_id':<14} {'score':>6}  category")
+    for rank, m in enumerate(matches, 1):
+        print(f"{rank:>4}  {m.item_id:<14} {m.score:6.3f}  {m.category}")
+    if args.html:
+        staged = lake.read_table("staging_images", context["ds"])
+        pngs = dict(
+            zip(staged.column("item_id").to_pylist(), staged.column("image_png").to_pylist(), strict=True)
+        )
+        mime = "image/" + (photo.suffix.lstrip(".").lower().replace("jpg", "jpeg") or "png")
+        body = (
+            "<h2>Your photo</h2><div class=grid>"
+            + figure(data_uri(photo.read_bytes(), mime), guesses)
+            + "</div>"
+        )
+        body += "<h2>Products like it</h2><div class=grid>"
+        for rank, m in enumerate(matches, 1):
+            src = data_uri(pngs[m.item_id]) if m.item_id in pngs else ""
+            body += figure(src, f"#{rank} {m.item_id} ({m.score:.2f}) {m.category}")
+        body += f"</div><p>{html_lib.escape(context['model_version'])}, catalog of {context['ds']}</p>"
+        Path(args.html).write_text(page(f"Products like {photo.name}", body))
+        print(f"html: {Path(args.html).resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="visrec",
@@ -173,6 +244,39 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--ds", required=True, nargs="+", help="the date(s), YYYY-MM-DD")
     ing.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     ing.set_defaults(func=cmd_ingest)
+
+    train = sub.add_parser(
+        "train",
+        help="train one model for a date: cnn",
+        description="Train a model on a date's tables, track it in MLflow and register it. cnn: the "
+        "image classifier / embedder on staging_images (fine-tunes the champion when the categories "
+        "are unchanged), then embeds the catalog with the champion and builds similar_items.",
+    )
+    train.add_argument("model", choices=["cnn"], help="which model")
+    train.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
+    train.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30; early stopping)")
+    train.add_argument(
+        "--max-minutes", type=float, default=20.0, help="training time budget (default 20 min)"
+    )
+    train.add_argument("--from-scratch", action="store_true", help="do not fine-tune the champion")
+    train.add_argument("--backbone", default="compact", help="compact (default) or a keras.applications name")
+    train.add_argument("--backbone-weights", default=None, help="local weights file for --backbone")
+    train.add_argument("--mixed-precision", action="store_true", help="float16 compute (for GPUs)")
+    train.add_argument("-k", type=int, default=10, help="neighbours per item in similar_items (default 10)")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_train)
+
+    sim = sub.add_parser(
+        "similar",
+        help='"find products like this photo"',
+        description="Embed a photo (any common format and size) with the champion image model and "
+        "list the nearest catalog items.",
+    )
+    sim.add_argument("photo", help="path of the photo")
+    sim.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    sim.add_argument("--ds", default=None, help="use the catalog embeddings of this date (default latest)")
+    sim.add_argument("--html", default=None, metavar="OUT", help="also write an HTML page with the images")
+    sim.set_defaults(func=cmd_similar)
     return parser
 
 

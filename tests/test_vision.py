@@ -1,0 +1,168 @@
+"""The image model on a small synthetic shop: accuracy, embeddings, photo queries, registry."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from visrec.images import ImageRejected
+from visrec.ingest import ingest_images
+from visrec.lake import Lake
+from visrec.models.cnn import ImageClassifier
+from visrec.settings import Settings
+from visrec.synth import CATEGORIES, ShopConfig, generate_shop
+from visrec.vision import (
+    CNNConfig,
+    build_similar_items,
+    embed_items,
+    embed_pixels,
+    find_similar_to_photo,
+    load_cnn,
+    load_staged_images,
+    top_k_similar,
+    train_cnn,
+)
+
+DS = "2026-11-01"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 400-item shop, its images staged, a CNN trained, registered, and the catalog embedded."""
+    settings = Settings(home=tmp_path_factory.mktemp("vision"))
+    lake = Lake.from_settings(settings)
+    generate_shop(ShopConfig(users=20, items=400, days=1, seed=5), lake)
+    ingest_images(settings, lake, DS)
+    result = train_cnn(settings, DS, lake=lake, config=CNNConfig(epochs=14, patience=14))
+    model, version = load_cnn()
+    embed_items(settings, DS, lake, model, version)
+    build_similar_items(lake, DS, k=5)
+    return settings, lake, result, model
+
+
+def _truth(lake: Lake) -> dict[str, dict]:
+    return {r["item_id"]: r for r in csv.DictReader(io.StringIO(lake.get_bytes("truth/items.csv").decode()))}
+
+
+def test_category_accuracy_is_far_above_chance(trained):
+    _, _, result, _ = trained
+    assert result.metrics["held_out_accuracy"] > 0.7  # chance is 1/8
+    assert result.metrics["held_out_accuracy"] > 3 * result.metrics["majority_class_accuracy"]
+    assert result.version == "visrec-cnn/1" and result.promoted
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    _, lake, _, model = trained
+    pixels = load_staged_images(lake, DS).pixels[:16]
+    model.save(tmp_path / "cnn.keras")
+    loaded = keras.models.load_model(tmp_path / "cnn.keras")
+    assert loaded.class_names == model.class_names and loaded.get_config() == model.get_config()
+    np.testing.assert_allclose(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(embed_pixels(loaded, pixels), embed_pixels(model, pixels), atol=1e-5)
+
+
+def test_embeddings_know_colour_and_pattern_the_catalog_does_not_name(trained):
+    _, lake, _, model = trained
+    images = load_staged_images(lake, DS)
+    emb = embed_pixels(model, images.pixels)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    truth = _truth(lake)
+    look = np.array([f"{truth[i]['colour']}/{truth[i]['pattern']}" for i in images.item_ids])
+    cat = np.array(images.categories)
+    sims = emb @ emb.T
+    same_cat = cat[:, None] == cat[None, :]
+    off_diag = ~np.eye(len(cat), dtype=bool)
+    same_look = (look[:, None] == look[None, :]) & same_cat & off_diag
+    other_look = (look[:, None] != look[None, :]) & same_cat
+    # Among items of one category, the same colour and pattern are clearly nearer.
+    assert sims[same_look].mean() > sims[other_look].mean() + 0.01
+    idx, _ = top_k_similar(emb, emb, 5, exclude_self=True)
+    share = (look[idx] == look[:, None]).mean()
+    assert share > 4 * (1 / 40)  # 8 colours x 5 patterns
+
+
+def _perturb(data: bytes, rng: np.random.Generator) -> bytes:
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = img.size
+    dx, dy = rng.integers(1, 5, 2)
+    img = img.crop((dx, dy, w - rng.integers(1, 5), h - rng.integers(1, 5))).resize((160, 160))
+    img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.85, 1.15)))
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=70)
+    return out.getvalue()
+
+
+def test_photo_queries_find_the_item(trained):
+    settings, lake, _, _ = trained
+    rng = np.random.default_rng(0)
+    items = lake.read_table("staging_images", DS).column("source_key").to_pylist()[:25]
+    first, top5 = 0, 0
+    for key in items:
+        item = key.rsplit("/", 1)[-1].split(".")[0]
+        raw = lake.get_bytes(key)
+        matches, context = find_similar_to_photo(settings, raw, key, k=5, lake=lake)
+        first += matches[0].item_id == item
+        perturbed, _ = find_similar_to_photo(settings, _perturb(raw, rng), "photo.jpg", k=5, lake=lake)
+        top5 += item in [m.item_id for m in perturbed]
+    assert first == len(items)  # the catalog image itself: its own item first
+    assert top5 / len(items) >= 0.8, f"perturbed copy in top 5 for {top5}/{len(items)}"
+    assert context["categories"][0][0] in CATEGORIES and context["model_version"] == "visrec-cnn/1"
+
+
+@pytest.mark.parametrize("data", [b"", b"GIF89a-not-really", b"%PDF-1.4 hello"])
+def test_bad_photos_fail_cleanly(trained, data):
+    settings, lake, _, _ = trained
+    with pytest.raises(ImageRejected):
+        find_similar_to_photo(settings, data, "upload.jpg", lake=lake)
+
+
+def test_similar_items_table(trained):
+    _, lake, _, _ = trained
+    table = lake.read_table("similar_items", DS)
+    rows = table.to_pylist()
+    assert table.num_rows == 5 * lake.read_table("item_embeddings", DS).num_rows
+    assert all(r["item_id"] != r["similar_item_id"] for r in rows)
+    by_item: dict[str, list] = {}
+    for r in rows:
+        by_item.setdefault(r["item_id"], []).append((r["rank"], r["score"]))
+    for ranked in by_item.values():
+        scores = [s for _, s in sorted(ranked)]
+        assert scores == sorted(scores, reverse=True) and [r for r, _ in sorted(ranked)] == [1, 2, 3, 4, 5]
+
+
+def test_second_training_fine_tunes_the_champion_and_applies_the_gate(trained):
+    settings, lake, first, _ = trained
+    again = train_cnn(settings, DS, lake=lake, config=CNNConfig(fine_tune_epochs=1))
+    assert again.fine_tuned_from == "visrec-cnn/1" and again.version == "visrec-cnn/2"
+    assert "vs champion v1" in again.reason
+    assert again.promoted == (
+        again.metrics["held_out_accuracy"] >= first.metrics["held_out_accuracy"] - 0.005
+    )
+
+
+def test_exact_top_k_matches_brute_force():
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(300, 16)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    idx, scores = top_k_similar(items, items, 7, exclude_self=True, chunk=64)
+    brute = items @ items.T
+    np.fill_diagonal(brute, -np.inf)
+    expected = np.argsort(-brute, axis=1)[:, :7]
+    np.testing.assert_array_equal(idx, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(brute, expected, 1), rtol=1e-5)
+
+
+def test_backbone_options():
+    model = ImageClassifier(["a", "b"], image_size=64, backbone="mobilenet_v3_small")
+    assert model(np.zeros((2, 64, 64, 3), np.uint8)).shape == (2, 2)
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        ImageClassifier(["a", "b"], backbone="mobilenet_v3_small", backbone_weights="/nonexistent.h5")
+    with pytest.raises(ValueError, match="unknown backbone"):
+        ImageClassifier(["a", "b"], backbone="resnet9000")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        ImageClassifier(["a"])

@@ -1,0 +1,157 @@
+"""The image model: recognises an item's category (softmax) and embeds images for similarity.
+
+The default backbone is compact and CPU-friendly: a strided stem, then depthwise-separable blocks.
+The embedding is the penultimate layer, the concatenation of globally pooled features from the
+last three blocks, each block's part L2-normalised, then the whole. Pooling from several depths on purpose: deep features carry the
+silhouette the category loss asks for, shallower ones keep colour and texture, which the category
+loss alone would be free to discard and which similarity search needs.
+
+With ``backbone="mobilenet_v3_small"`` (or another name in ``APPLICATIONS``) a keras.applications
+network is used instead; its ImageNet weights are read from ``backbone_weights``, a local file the
+user provides: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+from keras import layers, ops
+
+APPLICATIONS = {
+    "mobilenet_v3_small": "MobileNetV3Small",
+    "mobilenet_v3_large": "MobileNetV3Large",
+    "efficientnet_b0": "EfficientNetB0",
+}
+
+
+def _sep_block(x, filters: int, name: str, pool: bool = True):
+    for k in range(2):
+        x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep{k}")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{k}")(x)
+        x = layers.ReLU(name=f"{name}_relu{k}")(x)
+    if pool:
+        x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+    return x
+
+
+def compact_backbone(image_size: int, width: int) -> keras.Model:
+    """Image in [0, 1] -> multi-depth pooled features (``14 * width`` values)."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem")(inputs)
+    x = layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    b1 = _sep_block(x, 2 * width, "block1")
+    b2 = _sep_block(b1, 4 * width, "block2")
+    b3 = _sep_block(b2, 8 * width, "block3", pool=False)
+    pooled = [layers.GlobalAveragePooling2D(name=f"gap{k}")(b) for k, b in enumerate((b1, b2, b3), 1)]
+    features = layers.Concatenate(name="features")(pooled)
+    return keras.Model(inputs, features, name="compact")
+
+
+def application_backbone(name: str, image_size: int, weights: str | None) -> keras.Model:
+    """A keras.applications network (no top, average-pooled), weights from a local file or none."""
+    if name not in APPLICATIONS:
+        raise ValueError(f"unknown backbone {name!r}; use 'compact' or one of {sorted(APPLICATIONS)}")
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"backbone weights file {weights} not found (visrec never downloads weights)")
+    cls = getattr(keras.applications, APPLICATIONS[name])
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    net = cls(input_shape=(image_size, image_size, 3), include_top=False, weights=weights, pooling="avg")
+    # keras.applications expect [0, 255] inputs and rescale themselves.
+    return keras.Model(inputs, net(inputs * 255.0), name=name)
+
+
+@keras.saving.register_keras_serializable(package="visrec")
+class ImageClassifier(keras.Model):
+    """Category classifier whose penultimate layer is the image embedding.
+
+    Call it on uint8 or float images in [0, 255] of shape (batch, size, size, 3); it returns class
+    probabilities. :meth:`embed` returns L2-normalised embeddings.
+    """
+
+    def __init__(
+        self,
+        class_names: list[str],
+        image_size: int = 64,
+        width: int = 32,
+        dropout: float = 0.25,
+        augment: bool = True,
+        backbone: str = "compact",
+        backbone_weights: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if len(class_names) < 2:
+            raise ValueError(f"need at least 2 classes, got {len(class_names)}")
+        if image_size < 32:
+            raise ValueError(f"image_size must be at least 32, got {image_size}")
+        self.class_names = list(class_names)
+        self.image_size = image_size
+        self.width = width
+        self.dropout_rate = dropout
+        self.augment = augment
+        self.backbone_name = backbone
+        self.backbone_weights = backbone_weights
+        # Geometry only: colour is a product attribute the embedding must keep, so no colour jitter.
+        self.augmenter = keras.Sequential(
+            [
+                layers.RandomFlip("horizontal"),
+                layers.RandomTranslation(0.08, 0.08, fill_mode="nearest"),
+                layers.RandomZoom((-0.12, 0.12), fill_mode="nearest"),
+                layers.RandomRotation(0.04, fill_mode="nearest"),
+            ],
+            name="augment",
+        )
+        if backbone == "compact":
+            self.backbone = compact_backbone(image_size, width)
+        else:
+            self.backbone = application_backbone(backbone, image_size, backbone_weights)
+        self.head_dropout = layers.Dropout(dropout)
+        self.head = layers.Dense(len(class_names), activation="softmax", dtype="float32", name="category")
+
+    def build(self, input_shape) -> None:
+        # The backbone is built at construction; the head needs the feature width.
+        self.head.build((None, self.embedding_dim))
+        super().build(input_shape)
+
+    def features(self, images, training: bool = False):
+        x = ops.cast(images, self.compute_dtype) / 255.0
+        if training and self.augment:
+            x = self.augmenter(x, training=True)
+        return self.backbone(x, training=training)
+
+    def call(self, images, training: bool = False):
+        return self.head(self.head_dropout(self.features(images, training), training=training))
+
+    def embed(self, images):
+        """L2-normalised embeddings (float32) of a batch of images.
+
+        Each depth's pooled features are normalised on their own before the whole is, so colour and
+        texture (shallow) weigh as much as shape (deep) in a cosine similarity.
+        """
+        features = ops.cast(self.features(images), "float32")
+        if self.backbone_name == "compact":
+            w = self.width
+            parts = [features[:, : 2 * w], features[:, 2 * w : 6 * w], features[:, 6 * w :]]
+            features = ops.concatenate([ops.normalize(p, axis=-1) for p in parts], axis=-1)
+        return ops.normalize(features, axis=-1)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.backbone.output.shape[-1])
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "class_names": self.class_names,
+                "image_size": self.image_size,
+                "width": self.width,
+                "dropout": self.dropout_rate,
+                "augment": self.augment,
+                "backbone": self.backbone_name,
+                "backbone_weights": None,  # the trained weights are in the saved model itself
+            }
+        )
+        return config

@@ -1,0 +1,520 @@
+"""Training and using the image model: staged images -> CNN -> embeddings -> similar items / photo query.
+
+``train_cnn`` trains on a day's ``staging_images`` with a stratified held-out split and early stopping,
+logs params, per-epoch metrics and a confusion matrix to MLflow, and registers the model as
+``visrec-cnn`` (champion only if it is at least as accurate as the current champion on the same
+held-out images). When the category set is unchanged, it fine-tunes the champion instead of starting
+over.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from visrec.lake import Lake
+from visrec.settings import Settings
+
+log = logging.getLogger(__name__)
+MODEL_NAME = "visrec-cnn"
+
+
+@dataclass
+class StagedImages:
+    """A day's staged catalog images in memory."""
+
+    item_ids: list[str]
+    categories: list[str]
+    pixels: np.ndarray  # (n, size, size, 3) uint8
+
+
+def decode_pngs(pngs: list[bytes]) -> np.ndarray:
+    """PNG bytes -> one uint8 array (n, h, w, 3), decoded on all cores."""
+
+    def one(data: bytes) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    with ThreadPoolExecutor() as pool:
+        arrays = list(pool.map(one, pngs, chunksize=256))
+    return np.stack(arrays) if arrays else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+def load_staged_images(lake: Lake, ds: str) -> StagedImages:
+    """Read and decode the ``staging_images`` partition of ``ds``."""
+    table = lake.read_table("staging_images", ds).sort_by("item_id")
+    return StagedImages(
+        item_ids=table.column("item_id").to_pylist(),
+        categories=table.column("category").to_pylist(),
+        pixels=decode_pngs(table.column("image_png").to_pylist()),
+    )
+
+
+def stratified_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, held_out): ``share`` of each class held out; classes of one go to train."""
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_held = int(round(len(idx) * share)) if len(idx) > 1 else 0
+        held.append(idx[:n_held])
+        train.append(idx[n_held:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
+
+
+@dataclass
+class CNNConfig:
+    """Training hyperparameters of the image model (defaults: the nightly run on a CPU)."""
+
+    epochs: int = 30
+    fine_tune_epochs: int = 5
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    width: int = 32
+    dropout: float = 0.25
+    held_out_share: float = 0.2
+    patience: int = 5
+    max_minutes: float | None = 20.0  # stop after this much training time, keeping the best epoch
+    mixed_precision: bool = False  # float16 compute: worth it on a GPU only
+    backbone: str = "compact"
+    backbone_weights: str | None = None
+    fine_tune: bool = True  # start from the champion when its categories are the same
+    register: bool = True
+
+
+@dataclass
+class CNNResult:
+    """What ``train_cnn`` produced."""
+
+    model: object
+    metrics: dict[str, float]
+    class_names: list[str]
+    held_out: np.ndarray
+    predictions: np.ndarray
+    labels: np.ndarray
+    version: str | None = None
+    promoted: bool | None = None
+    reason: str = ""
+    fine_tuned_from: str | None = None
+    history: dict = field(default_factory=dict)
+
+
+def _epoch_logger(*args, **kwargs):
+    """Keras callback: per-epoch metrics to MLflow and the log, and an optional time budget."""
+    import keras
+
+    if True:  # the class is defined here so importing this module does not import Keras
+
+        class EpochLogger(keras.callbacks.Callback):
+            def __init__(self, max_minutes: float | None, progress: Callable | None, epochs: int):
+                super().__init__()
+                self.max_seconds = max_minutes * 60 if max_minutes else None
+                self.progress = progress
+                self.epochs = epochs
+
+            def on_train_begin(self, logs=None):
+                self.started = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                import mlflow
+
+                logs = {k: float(v) for k, v in (logs or {}).items()}
+                if mlflow.active_run():
+                    mlflow.log_metrics(logs, step=epoch)
+                log.info("cnn epoch %d: %s", epoch + 1, " ".join(f"{k}={v:.4f}" for k, v in logs.items()))
+                if self.progress:
+                    self.progress("cnn epochs", epoch + 1, self.epochs)
+                if self.max_seconds and time.perf_counter() - self.started > self.max_seconds:
+                    log.info(
+                        "cnn: time budget of %.1f min reached after epoch %d",
+                        self.max_seconds / 60,
+                        epoch + 1,
+                    )
+                    self.model.stop_training = True
+
+        return EpochLogger(*args, **kwargs)
+
+
+def _dataset(pixels: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool, seed: int):
+    import tensorflow as tf
+
+    data = (pixels, labels) if labels is not None else pixels
+    ds = tf.data.Dataset.from_tensor_slices(data)
+    if shuffle:
+        ds = ds.shuffle(min(len(pixels), 20_000), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n, n), np.int64)
+    np.add.at(out, (labels, predictions), 1)
+    return out
+
+
+def _confusion_figure(matrix: np.ndarray, names: list[str]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = min(4 + 0.12 * len(names), 20)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rows, cmap="viridis", vmin=0, vmax=1)
+    ticks = np.arange(len(names))
+    fontsize = 8 if len(names) <= 30 else 4
+    ax.set_xticks(ticks, names, rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, names, fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("held-out confusion matrix (row-normalised)")
+    fig.tight_layout()
+    return fig
+
+
+def load_cnn(uri: str = f"models:/{MODEL_NAME}@champion"):
+    """Load a registered image model; returns ``(model, version)``."""
+    import mlflow
+    import mlflow.keras
+
+    import visrec.models.cnn  # noqa: F401  (registers the custom class with Keras)
+
+    model = mlflow.keras.load_model(uri)
+    version = uri
+    if "@" in uri:
+        name, alias = uri.removeprefix("models:/").split("@")
+        version = f"{name}/{mlflow.MlflowClient().get_model_version_by_alias(name, alias).version}"
+    return model, version
+
+
+def train_cnn(
+    settings: Settings,
+    ds: str,
+    *,
+    lake: Lake | None = None,
+    config: CNNConfig | None = None,
+    images: StagedImages | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> CNNResult:
+    """Train (or fine-tune) the image model on ``ds``'s staged images; track and register it."""
+    import keras
+    import mlflow
+    import mlflow.keras
+
+    from visrec import registry
+    from visrec.models.cnn import ImageClassifier
+    from visrec.tracking import tracked_run
+
+    config = config or CNNConfig()
+    lake = lake or Lake.from_settings(settings)
+    images = images or load_staged_images(lake, ds)
+    class_names = sorted(set(images.categories))
+    if len(class_names) < 2:
+        raise ValueError(
+            f"staging_images of {ds} has {len(class_names)} category; a classifier needs 2 or more"
+        )
+    index = {c: k for k, c in enumerate(class_names)}
+    labels = np.array([index[c] for c in images.categories], np.int32)
+    train_idx, held_idx = stratified_split(labels, config.held_out_share, settings.seed)
+    keras.utils.set_random_seed(settings.seed)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+    model, base_version, champion_accuracy = None, None, None
+    if config.register:
+        from visrec.tracking import ensure_experiment
+
+        ensure_experiment(settings)  # sets the tracking URI
+        current = registry.champion(MODEL_NAME)
+        if current is not None:
+            champion_model, base_version = load_cnn(f"models:/{MODEL_NAME}/{current.version}")
+            base_version = f"{MODEL_NAME}/{current.version}"
+            if list(champion_model.class_names) == class_names:
+                probs = champion_model.predict(
+                    _dataset(images.pixels[held_idx], None, 256, False, 0), verbose=0
+                )
+                champion_accuracy = float(np.mean(probs.argmax(1) == labels[held_idx]))
+                if config.fine_tune:
+                    model = champion_model
+    epochs = config.epochs
+    learning_rate = config.learning_rate
+    if model is None:
+        base_version = None
+        model = ImageClassifier(
+            class_names,
+            image_size=images.pixels.shape[1],
+            width=config.width,
+            dropout=config.dropout,
+            backbone=config.backbone,
+            backbone_weights=config.backbone_weights,
+        )
+    else:
+        epochs, learning_rate = config.fine_tune_epochs, config.learning_rate / 5
+    steps = max(1, int(np.ceil(len(train_idx) / config.batch_size))) * epochs
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.05)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")],
+    )
+    train_ds = _dataset(images.pixels[train_idx], labels[train_idx], config.batch_size, True, settings.seed)
+    held_ds = _dataset(images.pixels[held_idx], labels[held_idx], 256, False, 0)
+    nested = mlflow.active_run() is not None if config.register else False
+    run_ctx = tracked_run(settings, "train_cnn", ds=ds, nested=nested) if config.register else _null()
+    with run_ctx:
+        if config.register:
+            mlflow.log_params(
+                {
+                    **asdict(config),
+                    "n_train": len(train_idx),
+                    "n_held_out": len(held_idx),
+                    "n_classes": len(class_names),
+                    "image_size": images.pixels.shape[1],
+                    "fine_tuned_from": base_version or "",
+                    "effective_epochs": epochs,
+                    "effective_learning_rate": learning_rate,
+                }
+            )
+        started = time.perf_counter()
+        history = model.fit(
+            train_ds,
+            validation_data=held_ds if len(held_idx) else None,
+            epochs=epochs,
+            verbose=0,
+            callbacks=[
+                keras.callbacks.EarlyStopping(
+                    monitor="val_accuracy", patience=config.patience, restore_best_weights=True, mode="max"
+                ),
+                _epoch_logger(config.max_minutes, progress, epochs),
+            ],
+        )
+        train_seconds = time.perf_counter() - started
+        probs = model.predict(_dataset(images.pixels[held_idx], None, 256, False, 0), verbose=0)
+        predictions = probs.argmax(1)
+        held_labels = labels[held_idx]
+        top5 = np.argsort(-probs, axis=1)[:, :5]
+        metrics = {
+            "held_out_accuracy": float(np.mean(predictions == held_labels)),
+            "held_out_top5_accuracy": float(np.mean((top5 == held_labels[:, None]).any(1))),
+            "majority_class_accuracy": float(np.bincount(held_labels).max() / max(len(held_labels), 1)),
+            "train_seconds": train_seconds,
+            "epochs_run": len(history.history.get("loss", [])),
+        }
+        result = CNNResult(
+            model,
+            metrics,
+            class_names,
+            held_idx,
+            predictions,
+            held_labels,
+            fine_tuned_from=base_version,
+            history=history.history,
+        )
+        if config.register:
+            mlflow.log_metrics(metrics)
+            if champion_accuracy is not None:
+                mlflow.log_metric("champion_held_out_accuracy", champion_accuracy)
+            matrix = confusion_matrix(held_labels, predictions, len(class_names))
+            fig = _confusion_figure(matrix, class_names)
+            mlflow.log_figure(fig, "confusion_matrix.png")
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            info = mlflow.keras.log_model(model, name="model", pip_requirements=_requirements())
+            registration = registry.register(
+                info.model_uri,
+                MODEL_NAME,
+                metric="held_out_accuracy",
+                value=metrics["held_out_accuracy"],
+                champion_value=champion_accuracy,
+                tolerance=0.005,
+            )
+            result.version = f"{MODEL_NAME}/{registration.version}"
+            result.promoted, result.reason = registration.promoted, registration.reason
+    log.info("cnn %s: %s", ds, {k: round(v, 4) for k, v in metrics.items()})
+    return result
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("keras", "tensorflow-cpu", "numpy", "pillow")]
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def embed_pixels(model, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """L2-normalised embeddings (n, d) float32 of uint8 images, batched through tf.data."""
+    import tensorflow as tf
+
+    if len(pixels) == 0:
+        return np.zeros((0, model.embedding_dim), np.float32)
+    ds = tf.data.Dataset.from_tensor_slices(pixels).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    embed = tf.function(lambda x: model.embed(x), reduce_retracing=True)
+    return np.concatenate([embed(batch).numpy() for batch in ds]).astype(np.float32)
+
+
+def top_k_similar(
+    queries: np.ndarray, items: np.ndarray, k: int, exclude_self: bool = False, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine top-``k`` of each query among ``items`` (both L2-normalised), in chunks of
+    queries so memory stays at ``chunk x n_items`` scores. Returns (indices, scores), best first.
+    With ``exclude_self``, query ``i`` is item ``i`` and never its own neighbour."""
+    import tensorflow as tf
+
+    k = min(k, len(items) - (1 if exclude_self else 0))
+    all_idx, all_scores = [], []
+    items_t = tf.constant(items, tf.float32)
+    for start in range(0, len(queries), chunk):
+        q = tf.constant(queries[start : start + chunk], tf.float32)
+        scores = tf.matmul(q, items_t, transpose_b=True)
+        if exclude_self:
+            rows = tf.range(tf.shape(q)[0])
+            mask = tf.one_hot(rows + start, len(items), on_value=-np.inf, off_value=0.0)
+            scores = scores + mask
+        values, idx = tf.math.top_k(scores, k=k)
+        all_idx.append(idx.numpy())
+        all_scores.append(values.numpy())
+    if not all_idx:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    return np.concatenate(all_idx), np.concatenate(all_scores)
+
+
+def embed_items(
+    settings: Settings, ds: str, lake: Lake, model, model_version: str, images: StagedImages | None = None
+) -> pa.Table:
+    """Embed every staged item of ``ds`` into ``item_embeddings``; returns the table written."""
+    images = images or load_staged_images(lake, ds)
+    emb = embed_pixels(model, images.pixels)
+    table = pa.table(
+        {
+            "item_id": images.item_ids,
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(emb.reshape(-1), pa.float32()), emb.shape[1]
+            ),
+            "model_version": [model_version] * len(images.item_ids),
+        }
+    )
+    lake.write_table("item_embeddings", ds, table)
+    log.info("embedded %d items with %s (%d dims)", len(images.item_ids), model_version, emb.shape[1])
+    return table
+
+
+def embeddings_matrix(table: pa.Table) -> np.ndarray:
+    """The ``embedding`` column of an ``item_embeddings`` table as an (n, d) float32 array."""
+    column = table.column("embedding").combine_chunks()
+    dim = column.type.list_size
+    return column.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+
+
+def build_similar_items(lake: Lake, ds: str, k: int = 10) -> pa.Table:
+    """Exact top-``k`` neighbours of every item in ``ds``'s embeddings -> ``similar_items``."""
+    table = lake.read_table("item_embeddings", ds)
+    ids = table.column("item_id").to_pylist()
+    idx, scores = top_k_similar(embeddings_matrix(table), embeddings_matrix(table), k, exclude_self=True)
+    kk = idx.shape[1] if len(ids) else 0
+    out = pa.table(
+        {
+            "item_id": np.repeat(np.array(ids, dtype=object), kk).tolist(),
+            "rank": np.tile(np.arange(1, kk + 1, dtype=np.int16), len(ids)),
+            "similar_item_id": [ids[j] for j in idx.reshape(-1)],
+            "score": scores.reshape(-1).astype(np.float32),
+        }
+    )
+    lake.write_table("similar_items", ds, out)
+    return out
+
+
+@dataclass
+class PhotoMatch:
+    """A catalog item found for a photo."""
+
+    item_id: str
+    score: float
+    category: str
+
+
+def latest_partition(lake: Lake, table: str, ds: str | None = None) -> str:
+    """The newest partition of ``table`` (at or before ``ds`` when given)."""
+    from visrec.lake import PartitionNotFound
+
+    dss = [d for d in lake.partitions(table) if ds is None or d <= ds]
+    if not dss:
+        raise PartitionNotFound(
+            f"no {table} partition{'' if ds is None else f' at or before {ds}'} in {lake.uri}; "
+            "run `visrec train cnn --ds DATE` first"
+        )
+    return dss[-1]
+
+
+def find_similar_to_photo(
+    settings: Settings,
+    photo: bytes,
+    name: str,
+    *,
+    k: int = 10,
+    lake: Lake | None = None,
+    ds: str | None = None,
+) -> tuple[list[PhotoMatch], dict]:
+    """Embed an uploaded photo with the champion image model and return the ``k`` nearest catalog
+    items, best first, plus context (model version, partition, predicted categories)."""
+    from visrec.errors import VisrecError
+    from visrec.images import normalise_image
+    from visrec.tracking import ensure_experiment
+
+    lake = lake or Lake.from_settings(settings)
+    ds = latest_partition(lake, "item_embeddings", ds)
+    table = lake.read_table("item_embeddings", ds)
+    ensure_experiment(settings)
+    try:
+        model, version = load_cnn()
+    except Exception as exc:  # the registry's own errors are long and name internals
+        raise VisrecError(
+            f"no champion image model in {settings.mlflow_tracking_uri}: {str(exc)[:200]}"
+        ) from None
+    made_with = set(table.column("model_version").to_pylist())
+    if made_with != {version}:
+        raise VisrecError(
+            f"item embeddings of {ds} were made with {sorted(made_with)} but the champion is {version}; "
+            "re-embed the catalog (`visrec train cnn`)"
+        )
+    png, _, _ = normalise_image(photo, name, model.image_size, check_extension=False)
+    pixels = decode_pngs([png])
+    query = embed_pixels(model, pixels)
+    probs = np.asarray(model.predict(pixels, verbose=0))[0]
+    idx, scores = top_k_similar(query, embeddings_matrix(table), k)
+    ids = table.column("item_id").to_pylist()
+    catalog_category = {}
+    staged = (
+        lake.read_table("staging_images", ds).select(["item_id", "category"])
+        if lake.manifest("staging_images", ds)
+        else None
+    )
+    if staged is not None:
+        catalog_category = dict(
+            zip(staged.column("item_id").to_pylist(), staged.column("category").to_pylist(), strict=True)
+        )
+    matches = [
+        PhotoMatch(ids[j], float(s), catalog_category.get(ids[j], ""))
+        for j, s in zip(idx[0], scores[0], strict=True)
+    ]
+    top = np.argsort(-probs)[:3]
+    context = {
+        "ds": ds,
+        "model_version": version,
+        "categories": [(model.class_names[c], float(probs[c])) for c in top],
+    }
+    return matches, context
