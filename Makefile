@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/visrec synth
+	$(BIN)/python -m visrec.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -9,7 +9,7 @@ import pytest
 
 from visrec.cli import build_parser, main
 
-COMMANDS = ["synth", "import", "ingest", "train", "similar"]
+COMMANDS = ["synth", "import", "ingest", "train", "score", "similar"]
 
 
 def _run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess:

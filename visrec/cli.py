@@ -121,12 +121,56 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from visrec.lake import check_ds
-    from visrec.vision import CNNConfig, build_similar_items, embed_items, load_cnn, train_cnn
 
     ds = check_ds(args.ds)
     lake = _lake(None, settings)
+    if args.model == "mf":
+        return _train_mf(args, settings, ds, lake)
+    return _train_cnn(args, settings, ds, lake)
+
+
+def _train_mf(args: argparse.Namespace, settings: Settings, ds: str, lake) -> int:
+    from visrec.recsys import MFConfig, train_mf
+
+    result = train_mf(settings, ds, lake=lake, config=MFConfig(epochs=args.epochs or 30))
+    keys = [
+        "recall_at_20",
+        "ndcg_at_20",
+        "map_at_20",
+        "cold_recall_at_20",
+        "coverage",
+        "intra_list_diversity",
+        "novelty",
+    ]
+    print(f"mf {ds}, evaluated on the last {settings.test_days} days:")
+    print(f"{'model':<12}" + "".join(f"{k:>22}" for k in keys))
+    for name, metrics in result.metrics.items():
+        print(f"{name:<12}" + "".join(f"{metrics.get(k, float('nan')):>22.4f}" for k in keys))
+    print(f"registered {result.version}: {result.reason}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
+    from visrec.lake import check_ds
+    from visrec.recsys import MFConfig, score_users
+
+    ds = check_ds(args.ds)
+    exclude = Path(args.exclude).read_text().split() if args.exclude else None
+    table = score_users(settings, ds, lake=_lake(None, settings), config=MFConfig(k=args.k), exclude=exclude)
+    from collections import Counter
+
+    sources = dict(Counter(table.column("source").to_pylist()))
+    print(
+        f"recommendations {ds}: {table.num_rows} rows for {len(set(table.column('user_id').to_pylist()))} users; by source {sources}"
+    )
+    return 0
+
+
+def _train_cnn(args: argparse.Namespace, settings: Settings, ds: str, lake) -> int:
+    from visrec.vision import CNNConfig, build_similar_items, embed_items, load_cnn, train_cnn
+
     config = CNNConfig(
-        epochs=args.epochs,
+        epochs=args.epochs or 30,
         max_minutes=args.max_minutes,
         fine_tune=not args.from_scratch,
         backbone=args.backbone,
@@ -247,14 +291,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="train one model for a date: cnn",
+        help="train one model for a date: cnn | mf",
         description="Train a model on a date's tables, track it in MLflow and register it. cnn: the "
         "image classifier / embedder on staging_images (fine-tunes the champion when the categories "
-        "are unchanged), then embeds the catalog with the champion and builds similar_items.",
+        "are unchanged), then embeds the catalog with the champion and builds similar_items. mf: the "
+        "visual recommender (VBPR), compared with popularity and the champion on a time split, "
+        "refit on all data and registered (champion only if it beats the champion).",
     )
-    train.add_argument("model", choices=["cnn"], help="which model")
+    train.add_argument("model", choices=["cnn", "mf"], help="which model")
     train.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
-    train.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30; early stopping)")
+    train.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 30)")
     train.add_argument(
         "--max-minutes", type=float, default=20.0, help="training time budget (default 20 min)"
     )
@@ -265,6 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-k", type=int, default=10, help="neighbours per item in similar_items (default 10)")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=cmd_train)
+
+    score = sub.add_parser(
+        "score",
+        help="score all users for a date into the recommendations table",
+        description="Top-K recommendations for every user with the champion recommender: already "
+        "bought items and an optional exclude list filtered, at most 8 items of one category per "
+        "list; users the champion does not know get what is popular.",
+    )
+    score.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
+    score.add_argument("-k", type=int, default=20, help="recommendations per user (default 20)")
+    score.add_argument("--exclude", default=None, help="file of item ids never to recommend (one per line)")
+    score.set_defaults(func=cmd_score)
 
     sim = sub.add_parser(
         "similar",

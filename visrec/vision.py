@@ -107,39 +107,59 @@ class CNNResult:
 
 
 def _epoch_logger(*args, **kwargs):
-    """Keras callback: per-epoch metrics to MLflow and the log, and an optional time budget."""
+    """Keras callback: per-epoch metrics to MLflow and the log, and a time-aware schedule."""
     import keras
 
-    if True:  # the class is defined here so importing this module does not import Keras
+    class EpochLogger(keras.callbacks.Callback):
+        """Cosine learning-rate decay over the training's progress, where progress is the larger
+        of epochs done / epochs and time spent / time budget: a run stopped by its budget still
+        ends at a small learning rate instead of being cut off mid-schedule. Training stops before
+        an epoch that would not finish within the budget."""
 
-        class EpochLogger(keras.callbacks.Callback):
-            def __init__(self, max_minutes: float | None, progress: Callable | None, epochs: int):
-                super().__init__()
-                self.max_seconds = max_minutes * 60 if max_minutes else None
-                self.progress = progress
-                self.epochs = epochs
+        def __init__(
+            self, max_minutes: float | None, progress: Callable | None, epochs: int, learning_rate: float
+        ):
+            super().__init__()
+            self.max_seconds = max_minutes * 60 if max_minutes else None
+            self.progress = progress
+            self.epochs = epochs
+            self.base_lr = learning_rate
+            self.epoch_seconds = 0.0
 
-            def on_train_begin(self, logs=None):
-                self.started = time.perf_counter()
+        def _fraction(self, epoch: int) -> float:
+            by_epochs = (epoch + 0.5) / self.epochs
+            if not self.max_seconds or not self.epoch_seconds:
+                return by_epochs
+            elapsed = time.perf_counter() - self.started
+            return max(by_epochs, (elapsed + 0.5 * self.epoch_seconds) / self.max_seconds)
 
-            def on_epoch_end(self, epoch, logs=None):
-                import mlflow
+        def on_train_begin(self, logs=None):
+            self.started = time.perf_counter()
 
-                logs = {k: float(v) for k, v in (logs or {}).items()}
-                if mlflow.active_run():
-                    mlflow.log_metrics(logs, step=epoch)
-                log.info("cnn epoch %d: %s", epoch + 1, " ".join(f"{k}={v:.4f}" for k, v in logs.items()))
-                if self.progress:
-                    self.progress("cnn epochs", epoch + 1, self.epochs)
-                if self.max_seconds and time.perf_counter() - self.started > self.max_seconds:
-                    log.info(
-                        "cnn: time budget of %.1f min reached after epoch %d",
-                        self.max_seconds / 60,
-                        epoch + 1,
-                    )
-                    self.model.stop_training = True
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_started = time.perf_counter()
+            fraction = min(self._fraction(epoch), 1.0)
+            lr = self.base_lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * fraction)))
+            self.model.optimizer.learning_rate.assign(lr)
 
-        return EpochLogger(*args, **kwargs)
+        def on_epoch_end(self, epoch, logs=None):
+            import mlflow
+
+            self.epoch_seconds = time.perf_counter() - self.epoch_started
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+            if mlflow.active_run():
+                mlflow.log_metrics(logs, step=epoch)
+            log.info("cnn epoch %d: %s", epoch + 1, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+            if self.progress:
+                self.progress("cnn epochs", epoch + 1, self.epochs)
+            elapsed = time.perf_counter() - self.started
+            if self.max_seconds and elapsed + self.epoch_seconds > self.max_seconds:
+                log.info("cnn: stopping after epoch %d: another would pass the %.1f min budget", epoch + 1,
+                         self.max_seconds / 60)  # fmt: skip
+                self.model.stop_training = True
+
+    return EpochLogger(*args, **kwargs)
 
 
 def _dataset(pixels: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool, seed: int):
@@ -257,10 +277,8 @@ def train_cnn(
         )
     else:
         epochs, learning_rate = config.fine_tune_epochs, config.learning_rate / 5
-    steps = max(1, int(np.ceil(len(train_idx) / config.batch_size))) * epochs
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.05)
     model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4),
+        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=1e-4),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")],
     )
@@ -292,7 +310,7 @@ def train_cnn(
                 keras.callbacks.EarlyStopping(
                     monitor="val_accuracy", patience=config.patience, restore_best_weights=True, mode="max"
                 ),
-                _epoch_logger(config.max_minutes, progress, epochs),
+                _epoch_logger(config.max_minutes, progress, epochs, learning_rate),
             ],
         )
         train_seconds = time.perf_counter() - started

@@ -1,0 +1,121 @@
+"""Ranking metrics: the same functions serve offline evaluation, the promotion gate and the nightly
+metrics in MLflow.
+
+``recommended`` is an (n_users, K) array of item indices, best first (-1 pads a short list);
+``relevant`` is a list with, for each of those users, the set of item indices they interacted with in
+the test window. Users with nothing relevant are skipped by the accuracy metrics.
+
+- Recall@K: hits in the top K / number of relevant items.
+- NDCG@K: binary gains, DCG = sum 1/log2(rank + 1) over hits, divided by the DCG of a perfect list
+  of min(K, relevant) hits.
+- MAP@K: mean over users of sum(precision@r for each hit rank r) / min(K, relevant).
+- Coverage: distinct recommended items / catalog size.
+- Intra-list diversity: mean over lists of the mean pairwise cosine distance (1 - cos) of the items'
+  image embeddings.
+- Novelty: mean -log2(p_i) of recommended items, p_i the share of training users who had item i
+  (add-one smoothed).
+- Cold recall@K: recall over relevant items that had no interactions before the cut, for users with
+  at least one such item.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _users_with(relevant: list[set[int]]) -> list[int]:
+    return [u for u, rel in enumerate(relevant) if rel]
+
+
+def recall_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:
+    users = _users_with(relevant)
+    if not users:
+        return 0.0
+    return float(
+        np.mean([len(set(recommended[u, :k].tolist()) & relevant[u]) / len(relevant[u]) for u in users])
+    )
+
+
+def ndcg_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:
+    users = _users_with(relevant)
+    if not users:
+        return 0.0
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    out = []
+    for u in users:
+        hits = np.array([item in relevant[u] for item in recommended[u, :k]], dtype=float)
+        ideal = discounts[: min(k, len(relevant[u]))].sum()
+        out.append(float((hits * discounts[: len(hits)]).sum() / ideal))
+    return float(np.mean(out))
+
+
+def map_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:
+    users = _users_with(relevant)
+    if not users:
+        return 0.0
+    out = []
+    for u in users:
+        hits, total = 0, 0.0
+        for rank, item in enumerate(recommended[u, :k], start=1):
+            if item in relevant[u]:
+                hits += 1
+                total += hits / rank
+        out.append(total / min(k, len(relevant[u])))
+    return float(np.mean(out))
+
+
+def coverage(recommended: np.ndarray, n_items: int) -> float:
+    items = np.unique(recommended[recommended >= 0])
+    return float(len(items) / n_items) if n_items else 0.0
+
+
+def intra_list_diversity(recommended: np.ndarray, embeddings: np.ndarray) -> float:
+    """Mean pairwise cosine distance within lists (embeddings L2-normalised)."""
+    values = []
+    for row in recommended:
+        row = row[row >= 0]
+        if len(row) < 2:
+            continue
+        e = embeddings[row]
+        sims = e @ e.T
+        n = len(row)
+        values.append(float((n * n - sims.sum()) / (n * (n - 1))))  # mean of 1 - cos off the diagonal
+    return float(np.mean(values)) if values else 0.0
+
+
+def novelty(recommended: np.ndarray, item_user_counts: np.ndarray, n_users: int) -> float:
+    p = (item_user_counts + 1.0) / (n_users + 1.0)
+    items = recommended[recommended >= 0]
+    return float(np.mean(-np.log2(p[items]))) if len(items) else 0.0
+
+
+def cold_recall_at_k(recommended: np.ndarray, relevant: list[set[int]], cold: np.ndarray, k: int) -> float:
+    cold_set = set(np.flatnonzero(cold).tolist())
+    return recall_at_k(recommended, [rel & cold_set for rel in relevant], k)
+
+
+def evaluate(
+    recommended: np.ndarray,
+    relevant: list[set[int]],
+    *,
+    k: int,
+    n_items: int,
+    cold: np.ndarray | None = None,
+    embeddings: np.ndarray | None = None,
+    item_user_counts: np.ndarray | None = None,
+    n_users: int | None = None,
+) -> dict[str, float]:
+    """Every metric at once, keyed like ``recall_at_20``."""
+    out = {
+        f"recall_at_{k}": recall_at_k(recommended, relevant, k),
+        f"ndcg_at_{k}": ndcg_at_k(recommended, relevant, k),
+        f"map_at_{k}": map_at_k(recommended, relevant, k),
+        "coverage": coverage(recommended[:, :k], n_items),
+    }
+    if cold is not None:
+        out[f"cold_recall_at_{k}"] = cold_recall_at_k(recommended, relevant, cold, k)
+    if embeddings is not None:
+        out["intra_list_diversity"] = intra_list_diversity(recommended[:, :k], embeddings)
+    if item_user_counts is not None and n_users:
+        out["novelty"] = novelty(recommended[:, :k], item_user_counts, n_users)
+    return out

@@ -1,0 +1,199 @@
+"""Recommenders behind one batch-first interface, after benfred/implicit:
+
+    model.fit(data)
+    ids, scores = model.recommend(userids, user_items, N=20, filter_already_liked_items=True,
+                                  filter_items=None)
+
+Users and items are integer indices (``TrainData`` holds the id maps). ``recommend`` scores users in
+chunks (memory is chunk x items, never users x items), masks filtered items and selects the top N
+with ``tf.math.top_k`` (an exact selection, much faster than ``np.argpartition`` here). A list that
+runs out of unfiltered items is padded with id -1 and score -inf.
+
+Implemented here: ``Popularity`` (recent window), ``ItemCF`` (cosine item-item co-occurrence),
+``SparkALS`` (Spark ML implicit ALS). The visual model lives in ``visrec.models.mf``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+@dataclass
+class TrainData:
+    """What every recommender fits on."""
+
+    user_items: sp.csr_matrix  # (n_users, n_items) implicit-feedback confidence
+    item_features: np.ndarray | None = None  # (n_items, d) L2-normalised image embeddings
+    recent_user_items: sp.csr_matrix | None = None  # the last days only, for popularity
+    user_ids: list[str] = field(default_factory=list)
+    item_ids: list[str] = field(default_factory=list)
+
+    @property
+    def n_users(self) -> int:
+        return self.user_items.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.user_items.shape[1]
+
+
+def top_k_masked(scores: np.ndarray, mask: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` per row of ``scores`` with ``mask`` (True = excluded) applied; -1 pads."""
+    import tensorflow as tf
+
+    scores = (
+        np.where(mask, -np.inf, scores).astype(np.float32) if mask is not None else scores.astype(np.float32)
+    )
+    k = min(k, scores.shape[1])
+    values, idx = tf.math.top_k(scores, k=k)
+    values, idx = values.numpy(), idx.numpy().astype(np.int64)
+    idx[~np.isfinite(values)] = -1
+    return idx, values
+
+
+class Recommender:
+    """Base class: subclasses implement ``fit`` and ``score`` (dense scores for some users)."""
+
+    chunk_size = 2048
+
+    def fit(self, data: TrainData) -> Recommender:
+        raise NotImplementedError
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def recommend(
+        self,
+        userids: np.ndarray,
+        user_items: sp.csr_matrix,
+        N: int = 10,
+        filter_already_liked_items: bool = True,
+        filter_items: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``N`` items for each of ``userids``: (ids, scores), each (len(userids), N)."""
+        userids = np.asarray(userids, dtype=np.int64)
+        if N < 1:
+            raise ValueError(f"N must be at least 1, got {N}")
+        all_ids, all_scores = [], []
+        for start in range(0, len(userids), self.chunk_size):
+            users = userids[start : start + self.chunk_size]
+            scores = self.score(users)
+            mask = np.zeros(scores.shape, dtype=bool)
+            if filter_already_liked_items:
+                liked = user_items[users]
+                mask[np.repeat(np.arange(len(users)), np.diff(liked.indptr)), liked.indices] = True
+            if filter_items is not None and len(filter_items):
+                mask[:, np.asarray(filter_items, dtype=np.int64)] = True
+            ids, vals = top_k_masked(scores, mask, N)
+            all_ids.append(ids)
+            all_scores.append(vals)
+        if not all_ids:
+            return np.zeros((0, N), np.int64), np.zeros((0, N), np.float32)
+        return np.concatenate(all_ids), np.concatenate(all_scores)
+
+
+class Popularity(Recommender):
+    """What most users interacted with recently (the same list for everyone)."""
+
+    def __init__(self):
+        self.popularity: np.ndarray | None = None
+
+    def fit(self, data: TrainData) -> Popularity:
+        matrix = data.recent_user_items if data.recent_user_items is not None else data.user_items
+        users_per_item = np.asarray((matrix > 0).sum(axis=0)).ravel().astype(np.float32)
+        # Ties broken by all-time popularity, then by index: deterministic.
+        all_time = np.asarray((data.user_items > 0).sum(axis=0)).ravel().astype(np.float32)
+        self.popularity = users_per_item + all_time / (all_time.max() + 1.0) * 0.5
+        return self
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.popularity, (len(userids), len(self.popularity)))
+
+
+class ItemCF(Recommender):
+    """Item-item collaborative filtering: score(u, i) = sum over u's items j of cos(i, j), with each
+    item keeping its ``neighbours`` most similar items (cosine of binary user-item columns)."""
+
+    def __init__(self, neighbours: int = 100):
+        self.neighbours = neighbours
+        self.similarity: sp.csr_matrix | None = None
+        self.user_items: sp.csr_matrix | None = None
+
+    def fit(self, data: TrainData) -> ItemCF:
+        binary = (data.user_items > 0).astype(np.float32).tocsc()
+        norms = np.sqrt(np.asarray(binary.multiply(binary).sum(axis=0)).ravel())
+        norms[norms == 0] = 1.0
+        normed = binary @ sp.diags(1.0 / norms)
+        sim = (normed.T @ normed).tocsr()
+        sim.setdiag(0)
+        sim.eliminate_zeros()
+        self.similarity = _keep_top_per_row(sim, self.neighbours)
+        self.user_items = (data.user_items > 0).astype(np.float32).tocsr()
+        return self
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        return np.asarray((self.user_items[userids] @ self.similarity).todense())
+
+
+def _keep_top_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    rows, cols, vals = [], [], []
+    for r in range(matrix.shape[0]):
+        start, end = matrix.indptr[r], matrix.indptr[r + 1]
+        if end == start:
+            continue
+        data, idx = matrix.data[start:end], matrix.indices[start:end]
+        keep = np.argsort(-data, kind="stable")[:k]
+        rows.append(np.full(len(keep), r))
+        cols.append(idx[keep])
+        vals.append(data[keep])
+    if not rows:
+        return sp.csr_matrix(matrix.shape, dtype=np.float32)
+    return sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=matrix.shape
+    )
+
+
+class SparkALS(Recommender):
+    """Spark ML's implicit-feedback ALS (Hu, Koren & Volinsky). Needs a SparkSession with a
+    checkpoint directory (``visrec.spark.get_spark`` sets one: without it ALS overflows its stack)."""
+
+    def __init__(self, spark: SparkSession, factors: int = 32, regularization: float = 0.05,
+                 alpha: float = 10.0, iterations: int = 10, seed: int = 42):  # fmt: skip
+        self.spark = spark
+        self.factors, self.regularization, self.alpha = factors, regularization, alpha
+        self.iterations, self.seed = iterations, seed
+        self.user_factors: np.ndarray | None = None
+        self.item_factors: np.ndarray | None = None
+
+    def fit(self, data: TrainData) -> SparkALS:
+        from pyspark.ml.recommendation import ALS
+
+        coo = data.user_items.tocoo()
+        frame = self.spark.createDataFrame(
+            list(zip(coo.row.tolist(), coo.col.tolist(), coo.data.astype(float).tolist(), strict=True)),
+            "user int, item int, confidence double",
+        )
+        als = ALS(rank=self.factors, maxIter=self.iterations, regParam=self.regularization, alpha=self.alpha,
+                  implicitPrefs=True, userCol="user", itemCol="item", ratingCol="confidence", seed=self.seed,
+                  checkpointInterval=5, nonnegative=False, coldStartStrategy="nan")  # fmt: skip
+        model = als.fit(frame)
+        self.user_factors = _factor_matrix(model.userFactors.collect(), data.n_users, self.factors)
+        self.item_factors = _factor_matrix(model.itemFactors.collect(), data.n_items, self.factors)
+        return self
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        return self.user_factors[userids] @ self.item_factors.T
+
+
+def _factor_matrix(rows, n: int, k: int) -> np.ndarray:
+    out = np.zeros((n, k), np.float32)
+    for row in rows:
+        out[row["id"]] = row["features"]
+    return out

@@ -1,0 +1,417 @@
+"""From lake tables to recommendations: the temporal split, the model comparison, training and
+registering ``visrec-mf``, and batch scoring of every user into the ``recommendations`` table.
+
+Evaluation uses a global time cut: events before ``end of ds - VISREC_TEST_DAYS`` train, and the
+(user, item) pairs with a click, cart or purchase after it (and not already in the user's training
+history) are what a model should find. Item ids are those with an image embedding (the catalog the
+visual models can see); events on other items are counted and left out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+
+from visrec.evaluate import evaluate
+from visrec.jobs.features import end_of_day
+from visrec.lake import Lake
+from visrec.recommenders import Recommender, TrainData
+from visrec.settings import Settings
+
+log = logging.getLogger(__name__)
+MODEL_NAME = "visrec-mf"
+INTENT_EVENTS = ("click", "add_to_cart", "purchase")
+
+
+@dataclass
+class Split:
+    """Training data before the cut and what each user did after it."""
+
+    train: TrainData
+    relevant: list[set[int]]
+    cold: np.ndarray  # items with no interaction before the cut
+    cut: datetime
+    dropped_events: int
+
+
+def load_events(lake: Lake, ds: str) -> pd.DataFrame:
+    """Clean events of every partition up to ``ds``."""
+    dss = [d for d in lake.partitions("events") if d <= ds]
+    table = lake.read_table("events", None) if dss else None
+    if table is None or table.num_rows == 0:
+        return pd.DataFrame(
+            {"user_id": [], "item_id": [], "event_type": [], "ts": pd.to_datetime([], utc=True)}
+        )
+    frame = table.select(["user_id", "item_id", "event_type", "ts", "ds"]).to_pandas()
+    return frame[frame["ds"] <= ds].drop(columns="ds")
+
+
+def item_embeddings(lake: Lake, ds: str) -> tuple[list[str], np.ndarray, str]:
+    """(item ids, embeddings, CNN version) of the newest ``item_embeddings`` at or before ``ds``."""
+    from visrec.vision import embeddings_matrix, latest_partition
+
+    table = lake.read_table("item_embeddings", latest_partition(lake, "item_embeddings", ds))
+    versions = sorted(set(table.column("model_version").to_pylist()))
+    return table.column("item_id").to_pylist(), embeddings_matrix(table), ",".join(versions)
+
+
+def confidence_matrix(events: pd.DataFrame, users: dict[str, int], items: dict[str, int], ref: datetime,
+                      settings: Settings) -> sp.csr_matrix:  # fmt: skip
+    """Users x items confidence, the same formula as the ``interactions`` table, aged to ``ref``."""
+    if events.empty:
+        return sp.csr_matrix((len(users), len(items)), dtype=np.float32)
+    weights = settings.weights()
+    age_days = (pd.Timestamp(ref, tz="UTC") - events["ts"]).dt.total_seconds().to_numpy() / 86400.0
+    value = events["event_type"].map(weights).to_numpy() * 0.5 ** (age_days / settings.decay_half_life_days)
+    rows = events["user_id"].map(users).to_numpy()
+    cols = events["item_id"].map(items).to_numpy()
+    matrix = sp.coo_matrix((value.astype(np.float32), (rows, cols)), shape=(len(users), len(items))).tocsr()
+    matrix.sum_duplicates()
+    return matrix
+
+
+def _frame_indexed(events: pd.DataFrame, item_index: dict[str, int]) -> tuple[pd.DataFrame, int]:
+    known = events["item_id"].isin(item_index.keys())
+    return events[known], int((~known).sum())
+
+
+def build_split(settings: Settings, lake: Lake, ds: str) -> Split:
+    """The evaluation split as of ``ds`` (see the module docstring)."""
+    item_ids, features, _ = item_embeddings(lake, ds)
+    item_index = {item: k for k, item in enumerate(item_ids)}
+    events, dropped = _frame_indexed(load_events(lake, ds), item_index)
+    cut = end_of_day(ds) - timedelta(days=settings.test_days)
+    cut_ts = pd.Timestamp(cut, tz="UTC")
+    train_events = events[events["ts"] < cut_ts]
+    test_events = events[(events["ts"] >= cut_ts) & events["event_type"].isin(INTENT_EVENTS)]
+    user_ids = sorted(set(events["user_id"]))
+    user_index = {u: k for k, u in enumerate(user_ids)}
+    train = confidence_matrix(train_events, user_index, item_index, cut, settings)
+    recent = confidence_matrix(train_events[train_events["ts"] >= cut_ts - pd.Timedelta(days=7)], user_index,
+                               item_index, cut, settings)  # fmt: skip
+    relevant: list[set[int]] = [set() for _ in user_ids]
+    for user, item in zip(
+        test_events["user_id"].map(user_index), test_events["item_id"].map(item_index), strict=True
+    ):
+        relevant[user].add(int(item))
+    for u in range(len(user_ids)):
+        relevant[u] -= set(train.indices[train.indptr[u] : train.indptr[u + 1]].tolist())
+    cold = np.asarray((train > 0).sum(axis=0)).ravel() == 0
+    data = TrainData(train, features, recent, user_ids, item_ids)
+    return Split(data, relevant, cold, cut, dropped)
+
+
+def evaluate_model(model: Recommender, split: Split, k: int = 20) -> dict[str, float]:
+    """Fit on the split's training data and measure every metric on its test window."""
+    started = time.perf_counter()
+    model.fit(split.train)
+    fit_seconds = time.perf_counter() - started
+    users = np.array([u for u, rel in enumerate(split.relevant) if rel], dtype=np.int64)
+    ids, _ = model.recommend(users, split.train.user_items, N=k, filter_already_liked_items=True)
+    relevant = [split.relevant[u] for u in users]
+    counts = np.asarray((split.train.user_items > 0).sum(axis=0)).ravel()
+    metrics = evaluate(ids, relevant, k=k, n_items=split.train.n_items, cold=split.cold,
+                       embeddings=split.train.item_features, item_user_counts=counts,
+                       n_users=split.train.n_users)  # fmt: skip
+    metrics["fit_seconds"] = fit_seconds
+    metrics["test_users"] = float(len(users))
+    return metrics
+
+
+def full_data(settings: Settings, lake: Lake, ds: str) -> TrainData:
+    """All events up to the end of ``ds``: what the production model trains on."""
+    item_ids, features, _ = item_embeddings(lake, ds)
+    item_index = {item: k for k, item in enumerate(item_ids)}
+    events, _ = _frame_indexed(load_events(lake, ds), item_index)
+    user_ids = sorted(set(events["user_id"]))
+    user_index = {u: k for k, u in enumerate(user_ids)}
+    ref = end_of_day(ds)
+    matrix = confidence_matrix(events, user_index, item_index, ref, settings)
+    recent_events = events[events["ts"] >= pd.Timestamp(ref - timedelta(days=7), tz="UTC")]
+    recent = confidence_matrix(recent_events, user_index, item_index, ref, settings)
+    return TrainData(matrix, features, recent, user_ids, item_ids)
+
+
+def purchased_matrix(lake: Lake, ds: str, data: TrainData) -> sp.csr_matrix:
+    """Users x items, 1 where the user already bought the item (never recommended again)."""
+    user_index = {u: k for k, u in enumerate(data.user_ids)}
+    item_index = {i: k for k, i in enumerate(data.item_ids)}
+    events = load_events(lake, ds)
+    bought = events[(events["event_type"] == "purchase") & events["item_id"].isin(item_index.keys())
+                    & events["user_id"].isin(user_index.keys())]  # fmt: skip
+    rows = bought["user_id"].map(user_index).to_numpy()
+    cols = bought["item_id"].map(item_index).to_numpy()
+    out = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(data.n_users, data.n_items))
+    out.sum_duplicates()
+    return out
+
+
+def score_all_users(
+    model: Recommender,
+    data: TrainData,
+    purchased: sp.csr_matrix,
+    categories: list[str],
+    *,
+    k: int = 20,
+    max_per_category: int | None = None,
+    exclude: list[str] | None = None,
+    model_version: str = "",
+    source: str = "mf",
+    chunk: int = 2048,
+) -> pa.Table:
+    """Top ``k`` for every user in chunks: already-bought and excluded items filtered, at most
+    ``max_per_category`` items of one category per list (greedy over 3k candidates)."""
+    item_index = {i: n for n, i in enumerate(data.item_ids)}
+    filter_items = np.array([item_index[i] for i in (exclude or []) if i in item_index], dtype=np.int64)
+    cats = np.array(categories)
+    depth = k if max_per_category is None else min(3 * k, data.n_items)
+    users_out, ranks, items_out, scores_out = [], [], [], []
+    for start in range(0, data.n_users, chunk):
+        users = np.arange(start, min(start + chunk, data.n_users))
+        ids, scores = model.recommend(users, purchased, N=depth, filter_already_liked_items=True,
+                                      filter_items=filter_items)  # fmt: skip
+        for row, user in enumerate(users):
+            chosen, chosen_scores, per_cat = [], [], {}
+            for item, score in zip(ids[row], scores[row], strict=True):
+                if item < 0:
+                    break
+                if max_per_category is not None and per_cat.get(cats[item], 0) >= max_per_category:
+                    continue
+                per_cat[cats[item]] = per_cat.get(cats[item], 0) + 1
+                chosen.append(item)
+                chosen_scores.append(score)
+                if len(chosen) == k:
+                    break
+            users_out.extend([data.user_ids[user]] * len(chosen))
+            ranks.extend(range(1, len(chosen) + 1))
+            items_out.extend(data.item_ids[i] for i in chosen)
+            scores_out.extend(chosen_scores)
+    return pa.table({
+        "user_id": users_out, "rank": pa.array(ranks, pa.int16()), "item_id": items_out,
+        "score": pa.array(scores_out, pa.float32()), "source": [source] * len(users_out),
+        "model_version": [model_version] * len(users_out),
+    })  # fmt: skip
+
+
+class FactorScorer(Recommender):
+    """A trained factor model frozen into arrays (user vectors, item vectors, item biases) with its
+    own id maps, aligned to another index: how the registered champion scores today's users.
+    Users or items the model never saw get no score from it (-inf), so callers can fall back."""
+
+    def __init__(self, user_ids, item_ids, user_vectors, item_vectors, item_biases, version: str = ""):
+        self.user_ids, self.item_ids = list(user_ids), list(item_ids)
+        self.user_vectors, self.item_vectors = user_vectors, item_vectors
+        self.item_biases, self.version = item_biases, version
+
+    @classmethod
+    def from_model(cls, model, data: TrainData, version: str = "") -> FactorScorer:
+        return cls(
+            data.user_ids, data.item_ids, model.user_vectors, model.item_vectors, model.item_biases, version
+        )
+
+    def save(self, path) -> None:
+        np.savez_compressed(path, user_ids=np.array(self.user_ids, dtype=object), item_ids=np.array(self.item_ids, dtype=object),
+                            user_vectors=self.user_vectors, item_vectors=self.item_vectors, item_biases=self.item_biases)  # fmt: skip
+
+    @classmethod
+    def load(cls, path, version: str = "") -> FactorScorer:
+        z = np.load(path, allow_pickle=True)
+        return cls(
+            z["user_ids"].tolist(),
+            z["item_ids"].tolist(),
+            z["user_vectors"],
+            z["item_vectors"],
+            z["item_biases"],
+            version,
+        )
+
+    def aligned(self, user_ids: list[str], item_ids: list[str]) -> FactorScorer:
+        """The same model indexed by ``user_ids`` x ``item_ids``; unknown rows score -inf."""
+        dim = self.user_vectors.shape[1]
+        u_pos = {u: k for k, u in enumerate(self.user_ids)}
+        i_pos = {i: k for k, i in enumerate(self.item_ids)}
+        users = np.zeros((len(user_ids), dim), np.float32)
+        known_users = np.zeros(len(user_ids), bool)
+        for k, u in enumerate(user_ids):
+            if u in u_pos:
+                users[k], known_users[k] = self.user_vectors[u_pos[u]], True
+        items = np.zeros((len(item_ids), dim), np.float32)
+        biases = np.full(len(item_ids), -np.inf, np.float32)
+        for k, i in enumerate(item_ids):
+            if i in i_pos:
+                items[k], biases[k] = self.item_vectors[i_pos[i]], self.item_biases[i_pos[i]]
+        out = FactorScorer(user_ids, item_ids, users, items, biases, self.version)
+        out.known_users = known_users
+        return out
+
+    def fit(self, data: TrainData) -> FactorScorer:  # frozen: aligning is its "fit"
+        return self.aligned(data.user_ids, data.item_ids)
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        return self.user_vectors[userids] @ self.item_vectors.T + self.item_biases[None, :]
+
+
+@dataclass
+class MFConfig:
+    """Hyperparameters of the nightly recommender (VBPR) and its evaluation."""
+
+    factors: int = 32
+    visual_factors: int = 32
+    epochs: int = 30
+    learning_rate: float = 0.01
+    l2: float = 1e-4
+    negatives: int = 4
+    k: int = 20
+    max_per_category: int | None = 8
+    gate_metric: str = "recall_at_20"
+    gate_tolerance: float = 0.002
+    register: bool = True
+
+
+def _vbpr(config: MFConfig, seed: int):
+    from visrec.models.mf import VBPRRecommender
+
+    return VBPRRecommender(config.factors, config.visual_factors, config.epochs, learning_rate=config.learning_rate,
+                           l2=config.l2, negatives=config.negatives, seed=seed)  # fmt: skip
+
+
+def champion_scorer(settings: Settings) -> FactorScorer | None:
+    """The registered champion recommender as a :class:`FactorScorer`, or None."""
+    import mlflow
+
+    from visrec import registry
+    from visrec.tracking import ensure_experiment
+
+    ensure_experiment(settings)
+    current = registry.champion(MODEL_NAME)
+    if current is None:
+        return None
+    path = mlflow.artifacts.download_artifacts(run_id=current.run_id, artifact_path="scoring/factors.npz")
+    return FactorScorer.load(path, version=f"{MODEL_NAME}/{current.version}")
+
+
+@dataclass
+class MFResult:
+    metrics: dict[str, dict[str, float]]
+    version: str | None
+    promoted: bool | None
+    reason: str
+    scorer: FactorScorer
+
+
+def train_mf(
+    settings: Settings, ds: str, *, lake: Lake | None = None, config: MFConfig | None = None
+) -> MFResult:
+    """Evaluate popularity, the champion and a new VBPR on the split as of ``ds``; refit VBPR on all
+    data; register it as ``visrec-mf`` (champion only if it beats the champion on the split)."""
+    import mlflow
+
+    from visrec import registry
+    from visrec.recommenders import Popularity
+    from visrec.tracking import tracked_run
+
+    config = config or MFConfig()
+    lake = lake or Lake.from_settings(settings)
+    split = build_split(settings, lake, ds)
+    metrics = {"popularity": evaluate_model(Popularity(), split, config.k),
+               "vbpr": evaluate_model(_vbpr(config, settings.seed), split, config.k)}  # fmt: skip
+    champion = champion_scorer(settings) if config.register else None
+    if champion is not None:
+        metrics["champion"] = evaluate_model(champion, split, config.k)
+    full = full_data(settings, lake, ds)
+    production = _vbpr(config, settings.seed).fit(full)
+    scorer = FactorScorer.from_model(production, full)
+    version = promoted = None
+    reason = "not registered"
+    if config.register:
+        nested = mlflow.active_run() is not None
+        with tracked_run(settings, "train_mf", ds=ds, nested=nested):
+            mlflow.log_params({**{k: v for k, v in config.__dict__.items()}, "n_users": full.n_users,
+                               "n_items": full.n_items, "cut": split.cut.isoformat(),
+                               "events_without_embedding": split.dropped_events})  # fmt: skip
+            for name, values in metrics.items():
+                mlflow.log_metrics({f"{name}.{k}": v for k, v in values.items()})
+            import tempfile
+            from pathlib import Path
+
+            with tempfile.TemporaryDirectory() as tmp:
+                scorer.save(Path(tmp) / "factors.npz")
+                mlflow.log_artifact(str(Path(tmp) / "factors.npz"), "scoring")
+            import mlflow.keras
+
+            info = mlflow.keras.log_model(
+                production.model, name="model", pip_requirements=["keras", "tensorflow-cpu"]
+            )
+            gate = config.gate_metric
+            registration = registry.register(
+                info.model_uri, MODEL_NAME, metric=gate, value=metrics["vbpr"][gate],
+                champion_value=metrics["champion"][gate] if "champion" in metrics else None,
+                tolerance=config.gate_tolerance,
+            )  # fmt: skip
+            version, promoted, reason = (
+                f"{MODEL_NAME}/{registration.version}",
+                registration.promoted,
+                registration.reason,
+            )
+            scorer.version = version
+    log.info("mf %s: %s; %s", ds, {n: round(m[config.gate_metric], 4) for n, m in metrics.items()}, reason)
+    return MFResult(metrics, version, promoted, reason, scorer)
+
+
+def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config: MFConfig | None = None,
+                scorer: FactorScorer | None = None, exclude: list[str] | None = None) -> pa.Table:  # fmt: skip
+    """Recommendations for every user as of ``ds`` with the champion recommender (``source='mf'``);
+    users it does not know get what is popular (``source='popular'``). Writes ``recommendations``."""
+    from visrec.recommenders import Popularity
+
+    config = config or MFConfig()
+    lake = lake or Lake.from_settings(settings)
+    scorer = scorer or champion_scorer(settings)
+    if scorer is None:
+        from visrec.errors import VisrecError
+
+        raise VisrecError(
+            f"no champion {MODEL_NAME} in {settings.mlflow_tracking_uri}; run `visrec train mf --ds {ds}`"
+        )
+    data = full_data(settings, lake, ds)
+    purchased = purchased_matrix(lake, ds, data)
+    categories = _categories(lake, ds, data.item_ids)
+    aligned = scorer.aligned(data.user_ids, data.item_ids)
+    known = aligned.known_users
+    parts = []
+    for mask, model, source, version in ((known, aligned, "mf", scorer.version),
+                                         (~known, Popularity().fit(data), "popular", "popularity")):  # fmt: skip
+        if not mask.any():
+            continue
+        sub = TrainData(data.user_items[mask], data.item_features, None,
+                        [u for u, m in zip(data.user_ids, mask, strict=True) if m], data.item_ids)  # fmt: skip
+        if isinstance(model, FactorScorer):
+            model = model.aligned(sub.user_ids, sub.item_ids)
+        parts.append(score_all_users(model, sub, purchased[mask], categories, k=config.k,
+                                     max_per_category=config.max_per_category, exclude=exclude,
+                                     model_version=version, source=source))  # fmt: skip
+    table = pa.concat_tables(parts) if parts else None
+    if table is None:
+        from visrec.schemas import RECOMMENDATIONS
+
+        table = RECOMMENDATIONS.empty_table()
+    lake.write_table("recommendations", ds, table)
+    log.info("scored %d users for %s: %d rows", len(data.user_ids), ds, table.num_rows)
+    return table
+
+
+def _categories(lake: Lake, ds: str, item_ids: list[str]) -> list[str]:
+    from visrec.catalog import read_catalog
+
+    catalog, _ = read_catalog(lake)
+    category = dict(
+        zip(catalog.column("item_id").to_pylist(), catalog.column("category").to_pylist(), strict=True)
+    )
+    return [category.get(i, "") for i in item_ids]
