@@ -243,3 +243,26 @@ def test_ingestion_with_the_lake_on_s3(s3_endpoint, tmp_path, spark):
     assert report.events.valid > 0 and report.images.accepted > 0
     assert lake.read_table("interactions", "2026-11-01").num_rows > 0
     assert set(EVENT_TYPES) >= set(lake.read_table("events", "2026-11-01").column("event_type").to_pylist())
+
+
+def test_spark_submit_entry_points(tmp_path):
+    """The job files run under spark-submit, as a cluster would run them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    settings = Settings(home=tmp_path)
+    generate_shop(ShopConfig(users=20, items=20, days=1, corrupt_rate=0.1), Lake.from_settings(settings))
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    env = {**os.environ, "VISREC_HOME": str(tmp_path), "VISREC_ERROR_BUDGET": "0.5",
+           "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}  # fmt: skip
+    repo = Path(__file__).resolve().parents[1]
+    for job in ("ingest_events", "build_features"):
+        result = subprocess.run([str(spark_submit), "--master", "local[2]", str(repo / "spark_jobs" / f"{job}.py"),
+                                 "--ds", "2026-11-01"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"{job} 2026-11-01" in result.stdout
+    lake = Lake.from_settings(settings)
+    assert lake.read_table("interactions", "2026-11-01").num_rows > 0
+    assert lake.read_table("quarantine/events", "2026-11-01").num_rows > 0

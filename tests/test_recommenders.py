@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,7 @@ from visrec.models.mf import VBPR, VBPRRecommender
 from visrec.recommenders import ItemCF, Popularity, SparkALS, TrainData
 from visrec.recsys import MFConfig, build_split, evaluate_model, score_users, train_mf
 from visrec.settings import Settings
-from visrec.synth import CATEGORIES, COLOURS, PATTERNS, ShopConfig, generate_shop
+from visrec.synth import CATEGORIES, COLOURS, PATTERNS, ShopConfig, generate_shop, write_events_table
 
 SHOP = ShopConfig(users=600, items=300, days=8, seed=11)
 LAST = "2026-11-08"
@@ -43,16 +42,8 @@ def shop(tmp_path_factory):
     settings = Settings(home=tmp_path_factory.mktemp("rec"), test_days=2)
     lake = Lake.from_settings(settings)
     generate_shop(SHOP, lake)
+    write_events_table(lake)
     catalog = pd.read_csv(io.BytesIO(lake.get_bytes("raw/catalog/items.csv")), dtype=str)
-    category = dict(zip(catalog["item_id"], catalog["category"], strict=True))
-    for key in lake.list_keys("raw/events"):
-        ds = key.split("dt=")[1][:10]
-        rows = [json.loads(x) for x in lake.get_bytes(key).decode().splitlines()]
-        frame = pd.DataFrame(rows)
-        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-        frame["price"] = None
-        frame["category"] = frame["item_id"].map(category)
-        lake.write_table("events", ds, pa.Table.from_pandas(frame, preserve_index=False))
     item_ids = sorted(catalog["item_id"])
     emb = visual_features(lake, item_ids)
     lake.write_table("item_embeddings", LAST, pa.table({

@@ -166,3 +166,24 @@ def test_backbone_options():
         ImageClassifier(["a", "b"], backbone="resnet9000")
     with pytest.raises(ValueError, match="at least 2 classes"):
         ImageClassifier(["a"])
+
+
+def test_photo_query_reranked_for_a_user(trained):
+    from visrec.errors import VisrecError
+    from visrec.recsys import MFConfig, train_mf
+    from visrec.synth import write_events_table
+
+    settings, lake, _, _ = trained
+    raw = lake.get_bytes(lake.read_table("staging_images", DS).column("source_key")[0].as_py())
+    with pytest.raises(VisrecError, match="no champion recommender"):
+        find_similar_to_photo(settings, raw, "p.jpg", k=5, lake=lake, user="u000001")
+    write_events_table(lake)
+    train_mf(Settings(home=settings.home, test_days=0), DS, lake=lake, config=MFConfig(epochs=3))
+    visual, _ = find_similar_to_photo(settings, raw, "p.jpg", k=5, lake=lake)
+    events = lake.read_table("events", DS).to_pandas()
+    user = events.user_id.value_counts().index[0]
+    personal, context = find_similar_to_photo(settings, raw, "p.jpg", k=5, lake=lake, user=user)
+    assert context["reranked_by"] == "visrec-mf/1" and len(personal) == 5
+    assert len({m.item_id for m in personal}) == 5
+    with pytest.raises(VisrecError, match="unknown to visrec-mf/1"):
+        find_similar_to_photo(settings, raw, "p.jpg", k=5, lake=lake, user="nobody")

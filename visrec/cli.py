@@ -210,6 +210,8 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     )
     guesses = ", ".join(f"{c} {p:.0%}" for c, p in context["categories"])
     print(f"{photo.name}: looks like {guesses} ({context['model_version']}, catalog of {context['ds']})")
+    if context["reranked_by"]:
+        print(f"re-ranked for user {args.user} with {context['reranked_by']} (score = visual similarity)")
     print(f"{'rank':>4}  {'item_id':<14} {'score':>6}  category")
     for rank, m in enumerate(matches, 1):
         print(f"{rank:>4}  {m.item_id:<14} {m.score:6.3f}  {m.category}")
@@ -332,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("photo", help="path of the photo")
     sim.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    sim.add_argument("--user", default=None, help="re-rank the look-alikes by this user's taste (visrec-mf)")
     sim.add_argument("--ds", default=None, help="use the catalog embeddings of this date (default latest)")
     sim.add_argument("--html", default=None, metavar="OUT", help="also write an HTML page with the images")
     sim.set_defaults(func=cmd_similar)

@@ -321,3 +321,30 @@ def ingest_day(
     finally:
         report.data_docs = validator.publish_docs(lake)
     return report
+
+
+def spark_job_main(step: str, argv: list[str] | None = None) -> int:
+    """The ``main()`` of the spark-submit entry points in ``spark_jobs/``: one step for one ``--ds``."""
+    import argparse
+
+    from visrec.cli import setup_logging
+    from visrec.spark import get_spark
+    from visrec.validation import TableValidator
+
+    steps = {"ingest_events": ingest_events, "build_features": build_features}
+    parser = argparse.ArgumentParser(prog=f"spark_jobs/{step}.py", description=f"visrec {step} for one date")
+    parser.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
+    args = parser.parse_args(argv)
+    setup_logging()
+    settings = Settings.from_env()
+    lake = Lake.from_settings(settings)
+    validator = TableValidator(check_ds(args.ds))
+    try:
+        result = steps[step](settings, lake, args.ds, get_spark(settings, step), validator)
+    except VisrecError as exc:
+        print(f"{step}: error: {exc}")
+        return 1
+    finally:
+        validator.publish_docs(lake)
+    print(f"{step} {args.ds}: {result}")
+    return 0

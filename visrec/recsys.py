@@ -110,6 +110,12 @@ def build_split(settings: Settings, lake: Lake, ds: str) -> Split:
 
 def evaluate_model(model: Recommender, split: Split, k: int = 20) -> dict[str, float]:
     """Fit on the split's training data and measure every metric on its test window."""
+    if split.train.user_items.nnz == 0:
+        from visrec.errors import VisrecError
+
+        raise VisrecError(
+            f"no interactions before the cut {split.cut:%Y-%m-%d %H:%M}; ingest more days or lower VISREC_TEST_DAYS"
+        )
     started = time.perf_counter()
     model.fit(split.train)
     fit_seconds = time.perf_counter() - started

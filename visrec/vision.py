@@ -486,9 +486,14 @@ def find_similar_to_photo(
     k: int = 10,
     lake: Lake | None = None,
     ds: str | None = None,
+    user: str | None = None,
 ) -> tuple[list[PhotoMatch], dict]:
     """Embed an uploaded photo with the champion image model and return the ``k`` nearest catalog
-    items, best first, plus context (model version, partition, predicted categories)."""
+    items, best first, plus context (model version, partition, predicted categories).
+
+    With ``user``, the ``max(50, 5k)`` visually nearest items are re-ranked by an equal blend of their
+    standardised visual similarity and the champion recommender's standardised score for that user,
+    so the photo says what to look for and the user's history which of those they prefer."""
     from visrec.errors import VisrecError
     from visrec.images import normalise_image
     from visrec.tracking import ensure_experiment
@@ -513,8 +518,12 @@ def find_similar_to_photo(
     pixels = decode_pngs([png])
     query = embed_pixels(model, pixels)
     probs = np.asarray(model.predict(pixels, verbose=0))[0]
-    idx, scores = top_k_similar(query, embeddings_matrix(table), k)
+    depth = max(50, 5 * k) if user else k
+    idx, scores = top_k_similar(query, embeddings_matrix(table), depth)
     ids = table.column("item_id").to_pylist()
+    reranked_by = None
+    if user:
+        idx, scores, reranked_by = _rerank_for_user(settings, user, ids, idx[0], scores[0], k)
     catalog_category = {}
     staged = (
         lake.read_table("staging_images", ds).select(["item_id", "category"])
@@ -533,6 +542,32 @@ def find_similar_to_photo(
     context = {
         "ds": ds,
         "model_version": version,
+        "reranked_by": reranked_by,
         "categories": [(model.class_names[c], float(probs[c])) for c in top],
     }
     return matches, context
+
+
+def _rerank_for_user(
+    settings: Settings, user: str, ids: list[str], idx: np.ndarray, visual: np.ndarray, k: int
+):
+    from visrec.errors import VisrecError
+    from visrec.recsys import champion_scorer
+
+    scorer = champion_scorer(settings)
+    if scorer is None:
+        raise VisrecError(
+            "no champion recommender (visrec-mf) yet to re-rank by; run `visrec train mf` or drop --user"
+        )
+    if user not in set(scorer.user_ids):
+        raise VisrecError(f"user {user!r} is unknown to {scorer.version}; drop --user for visual results")
+    aligned = scorer.aligned([user], [ids[j] for j in idx])
+    preference = aligned.score(np.array([0]))[0]
+    known = np.isfinite(preference)
+
+    def z(x: np.ndarray) -> np.ndarray:
+        return (x - x[known].mean()) / (x[known].std() + 1e-9) if known.any() else np.zeros_like(x)
+
+    blended = np.where(known, 0.5 * z(visual) + 0.5 * z(np.where(known, preference, 0.0)), -np.inf)
+    order = np.argsort(-blended, kind="stable")[:k]
+    return idx[order][None, :], visual[order][None, :], scorer.version
