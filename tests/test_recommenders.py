@@ -155,6 +155,10 @@ def test_train_register_and_score_every_user(shop):
     assert set(result.metrics) == {"popularity", "vbpr"}
     second = train_mf(settings, LAST, lake=lake, config=MFConfig(epochs=10))
     assert "champion" in second.metrics and "vs champion v1" in second.reason
+    # Same data, same seed: the champion's evaluation model scores today's window like the challenger.
+    assert second.metrics["champion"]["recall_at_20"] == pytest.approx(
+        second.metrics["vbpr"]["recall_at_20"], abs=0.02
+    )
     recs = score_users(settings, LAST, lake=lake, config=MFConfig(k=10, max_per_category=4)).to_pandas()
     catalog = pd.read_csv(io.BytesIO(lake.get_bytes("raw/catalog/items.csv")), dtype=str)
     category = dict(zip(catalog["item_id"], catalog["category"], strict=True))

@@ -117,7 +117,7 @@ def evaluate_model(model: Recommender, split: Split, k: int = 20) -> dict[str, f
             f"no interactions before the cut {split.cut:%Y-%m-%d %H:%M}; ingest more days or lower VISREC_TEST_DAYS"
         )
     started = time.perf_counter()
-    model.fit(split.train)
+    model = model.fit(split.train)  # a frozen FactorScorer returns an aligned copy rather than itself
     fit_seconds = time.perf_counter() - started
     users = np.array([u for u, rel in enumerate(split.relevant) if rel], dtype=np.int64)
     ids, _ = model.recommend(users, split.train.user_items, N=k, filter_already_liked_items=True)
@@ -288,8 +288,10 @@ def _vbpr(config: MFConfig, seed: int):
                            l2=config.l2, negatives=config.negatives, seed=seed)  # fmt: skip
 
 
-def champion_scorer(settings: Settings) -> FactorScorer | None:
-    """The registered champion recommender as a :class:`FactorScorer`, or None."""
+def champion_scorer(settings: Settings, artifact: str = "factors.npz") -> FactorScorer | None:
+    """The registered champion recommender as a :class:`FactorScorer`, or None. ``factors.npz`` is
+    the model trained on everything (for scoring), ``eval_factors.npz`` the one trained before its
+    evaluation cut (for the promotion gate)."""
     import mlflow
 
     from visrec import registry
@@ -299,7 +301,7 @@ def champion_scorer(settings: Settings) -> FactorScorer | None:
     current = registry.champion(MODEL_NAME)
     if current is None:
         return None
-    path = mlflow.artifacts.download_artifacts(run_id=current.run_id, artifact_path="scoring/factors.npz")
+    path = mlflow.artifacts.download_artifacts(run_id=current.run_id, artifact_path=f"scoring/{artifact}")
     return FactorScorer.load(path, version=f"{MODEL_NAME}/{current.version}")
 
 
@@ -326,9 +328,12 @@ def train_mf(
     config = config or MFConfig()
     lake = lake or Lake.from_settings(settings)
     split = build_split(settings, lake, ds)
+    challenger = _vbpr(config, settings.seed)
     metrics = {"popularity": evaluate_model(Popularity(), split, config.k),
-               "vbpr": evaluate_model(_vbpr(config, settings.seed), split, config.k)}  # fmt: skip
-    champion = champion_scorer(settings) if config.register else None
+               "vbpr": evaluate_model(challenger, split, config.k)}  # fmt: skip
+    # The gate compares like with like: the champion's own evaluation model (trained before *its*
+    # cut, so it never saw today's test window) on today's window, against the challenger's.
+    champion = champion_scorer(settings, artifact="eval_factors.npz") if config.register else None
     if champion is not None:
         metrics["champion"] = evaluate_model(champion, split, config.k)
     full = full_data(settings, lake, ds)
@@ -349,7 +354,9 @@ def train_mf(
 
             with tempfile.TemporaryDirectory() as tmp:
                 scorer.save(Path(tmp) / "factors.npz")
+                FactorScorer.from_model(challenger, split.train).save(Path(tmp) / "eval_factors.npz")
                 mlflow.log_artifact(str(Path(tmp) / "factors.npz"), "scoring")
+                mlflow.log_artifact(str(Path(tmp) / "eval_factors.npz"), "scoring")
             import mlflow.keras
 
             info = mlflow.keras.log_model(
