@@ -174,6 +174,7 @@ def test_photo_query_reranked_for_a_user(trained):
     from visrec.synth import write_events_table
 
     settings, lake, _, _ = trained
+    embed_items(settings, DS, lake, *load_cnn())  # an earlier test may have promoted a new champion
     raw = lake.get_bytes(lake.read_table("staging_images", DS).column("source_key")[0].as_py())
     with pytest.raises(VisrecError, match="no champion recommender"):
         find_similar_to_photo(settings, raw, "p.jpg", k=5, lake=lake, user="u000001")
