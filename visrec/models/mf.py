@@ -111,8 +111,8 @@ class VBPR(keras.Model):
 class VBPRRecommender(Recommender):
     """Fits a :class:`VBPR` with sampled negatives and serves it through the batch interface."""
 
-    def __init__(self, factors: int = 32, visual_factors: int = 32, epochs: int = 30, batch_size: int = 4096,
-                 learning_rate: float = 0.01, l2: float = 1e-4, negatives: int = 4, seed: int = 42):  # fmt: skip
+    def __init__(self, factors: int = 32, visual_factors: int = 32, epochs: int = 20, batch_size: int = 4096,
+                 learning_rate: float = 0.005, l2: float = 1e-5, negatives: int = 4, seed: int = 42):  # fmt: skip
         self.factors, self.visual_factors, self.epochs = factors, visual_factors, epochs
         self.batch_size, self.learning_rate, self.l2 = batch_size, learning_rate, l2
         self.negatives, self.seed = negatives, seed
@@ -131,7 +131,10 @@ class VBPRRecommender(Recommender):
                           self.factors, self.visual_factors, self.l2)  # fmt: skip
         self.model.build()
         if features is not None:
-            self.model.item_features.assign(features.astype(np.float32))
+            # Centred and scaled: CNN embeddings share a large common component (post-ReLU pooling),
+            # which would otherwise dominate E f_i and leave little to tell items apart.
+            centred = features - features.mean(axis=0, keepdims=True)
+            self.model.item_features.assign((centred / (centred.std() + 1e-8)).astype(np.float32))
         self.model.compile(optimizer=keras.optimizers.Adam(self.learning_rate))
         coo = data.user_items.tocoo()
         warm = np.flatnonzero(np.asarray((data.user_items > 0).sum(axis=0)).ravel())
