@@ -206,7 +206,7 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
         raise VisrecError(f"photo {photo} not found")
     lake = _lake(None, settings)
     matches, context = find_similar_to_photo(
-        settings, photo.read_bytes(), photo.name, k=args.k, lake=lake, ds=args.ds
+        settings, photo.read_bytes(), photo.name, k=args.k, lake=lake, ds=args.ds, user=args.user
     )
     guesses = ", ".join(f"{c} {p:.0%}" for c, p in context["categories"])
     print(f"{photo.name}: looks like {guesses} ({context['model_version']}, catalog of {context['ds']})")
