@@ -79,6 +79,7 @@ class CNNConfig:
     learning_rate: float = 3e-3
     width: int = 32
     dropout: float = 0.25
+    label_smoothing: float = 0.1
     held_out_share: float = 0.2
     patience: int = 5
     max_minutes: float | None = 20.0  # stop after this much training time, keeping the best epoch
@@ -154,7 +155,7 @@ def _epoch_logger(*args, **kwargs):
             if self.progress:
                 self.progress("cnn epochs", epoch + 1, self.epochs)
             elapsed = time.perf_counter() - self.started
-            if self.max_seconds and elapsed + self.epoch_seconds > self.max_seconds:
+            if self.max_seconds and elapsed + 1.1 * self.epoch_seconds > self.max_seconds:
                 log.info("cnn: stopping after epoch %d: another would pass the %.1f min budget", epoch + 1,
                          self.max_seconds / 60)  # fmt: skip
                 self.model.stop_training = True
@@ -279,11 +280,12 @@ def train_cnn(
         epochs, learning_rate = config.fine_tune_epochs, config.learning_rate / 5
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=1e-4),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(5, name="top5")],
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
     )
-    train_ds = _dataset(images.pixels[train_idx], labels[train_idx], config.batch_size, True, settings.seed)
-    held_ds = _dataset(images.pixels[held_idx], labels[held_idx], 256, False, 0)
+    one_hot = np.eye(len(class_names), dtype=np.float32)[labels]
+    train_ds = _dataset(images.pixels[train_idx], one_hot[train_idx], config.batch_size, True, settings.seed)
+    held_ds = _dataset(images.pixels[held_idx], one_hot[held_idx], 256, False, 0)
     nested = mlflow.active_run() is not None if config.register else False
     run_ctx = tracked_run(settings, "train_cnn", ds=ds, nested=nested) if config.register else _null()
     with run_ctx:
