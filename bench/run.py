@@ -303,6 +303,63 @@ def bench_mf() -> Figures:
     return out
 
 
+def bench_mf_hm() -> Figures:
+    """Recommenders on hm-sample's real purchases: train before 2020-06-01, test = purchases after it
+    (not bought before); item embeddings from the image model of the cnn bench (run it first)."""
+    from datetime import date
+
+    import numpy as np
+    import pyarrow as pa
+
+    from visrec.importer import import_hm
+    from visrec.lake import Lake
+    from visrec.models.mf import VBPRRecommender
+    from visrec.recommenders import ItemCF, Popularity, SparkALS
+    from visrec.recsys import build_split, evaluate_model
+    from visrec.settings import Settings
+    from visrec.spark import get_spark
+    from visrec.synth import write_events_table
+
+    cache = CACHE / "hm_embeddings.npz"
+    if not (HM_SAMPLE / "articles.csv").exists() or not cache.exists():
+        print("mf_hm: needs hm-sample and the cnn bench's embeddings; skipped", file=sys.stderr)
+        return {}
+    out: Figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        last, cut = "2020-09-22", date(2020, 6, 1)
+        settings = Settings(home=Path(tmp), test_days=(date.fromisoformat(last) - cut).days + 1)
+        lake = Lake.from_settings(settings)
+        import_hm(HM_SAMPLE, lake)
+        write_events_table(lake)
+        z = np.load(cache)
+        emb = z["embeddings"].astype(np.float32)
+        lake.write_table("item_embeddings", last, pa.table({
+            "item_id": z["item_ids"].tolist(),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), emb.shape[1]),
+            "model_version": ["bench-cnn"] * len(emb)}))  # fmt: skip
+        split = build_split(settings, lake, last)
+        spark = get_spark(settings, "bench-mf-hm")
+        models = {"popularity": Popularity(), "item_cf": ItemCF(), "spark_als": SparkALS(spark),
+                  "mf": VBPRRecommender(visual_factors=0), "vbpr": VBPRRecommender()}  # fmt: skip
+        test_users = sum(1 for r in split.relevant if r)
+        note = (
+            f"hm-sample: train before {cut}, test = {test_users} users' purchases after it, "
+            f"{int(split.cold.sum())} items never bought before the cut; embeddings of the cnn bench's model"
+        )
+        for name, model in models.items():
+            metrics = evaluate_model(model, split)
+            for key in (
+                "recall_at_20",
+                "ndcg_at_20",
+                "map_at_20",
+                "cold_recall_at_20",
+                "coverage",
+                "fit_seconds",
+            ):
+                out[f"mf.hm.{name}.{key}"] = _figure(round(metrics[key], 4), key, note)
+    return out
+
+
 BENCHES: dict[str, Callable[[], Figures]] = {
     "synth": bench_synth,
     "ingest": bench_ingest,

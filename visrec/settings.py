@@ -7,7 +7,7 @@ configuration, and nothing here names a path of any particular machine.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -104,8 +104,3 @@ class Settings:
             max_event_age_days=max_age,
             test_days=test_days,
         )
-
-
-def describe(settings: Settings) -> dict[str, str]:
-    """The settings as strings, for logs and ``visrec --version``-style output."""
-    return {f.name: str(getattr(settings, f.name)) for f in fields(settings)}
