@@ -35,8 +35,18 @@ def test_environment_overrides(tmp_path: Path):
 
 @pytest.mark.parametrize(
     "env, message",
-    [({"VISREC_SEED": "x"}, "bad numeric"), ({"VISREC_ERROR_BUDGET": "2"}, "within")],
+    [
+        ({"VISREC_SEED": "x"}, "bad numeric"),
+        ({"VISREC_ERROR_BUDGET": "2"}, "within"),
+        ({"VISREC_EVENT_WEIGHTS": "view=1,click=x"}, "bad entry"),
+        ({"VISREC_EVENT_WEIGHTS": "view=1,click=2"}, "must give exactly"),
+    ],
 )
 def test_bad_values_are_named(env, message):
     with pytest.raises(ValueError, match=message):
         Settings.from_env(env)
+
+
+def test_event_weights_parse():
+    s = Settings.from_env({"VISREC_EVENT_WEIGHTS": "view=0.5,click=1,add_to_cart=3,purchase=10"})
+    assert s.weights() == {"view": 0.5, "click": 1.0, "add_to_cart": 3.0, "purchase": 10.0}
