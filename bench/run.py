@@ -365,6 +365,7 @@ BENCHES: dict[str, Callable[[], Figures]] = {
     "ingest": bench_ingest,
     "cnn": bench_cnn,
     "mf": bench_mf,
+    "mf_hm": bench_mf_hm,
 }
 
 
