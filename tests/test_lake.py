@@ -54,6 +54,7 @@ def test_table_round_trip_and_rerun_replaces(lake: Lake):
     assert day1.num_rows == 2 and set(day1.column("score").to_pylist()) == {2.0}
     assert day1.column("ds").to_pylist() == ["2026-01-01"] * 2
     assert lake.read_table("recommendations").num_rows == 3
+    assert lake.read_table("recommendations", ["2026-01-02"]).column("user_id").to_pylist() == ["u3"]
     assert lake.read_table("recommendations").schema.field("rank").type == pa.int16()
 
 

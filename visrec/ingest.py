@@ -84,13 +84,20 @@ def _check_budget(what: str, rejected: int, total: int, budget: float, reasons: 
         )
 
 
-def catalog_frame(spark: SparkSession, lake: Lake) -> DataFrame:
-    catalog, _ = read_catalog(lake)
+def catalog_frame(spark: SparkSession, lake: Lake, catalog: pa.Table | None = None) -> DataFrame:
+    """The catalog (read from the lake unless the caller already has it) as a Spark DataFrame."""
+    if catalog is None:
+        catalog, _ = read_catalog(lake)
     return spark.createDataFrame(catalog.select(["item_id", "category", "price"]).to_pandas())
 
 
 def ingest_events(
-    settings: Settings, lake: Lake, ds: str, spark: SparkSession, validator: TableValidator | None = None
+    settings: Settings,
+    lake: Lake,
+    ds: str,
+    spark: SparkSession,
+    validator: TableValidator | None = None,
+    catalog: pa.Table | None = None,
 ) -> tuple[EventCounts, dict[str, int]]:
     """Raw event logs of ``ds`` -> ``events`` and ``quarantine/events`` partitions of ``ds``."""
     from visrec.spark import local_paths, to_arrow
@@ -101,7 +108,9 @@ def ingest_events(
     jsonl = local_paths(lake, [k for k in keys if k.endswith((".jsonl", ".json"))])
     csv = local_paths(lake, [k for k in keys if k.endswith(".csv")])
     raw = read_raw_events(spark, jsonl, csv)
-    classified = classify_events(raw, catalog_frame(spark, lake), ds, settings.max_event_age_days).cache()
+    classified = classify_events(
+        raw, catalog_frame(spark, lake, catalog), ds, settings.max_event_age_days
+    ).cache()
     valid_df, quarantine_df = split_events(classified)
     valid = to_arrow(valid_df)
     quarantine = to_arrow(quarantine_df)
@@ -144,7 +153,12 @@ def ingest_events(
 
 
 def build_features(
-    settings: Settings, lake: Lake, ds: str, spark: SparkSession, validator: TableValidator | None = None
+    settings: Settings,
+    lake: Lake,
+    ds: str,
+    spark: SparkSession,
+    validator: TableValidator | None = None,
+    catalog: pa.Table | None = None,
 ) -> dict[str, int]:
     """Clean events up to ``ds`` -> ``interactions``, ``user_profiles`` and ``item_stats`` of ``ds``."""
     from visrec.jobs import features
@@ -152,11 +166,11 @@ def build_features(
 
     history = [d for d in lake.partitions("events") if d <= ds]
     events = read_table(spark, lake, "events", history).cache()
-    catalog = catalog_frame(spark, lake).cache()
+    catalog_df = catalog_frame(spark, lake, catalog).cache()
     outputs = {
         "interactions": features.interactions(events, ds, settings.weights(), settings.decay_half_life_days),
-        "user_profiles": features.user_profiles(events, catalog, ds),
-        "item_stats": features.item_stats(events, catalog, ds),
+        "user_profiles": features.user_profiles(events, catalog_df, ds),
+        "item_stats": features.item_stats(events, catalog_df, ds),
     }
     rows = {}
     for name, df in outputs.items():
@@ -166,7 +180,7 @@ def build_features(
         lake.write_table(name, ds, table)
         rows[name] = table.num_rows
     events.unpersist()
-    catalog.unpersist()
+    catalog_df.unpersist()
     log.info("features %s from %d days of events: %s", ds, len(history), rows)
     return rows
 
@@ -177,13 +191,15 @@ def ingest_images(
     ds: str,
     validator: TableValidator | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    catalog: pa.Table | None = None,
 ) -> tuple[ImageCounts, dict[str, int]]:
     """Catalog images -> ``staging_images`` of ``ds`` (RGB PNG at ``settings.image_size``).
 
     An image whose bytes, name and target size are unchanged since the latest earlier partition is
     reused, not decoded again."""
     check_ds(ds)
-    catalog, _ = read_catalog(lake)
+    if catalog is None:
+        catalog, _ = read_catalog(lake)
     category = dict(
         zip(catalog.column("item_id").to_pylist(), catalog.column("category").to_pylist(), strict=True)
     )
@@ -310,12 +326,13 @@ def ingest_day(
     try:
         lake.write_table(quarantine_spec("catalog"), ds, catalog_bad)
         validator.validate("catalog", catalog.to_pandas())
+        # The catalog is read once above and handed to every step.
         report.events, report.quarantine_reasons["events"] = ingest_events(
-            settings, lake, ds, spark, validator
+            settings, lake, ds, spark, validator, catalog
         )
-        report.rows = build_features(settings, lake, ds, spark, validator)
+        report.rows = build_features(settings, lake, ds, spark, validator, catalog)
         report.images, report.quarantine_reasons["images"] = ingest_images(
-            settings, lake, ds, validator, progress
+            settings, lake, ds, validator, progress, catalog
         )
         report.quarantine_reasons["catalog"] = _reasons(catalog_bad)
     finally:

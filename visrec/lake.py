@@ -292,10 +292,10 @@ class Lake:
             raise PartitionNotFound(f"table {spec.name!r} has no partition ds={ds} in {self.uri}")
         return [self.url(f"{spec.path}/ds={ds}/{f}") for f in manifest.files]
 
-    def read_table(self, table: str | TableSpec, ds: str | None = None) -> pa.Table:
-        """Read one partition (``ds``) or all of them (``ds=None``), adding the ``ds`` column."""
+    def read_table(self, table: str | TableSpec, ds: str | list[str] | None = None) -> pa.Table:
+        """Read one partition (``ds``), several (a list) or all of them (``None``), adding ``ds``."""
         spec = self._spec(table)
-        dss = [ds] if ds is not None else self.partitions(spec)
+        dss = self.partitions(spec) if ds is None else [ds] if isinstance(ds, str) else list(ds)
         parts = list(self._read_partitions(spec, dss))
         if not parts:
             return spec.schema.empty_table().append_column("ds", pa.array([], pa.string()))

@@ -42,15 +42,9 @@ class Split:
 
 
 def load_events(lake: Lake, ds: str) -> pd.DataFrame:
-    """Clean events of every partition up to ``ds``."""
-    dss = [d for d in lake.partitions("events") if d <= ds]
-    table = lake.read_table("events", None) if dss else None
-    if table is None or table.num_rows == 0:
-        return pd.DataFrame(
-            {"user_id": [], "item_id": [], "event_type": [], "ts": pd.to_datetime([], utc=True)}
-        )
-    frame = table.select(["user_id", "item_id", "event_type", "ts", "ds"]).to_pandas()
-    return frame[frame["ds"] <= ds].drop(columns="ds")
+    """Clean events of every partition up to ``ds`` (later partitions are not read)."""
+    table = lake.read_table("events", [d for d in lake.partitions("events") if d <= ds])
+    return table.select(["user_id", "item_id", "event_type", "ts"]).to_pandas()
 
 
 def item_embeddings(lake: Lake, ds: str) -> tuple[list[str], np.ndarray, str]:
@@ -82,11 +76,12 @@ def _frame_indexed(events: pd.DataFrame, item_index: dict[str, int]) -> tuple[pd
     return events[known], int((~known).sum())
 
 
-def build_split(settings: Settings, lake: Lake, ds: str) -> Split:
-    """The evaluation split as of ``ds`` (see the module docstring)."""
+def build_split(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | None = None) -> Split:
+    """The evaluation split as of ``ds`` (see the module docstring); ``events`` as ``load_events``
+    gives them, when the caller has them already."""
     item_ids, features, _ = item_embeddings(lake, ds)
     item_index = {item: k for k, item in enumerate(item_ids)}
-    events, dropped = _frame_indexed(load_events(lake, ds), item_index)
+    events, dropped = _frame_indexed(load_events(lake, ds) if events is None else events, item_index)
     cut = end_of_day(ds) - timedelta(days=settings.test_days)
     cut_ts = pd.Timestamp(cut, tz="UTC")
     train_events = events[events["ts"] < cut_ts]
@@ -131,11 +126,11 @@ def evaluate_model(model: Recommender, split: Split, k: int = 20) -> dict[str, f
     return metrics
 
 
-def full_data(settings: Settings, lake: Lake, ds: str) -> TrainData:
+def full_data(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | None = None) -> TrainData:
     """All events up to the end of ``ds``: what the production model trains on."""
     item_ids, features, _ = item_embeddings(lake, ds)
     item_index = {item: k for k, item in enumerate(item_ids)}
-    events, _ = _frame_indexed(load_events(lake, ds), item_index)
+    events, _ = _frame_indexed(load_events(lake, ds) if events is None else events, item_index)
     user_ids = sorted(set(events["user_id"]))
     user_index = {u: k for k, u in enumerate(user_ids)}
     ref = end_of_day(ds)
@@ -145,11 +140,10 @@ def full_data(settings: Settings, lake: Lake, ds: str) -> TrainData:
     return TrainData(matrix, features, recent, user_ids, item_ids)
 
 
-def purchased_matrix(lake: Lake, ds: str, data: TrainData) -> sp.csr_matrix:
+def purchased_matrix(events: pd.DataFrame, data: TrainData) -> sp.csr_matrix:
     """Users x items, 1 where the user already bought the item (never recommended again)."""
     user_index = {u: k for k, u in enumerate(data.user_ids)}
     item_index = {i: k for k, i in enumerate(data.item_ids)}
-    events = load_events(lake, ds)
     bought = events[(events["event_type"] == "purchase") & events["item_id"].isin(item_index.keys())
                     & events["user_id"].isin(user_index.keys())]  # fmt: skip
     rows = bought["user_id"].map(user_index).to_numpy()
@@ -341,7 +335,8 @@ def train_mf(
 
     config = config or MFConfig()
     lake = lake or Lake.from_settings(settings)
-    split = build_split(settings, lake, ds)
+    events = load_events(lake, ds)
+    split = build_split(settings, lake, ds, events)
     challenger = _vbpr(config, settings.seed)
     metrics = {"popularity": evaluate_model(Popularity(), split, config.k),
                "vbpr": evaluate_model(challenger, split, config.k)}  # fmt: skip
@@ -350,7 +345,7 @@ def train_mf(
     champion = champion_scorer(settings, artifact="eval_factors.npz") if config.register else None
     if champion is not None:
         metrics["champion"] = evaluate_model(champion, split, config.k)
-    full = full_data(settings, lake, ds)
+    full = full_data(settings, lake, ds, events)
     production = _vbpr(config, settings.seed).fit(full)
     scorer = FactorScorer.from_model(production, full)
     version = promoted = None
@@ -407,8 +402,9 @@ def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config
         raise VisrecError(
             f"no champion {MODEL_NAME} in {settings.mlflow_tracking_uri}; run `visrec train mf --ds {ds}`"
         )
-    data = full_data(settings, lake, ds)
-    purchased = purchased_matrix(lake, ds, data)
+    events = load_events(lake, ds)
+    data = full_data(settings, lake, ds, events)
+    purchased = purchased_matrix(events, data)
     categories = _categories(lake, ds, data.item_ids)
     aligned = scorer.aligned(data.user_ids, data.item_ids)
     known = aligned.known_users

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -287,7 +288,7 @@ def train_cnn(
     train_ds = _dataset(images.pixels[train_idx], one_hot[train_idx], config.batch_size, True, settings.seed)
     held_ds = _dataset(images.pixels[held_idx], one_hot[held_idx], 256, False, 0)
     nested = mlflow.active_run() is not None if config.register else False
-    run_ctx = tracked_run(settings, "train_cnn", ds=ds, nested=nested) if config.register else _null()
+    run_ctx = tracked_run(settings, "train_cnn", ds=ds, nested=nested) if config.register else nullcontext()
     with run_ctx:
         if config.register:
             mlflow.log_params(
@@ -366,14 +367,6 @@ def _requirements() -> list[str]:
     from importlib.metadata import version
 
     return [f"{p}=={version(p)}" for p in ("keras", "tensorflow-cpu", "numpy", "pillow")]
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def embed_pixels(model, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
