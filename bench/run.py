@@ -360,12 +360,104 @@ def bench_mf_hm() -> Figures:
     return out
 
 
+def bench_photos() -> Figures:
+    """User photos on the demo-scale synthetic shop: ingestion and recognition throughput, how often a
+    shopper's photo of an item finds that item (and an item of the same category, colour and pattern)
+    in the top 5, and Recall@20 of upload-only users (against 10 items each would buy, drawn from
+    their true taste) for photo-based ranking, popularity and an oracle that ranks by true taste."""
+    import json
+
+    import numpy as np
+
+    from visrec.ingest import ingest_images
+    from visrec.lake import Lake
+    from visrec.photos import ingest_user_photos, photo_profiles, recognise_user_photos
+    from visrec.recommenders import top_k_masked
+    from visrec.recsys import PhotoBlend, item_embeddings
+    from visrec.settings import Settings
+    from visrec.synth import ShopConfig, generate_shop
+    from visrec.vision import CNNConfig, embed_items, embeddings_matrix, top_k_similar, train_cnn
+
+    out: Figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(home=Path(tmp))
+        lake = Lake.from_settings(settings)
+        config = ShopConfig(corrupt_rate=0.01)
+        shop = generate_shop(config, lake)
+        days = sorted(d[3:] for d in lake.list_dirs("raw/user_images"))
+        last = shop.last_ds
+        started = time.perf_counter()
+        for ds in days:
+            ingest_user_photos(settings, lake, ds)
+        ingest_seconds = time.perf_counter() - started
+        ingest_images(settings, lake, last)
+        cnn = train_cnn(settings, last, lake=lake, config=CNNConfig(max_minutes=3, register=False))
+        embed_items(settings, last, lake, cnn.model, "bench")
+        started = time.perf_counter()
+        photos, _ = recognise_user_photos(settings, lake, last, cnn.model, "bench")
+        recognise_seconds = time.perf_counter() - started
+        note = (f"synthetic shop {config.users} users x {config.items} items x {config.days} days, "
+                f"{shop.photos} uploads ({shop.bad_photos} corrupt); CNN held-out accuracy "
+                f"{cnn.metrics['held_out_accuracy']:.3f} (3-minute budget)")  # fmt: skip
+        out["photos.synthetic.ingest_photos_per_s"] = _figure(round(shop.photos / ingest_seconds, 1), "photos/s", note)
+        out["photos.synthetic.recognise_photos_per_s"] = _figure(
+            round(photos.num_rows / recognise_seconds, 1), "photos/s", note + "; includes nearest items of the day's photos"
+        )
+        truth = {(t["user_id"], t["photo_id"]): t for t in
+                 map(json.loads, lake.get_bytes("truth/user_photos.jsonl").decode().splitlines())}  # fmt: skip
+        items_table = lake.read_table("item_embeddings", last)
+        ids = items_table.column("item_id").to_pylist()
+        attrs = {}
+        for line in lake.get_bytes("truth/items.csv").decode().splitlines()[1:]:
+            item, cat, colour, pattern, *_ = line.split(",")
+            attrs[item] = (cat, colour, pattern)
+        idx, _ = top_k_similar(embeddings_matrix(photos), embeddings_matrix(items_table), 5)
+        keys = list(zip(photos.column("user_id").to_pylist(), photos.column("photo_id").to_pylist(), strict=True))
+        exact = [truth[k]["item_id"] in {ids[j] for j in idx[n]} for n, k in enumerate(keys)]
+        same = [any(attrs[ids[j]] == attrs[truth[k]["item_id"]] for j in idx[n]) for n, k in enumerate(keys)]
+        top1 = [r["top_categories"][0]["category"] == truth[(r["user_id"], r["photo_id"])]["category"]
+                for r in photos.to_pylist()]  # fmt: skip
+        out["photos.synthetic.item_in_top5"] = _figure(round(float(np.mean(exact)), 3), "rate", note)
+        out["photos.synthetic.same_attributes_in_top5"] = _figure(round(float(np.mean(same)), 3), "rate", note)
+        out["photos.synthetic.category_top1"] = _figure(round(float(np.mean(top1)), 3), "accuracy", note)
+
+        users, vectors, _ = photo_profiles(lake, last)
+        item_ids, features, _ = item_embeddings(lake, last)
+        only = {t["user_id"]: t for t in map(json.loads, lake.get_bytes("truth/upload_only_users.jsonl").decode().splitlines())}
+        rows = [k for k, u in enumerate(users) if u in only]
+        blend = PhotoBlend(None, vectors, np.ones(len(users), bool), features, settings.photo_weight)
+        ranked, _ = top_k_masked(blend.score(np.array(rows)), None, 20)
+        counts: dict[str, int] = {}
+        for key in lake.list_keys("raw/events"):
+            for line in lake.get_bytes(key).decode().splitlines():
+                try:
+                    item = json.loads(line)["item_id"]
+                except (ValueError, KeyError):
+                    continue
+                counts[item] = counts.get(item, 0) + 1
+        popular = sorted(counts, key=lambda i: -counts[i])[:20]
+
+        def recall(lists: list[list[str]]) -> float:
+            return float(np.mean([len(set(top) & set(only[users[r]]["would_buy"])) / len(only[users[r]]["would_buy"])
+                                  for top, r in zip(lists, rows, strict=True)]))  # fmt: skip
+
+        only_note = f"{len(rows)} upload-only users, 10 would-buy items each drawn from their true taste"
+        out["photos.synthetic.upload_only.photo_recall_at_20"] = _figure(
+            round(recall([[item_ids[j] for j in r] for r in ranked]), 4), "recall@20", only_note)
+        out["photos.synthetic.upload_only.popularity_recall_at_20"] = _figure(
+            round(recall([popular] * len(rows)), 4), "recall@20", only_note)
+        out["photos.synthetic.upload_only.oracle_recall_at_20"] = _figure(
+            round(recall([only[users[r]]["taste_rank"][:20] for r in rows]), 4), "recall@20", only_note)
+    return out
+
+
 BENCHES: dict[str, Callable[[], Figures]] = {
     "synth": bench_synth,
     "ingest": bench_ingest,
     "cnn": bench_cnn,
     "mf": bench_mf,
     "mf_hm": bench_mf_hm,
+    "photos": bench_photos,
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from visrec.cli import build_parser, main
 
-COMMANDS = ["synth", "import", "ingest", "train", "score", "similar"]
+COMMANDS = ["synth", "import", "ingest", "train", "score", "publish", "report", "run", "forget", "similar"]
 
 
 def _run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess:
@@ -62,6 +62,10 @@ def test_synth_writes_shop_and_says_where(tmp_path: Path):
         (["synth"], {"VISREC_SEED": "abc"}, "bad numeric setting"),
         (["ingest", "--ds", "2026-02-30"], {}, "not a real date"),
         (["ingest", "--ds", "2026-11-01"], {}, "no catalog at"),
+        (["publish", "--ds", "2026-11-01"], {}, "nothing to publish"),
+        (["run"], {}, "give --ds DATE"),
+        (["run", "--start", "2026-11-05", "--end", "2026-11-01"], {}, "is before --start"),
+        (["forget", "a/b"], {}, "not a user id"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path: Path, args, env, message):

@@ -50,3 +50,10 @@ def test_bad_values_are_named(env, message):
 def test_event_weights_parse():
     s = Settings.from_env({"VISREC_EVENT_WEIGHTS": "view=0.5,click=1,add_to_cart=3,purchase=10"})
     assert s.weights() == {"view": 0.5, "click": 1.0, "add_to_cart": 3.0, "purchase": 10.0}
+
+
+def test_to_env_round_trips(tmp_path: Path):
+    # A child process (Airflow's tasks) must see exactly the caller's settings.
+    s = Settings(home=tmp_path, lake_uri="s3://bucket/x", s3_endpoint="http://127.0.0.1:9", seed=3,
+                 cnn_max_minutes=0.5, report_users=2, test_days=1)  # fmt: skip
+    assert Settings.from_env(s.to_env()) == s

@@ -195,6 +195,57 @@ def _train_cnn(args: argparse.Namespace, settings: Settings, ds: str, lake) -> i
     return 0
 
 
+def _dates(args: argparse.Namespace) -> list[str]:
+    from datetime import date, timedelta
+
+    from visrec.lake import check_ds
+
+    if args.ds:
+        return [check_ds(d) for d in args.ds]
+    first, last = date.fromisoformat(check_ds(args.start)), date.fromisoformat(check_ds(args.end))
+    if last < first:
+        raise VisrecError(f"--end {args.end} is before --start {args.start}")
+    return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from visrec.orchestrate import run_dates
+
+    if not args.ds and not (args.start and args.end):
+        raise VisrecError("give --ds DATE [DATE ...] or --start DATE --end DATE")
+    for run in run_dates(_dates(args), settings, airflow=not args.no_airflow):
+        tasks = ", ".join(f"{name} {sec:.0f}s" for name, sec in run.task_seconds.items())
+        print(f"{run.ds}: done in {run.seconds:.0f}s ({tasks})" + (f"; log {run.log}" if run.log else ""))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from visrec.pipeline import publish
+
+    summary = publish(args.ds, settings)
+    print(f"published {args.ds}: {summary['rows']}; warehouse {summary['warehouse']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from visrec.report import build_report
+
+    print(build_report(settings, args.ds, lake=_lake(None, settings)))
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
+    from visrec.forget import forget_user
+
+    report = forget_user(settings, args.user_id, lake=_lake(None, settings))
+    rows = ", ".join(f"{t} {n}" for t, n in sorted(report.rows_removed.items())) or "none"
+    print(
+        f"forgot {report.user_id}: {report.raw_files_deleted} uploaded files and {report.raw_lines_removed} "
+        f"raw event lines deleted; rows removed: {rows}; later runs drop this user's events and uploads"
+    )
+    return 0
+
+
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     import html as html_lib
 
@@ -325,6 +376,44 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("-k", type=int, default=20, help="recommendations per user (default 20)")
     score.add_argument("--exclude", default=None, help="file of item ids never to recommend (one per line)")
     score.set_defaults(func=cmd_score)
+
+    pub = sub.add_parser(
+        "publish",
+        help="validate a date's output tables and publish them atomically",
+        description="Validate the date's output tables (Great Expectations, ranks 1..K, scores "
+        "non-increasing, nothing already bought, every item in the catalog), then switch the release "
+        "and refresh the DuckDB warehouse's views in one step. On failure nothing readers see changes.",
+    )
+    pub.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
+    pub.set_defaults(func=cmd_publish)
+
+    rep = sub.add_parser("report", help="build the HTML report of a run",
+                         description="Write reports/ds=<ds>/index.html into the lake and log it to MLflow.")  # fmt: skip
+    rep.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
+    rep.set_defaults(func=cmd_report)
+
+    fgt = sub.add_parser(
+        "forget",
+        help="remove one user's photos, events and derived rows",
+        description="Remove a user from the lake and the warehouse: uploaded and stored photos, their "
+        "lines in the raw event logs, every table row that mentions them (old versions included), and "
+        "keep them out of every later run. Models drop them at their next training.",
+    )
+    fgt.add_argument("user_id", help="the user's id")
+    fgt.set_defaults(func=cmd_forget)
+
+    run = sub.add_parser(
+        "run",
+        help="the whole nightly DAG for one or more dates (through Airflow)",
+        description="Run the visrec_nightly DAG for each date in order with `airflow dags test` "
+        "(metadata in SQLite under VISREC_HOME/airflow, logs under VISREC_HOME/logs). Stops at the "
+        "first failed date; yesterday's published tables stay as they were.",
+    )
+    run.add_argument("--ds", nargs="+", default=None, help="the date(s), YYYY-MM-DD")
+    run.add_argument("--start", default=None, help="first date of a range")
+    run.add_argument("--end", default=None, help="last date of a range")
+    run.add_argument("--no-airflow", action="store_true", help="run the same steps in this process")
+    run.set_defaults(func=cmd_run)
 
     sim = sub.add_parser(
         "similar",

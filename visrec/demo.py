@@ -1,14 +1,17 @@
-"""``make demo``: the nightly pipeline on the embedded default, one day after another.
+"""``make demo``: the nightly pipeline on the embedded default, through Airflow, several days in a row.
 
-Generates the synthetic shop, then for each day ingests it (Spark, Great Expectations), and on the
-last day trains the image model, embeds the catalog, trains and registers the recommender, and scores
-every user; it ends with a summary of the tables, the models' metrics and where everything is.
-(The Airflow DAG that schedules the same steps nightly is the next piece of work.)
+Generates the synthetic shop; ingests its first days as history (the same ingestion functions the
+DAG calls, in this process, to save Airflow's per-run start-up); then runs the ``visrec_nightly`` DAG
+with ``airflow dags test`` for each of the last ``--dag-days`` days (ingest, features, image model,
+embeddings, recommender behind its promotion gate, scoring, validated publishing, report). Ends with
+a summary read back from the DuckDB warehouse: tables and row counts, the models' metrics, where the
+report is, and the commands that open the MLflow and Airflow UIs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import date, timedelta
@@ -20,10 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--items", type=int, default=1000)
-    parser.add_argument("--days", type=int, default=10)
+    parser.add_argument("--days", type=int, default=10, help="days of synthetic events (default 10)")
+    parser.add_argument("--dag-days", type=int, default=3, help="run the DAG for the last N days (default 3)")
     parser.add_argument("--corrupt-rate", type=float, default=0.01)
-    parser.add_argument("--cnn-minutes", type=float, default=3.0, help="time budget of the image model")
+    parser.add_argument(
+        "--cnn-minutes", type=float, default=3.0, help="image model budget per run (default 3)"
+    )
+    parser.add_argument("--no-airflow", action="store_true", help="run the DAG's steps in this process")
     args = parser.parse_args(argv)
+    os.environ.setdefault("VISREC_CNN_MINUTES", str(args.cnn_minutes))
 
     from visrec.cli import setup_logging
 
@@ -31,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     from visrec.errors import VisrecError
     from visrec.ingest import ingest_day
     from visrec.lake import Lake
-    from visrec.recsys import MFConfig, score_users, train_mf
+    from visrec.orchestrate import airflow_env, run_dates
+    from visrec.pipeline import run_summaries
+    from visrec.publish import OUTPUT_TABLES
     from visrec.settings import Settings
-    from visrec.spark import get_spark
     from visrec.synth import ShopConfig, generate_shop
-    from visrec.vision import CNNConfig, build_similar_items, embed_items, load_cnn, train_cnn
 
     started = time.perf_counter()
     try:
@@ -44,46 +52,62 @@ def main(argv: list[str] | None = None) -> int:
         shop = generate_shop(
             ShopConfig(users=args.users, items=args.items, days=args.days, seed=settings.seed,
                        corrupt_rate=args.corrupt_rate), lake)  # fmt: skip
-        print(
-            f"[demo] synthetic shop: {shop.items} items, {shop.users} users, {shop.events} events, {shop.days} days"
-        )
-        spark = get_spark(settings, "visrec-demo")
+        print(f"[demo] synthetic shop: {shop.items} items, {shop.users} users, {shop.events} events, "
+              f"{shop.days} days")  # fmt: skip
         first = date.fromisoformat(shop.first_ds)
         days = [(first + timedelta(days=d)).isoformat() for d in range(shop.days)]
-        for ds in days:
-            report = ingest_day(settings, ds, lake=lake, spark=spark)
-            print(f"[demo] ingested {ds}: {report.events.valid} events, {report.events.quarantined} quarantined, "
-                  f"{report.images.accepted} images")  # fmt: skip
-        last = days[-1]
-        cnn = train_cnn(settings, last, lake=lake, config=CNNConfig(max_minutes=args.cnn_minutes))
-        model, version = load_cnn()
-        embed_items(settings, last, lake, model, version)
-        build_similar_items(lake, last)
-        mf = train_mf(settings, last, lake=lake)
-        recs = score_users(settings, last, lake=lake, config=MFConfig())
+        dag_days = days[-max(1, min(args.dag_days, len(days))) :]
+        history = [d for d in days if d not in dag_days]
+        if history:
+            from visrec.spark import get_spark
+
+            spark = get_spark(settings, "visrec-demo-history")
+            for ds in history:
+                report = ingest_day(settings, ds, lake=lake, spark=spark)
+                print(f"[demo] history {ds}: {report.events.valid} events, {report.events.quarantined} "
+                      f"quarantined, {report.images.accepted} images")  # fmt: skip
+            spark.stop()  # the DAG's tasks start their own
+        print(f"[demo] running the visrec_nightly DAG for {', '.join(dag_days)}"
+              + (" in this process" if args.no_airflow else " with `airflow dags test`"))  # fmt: skip
+        runs = run_dates(dag_days, settings, airflow=not args.no_airflow)
     except VisrecError as exc:
         print(f"visrec demo: error: {exc}", file=sys.stderr)
         return 1
 
+    import duckdb
+
+    last = dag_days[-1]
+    summaries = run_summaries(lake, last)
     print("\n=== visrec demo: summary ===")
-    print(f"lake:          {lake.uri}")
-    print("tables (last day, rows):")
-    for table in ("events", "interactions", "user_profiles", "item_stats", "staging_images", "item_embeddings",
-                  "similar_items", "recommendations"):  # fmt: skip
-        manifest = lake.manifest(table, last)
-        print(f"  {table:<16} {manifest.rows if manifest else 0:>8}")
-    print(f"image model:   {cnn.version} held-out accuracy {cnn.metrics['held_out_accuracy']:.3f} "
-          f"({len(cnn.class_names)} categories); {cnn.reason}")  # fmt: skip
-    for name, metrics in mf.metrics.items():
-        print(f"recommender:   {name:<10} recall@20 {metrics['recall_at_20']:.3f}  ndcg@20 {metrics['ndcg_at_20']:.3f}  "
-              f"cold recall@20 {metrics['cold_recall_at_20']:.3f}  coverage {metrics['coverage']:.3f}")  # fmt: skip
-    print(f"               {mf.version}: {mf.reason}")
-    print(f"recommendations: {recs.num_rows} rows for {len(set(recs.column('user_id').to_pylist()))} users")
-    print(f"data docs:     {lake.url(f'validation/ds={last}/data_docs/index.html')}")
-    print(f"MLflow UI:     .venv/bin/mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}")
+    print(f"lake:       {lake.uri}")
+    print(f"warehouse:  {settings.warehouse_path}  (DuckDB views over the published Parquet)")
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    for table in (*OUTPUT_TABLES, "recommendations_latest"):
+        rows, dates = con.execute(f"SELECT count(*), count(DISTINCT ds) FROM {table}").fetchall()[0]
+        print(f"  {table:<24} {rows:>8} rows over {dates} date(s)")
+    con.close()
+    for run in runs:
+        tasks = ", ".join(f"{name} {sec:.0f}s" for name, sec in run.task_seconds.items())
+        print(f"DAG run {run.ds}: {run.seconds:.0f}s ({tasks})")
+    cnn = summaries.get("train_cnn", {})
+    if cnn:
+        m = cnn["metrics"]
+        print(f"image model:  {cnn['version']} held-out accuracy {m['held_out_accuracy']:.3f} "
+              f"(majority class {m['majority_class_accuracy']:.3f}); {cnn['reason']}")  # fmt: skip
+    mf = summaries.get("train_mf", {})
+    for name, m in mf.get("metrics", {}).items():
+        print(f"recommender:  {name:<10} recall@20 {m['recall_at_20']:.3f}  ndcg@20 {m['ndcg_at_20']:.3f}  "
+              f"cold recall@20 {m['cold_recall_at_20']:.3f}  coverage {m['coverage']:.3f}")  # fmt: skip
+    if mf:
+        print(f"              {mf['version']}: {mf['reason']}")
+    print(f"report:       {summaries.get('report', {}).get('report')}")
+    print(f"data docs:    {lake.url(f'validation/ds={last}')}/<step>/data_docs/index.html")
+    print("MLflow UI:    mlflow/ui.sh   (then open http://127.0.0.1:5000)")
+    home = airflow_env(settings)["AIRFLOW_HOME"]
     print(
-        f"try:           .venv/bin/visrec similar {lake.path('raw/images/i000001.jpg')} --html similar.html"
+        f"Airflow UI:   AIRFLOW_HOME={home} AIRFLOW__CORE__DAGS_FOLDER=$PWD/dags .venv/bin/airflow standalone"
     )
+    print(f"try:          .venv/bin/visrec similar {lake.path('raw/images/i000001.jpg')} --html similar.html")
     print(f"done in {time.perf_counter() - started:.0f}s")
     return 0
 

@@ -107,10 +107,10 @@ def normalise_image(
     return out.getvalue(), original[0], original[1]
 
 
-def _work(task: tuple[str, bytes, int]) -> tuple[str, bytes | None, int, int, str | None, str | None]:
-    key, data, size = task
+def _work(task: tuple[str, bytes, int, bool]) -> tuple[str, bytes | None, int, int, str | None, str | None]:
+    key, data, size, check_extension = task
     try:
-        png, w, h = normalise_image(data, key.rsplit("/", 1)[-1], size)
+        png, w, h = normalise_image(data, key.rsplit("/", 1)[-1], size, check_extension)
         return key, png, w, h, None, None
     except ImageRejected as exc:
         return key, None, 0, 0, exc.reason, str(exc)
@@ -137,10 +137,12 @@ def normalise_many(
     size: int,
     workers: int,
     progress: Callable[[int, int], None] | None = None,
+    check_extension: bool = True,
 ) -> list[ImageResult]:
     """Normalise many files on ``workers`` threads (Pillow releases the GIL while it decodes,
-    resizes and encodes, so threads use every core without the start-up cost of processes)."""
-    tasks = [(key, data, size) for key, data in files]
+    resizes and encodes, so threads use every core without the start-up cost of processes).
+    The output is re-encoded from pixels alone: no metadata (EXIF, GPS, ICC, text) survives."""
+    tasks = [(key, data, size, check_extension) for key, data in files]
     results: list[ImageResult] = []
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for n, out in enumerate(pool.map(_work, tasks), 1):

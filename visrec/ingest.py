@@ -114,6 +114,12 @@ def ingest_events(
     valid_df, quarantine_df = split_events(classified)
     valid = to_arrow(valid_df)
     quarantine = to_arrow(quarantine_df)
+    # Users who asked to be forgotten: their lines are dropped here, before anything is stored.
+    from visrec.forget import drop_forgotten, drop_mentions, forgotten_users
+
+    forgotten = forgotten_users(lake)
+    valid, forgotten_valid = drop_forgotten(valid, forgotten)
+    quarantine, forgotten_quarantined = drop_mentions(quarantine, forgotten)
     if unsupported:
         extra = pa.table(
             {
@@ -132,7 +138,8 @@ def ingest_events(
         raw=n_raw + len(unsupported),
         valid=valid.num_rows,
         quarantined=quarantine.num_rows,
-        duplicates=n_valid_rows - valid.num_rows,
+        duplicates=n_valid_rows - valid.num_rows - forgotten_valid,
+        forgotten=forgotten_valid + forgotten_quarantined,
     )
     reasons = _reasons(quarantine)
     lake.write_table(quarantine_spec("events"), ds, quarantine)

@@ -29,6 +29,7 @@ from visrec.schemas import TableSpec, conform, spec_for
 from visrec.settings import Settings
 
 POINTER = "_CURRENT.json"
+RELEASE_KEY = "published/_RELEASE.json"  # what the warehouse shows: see visrec.publish
 _DS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _KEEP_VERSIONS = 2  # the current one and the one before it, for readers that opened it just now
 
@@ -259,10 +260,36 @@ class Lake:
 
     def _drop_old_versions(self, part_dir: str, keep: str) -> None:
         versions = [d for d in self.list_dirs(part_dir) if d.startswith("v=")]
-        # Version names sort by time; keep the newest few, always including the current one.
-        stale = [v for v in sorted(versions)[:-_KEEP_VERSIONS] if v != f"v={keep}"]
+        # Version names sort by time; keep the newest few, always including the current one, and
+        # never a version the published release still points at (readers of the warehouse use it).
+        released = self._released_files() if len(versions) > _KEEP_VERSIONS else set()
+        stale = [
+            v
+            for v in sorted(versions)[:-_KEEP_VERSIONS]
+            if v != f"v={keep}" and not any(f.startswith(f"{part_dir}/{v}/") for f in released)
+        ]
         for name in stale:
             self.delete(f"{part_dir}/{name}")
+
+    def drop_other_versions(self, table: str | TableSpec, ds: str) -> None:
+        """Delete every version of a partition but the current one (used when rows must be gone for
+        good, e.g. a forgotten user; the caller has moved the release off the old versions first)."""
+        spec = self._spec(table)
+        manifest = self.manifest(spec, ds)
+        if manifest is None:
+            return
+        part_dir = f"{spec.path}/ds={check_ds(ds)}"
+        for name in self.list_dirs(part_dir):
+            if name.startswith("v=") and name != f"v={manifest.version}":
+                self.delete(f"{part_dir}/{name}")
+
+    def _released_files(self) -> set[str]:
+        if not self.exists(RELEASE_KEY):
+            return set()
+        release = json.loads(self.get_bytes(RELEASE_KEY))
+        return {
+            key for parts in release.get("tables", {}).values() for keys in parts.values() for key in keys
+        }
 
     def manifest(self, table: str | TableSpec, ds: str) -> Manifest | None:
         """The current manifest of a partition, or None when it was never written."""

@@ -301,7 +301,6 @@ def champion_scorer(settings: Settings, artifact: str = "factors.npz") -> Factor
     the model trained on everything (for scoring), ``eval_factors.npz`` the one trained before its
     evaluation cut (for the promotion gate)."""
     import mlflow
-
     from visrec import registry
     from visrec.tracking import ensure_experiment
 
@@ -328,7 +327,6 @@ def train_mf(
     """Evaluate popularity, the champion and a new VBPR on the split as of ``ds``; refit VBPR on all
     data; register it as ``visrec-mf`` (champion only if it beats the champion on the split)."""
     import mlflow
-
     from visrec import registry
     from visrec.recommenders import Popularity
     from visrec.tracking import tracked_run
@@ -387,10 +385,47 @@ def train_mf(
     return MFResult(metrics, version, promoted, reason, scorer)
 
 
+class PhotoBlend(Recommender):
+    """Photo evidence beside behaviour: per user, ``z(base) + weight * z(photo similarity)``, each score
+    standardised over the user's catalog; users without photos keep the base scores unchanged, and
+    without a base (``None``: users whose only signal is uploads) the photo similarity alone ranks."""
+
+    def __init__(self, base: Recommender | None, photo_vectors: np.ndarray, has_photos: np.ndarray,
+                 item_features: np.ndarray, weight: float):  # fmt: skip
+        self.base, self.photo_vectors, self.has_photos = base, photo_vectors, has_photos
+        self.item_features, self.weight = item_features, weight
+
+    def fit(self, data: TrainData) -> PhotoBlend:
+        return self
+
+    @staticmethod
+    def _z(x: np.ndarray) -> np.ndarray:
+        finite = np.isfinite(x)
+        safe = np.where(finite, x, np.nan)
+        mean, std = np.nanmean(safe, axis=1, keepdims=True), np.nanstd(safe, axis=1, keepdims=True)
+        return np.where(finite, (x - mean) / (std + 1e-9), -np.inf)
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        visual = self.photo_vectors[userids] @ self.item_features.T
+        if self.base is None:
+            return visual
+        out = self.base.score(userids).astype(np.float32)
+        rows = self.has_photos[userids]
+        if rows.any():
+            out[rows] = self._z(out[rows]) + self.weight * self._z(visual[rows])
+        return out
+
+
 def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config: MFConfig | None = None,
                 scorer: FactorScorer | None = None, exclude: list[str] | None = None) -> pa.Table:  # fmt: skip
-    """Recommendations for every user as of ``ds`` with the champion recommender (``source='mf'``);
-    users it does not know get what is popular (``source='popular'``). Writes ``recommendations``."""
+    """Recommendations for every user as of ``ds`` -> ``recommendations``.
+
+    Users the champion recommender knows: its scores, blended with their photos' visual evidence when
+    they uploaded any (``source='mf'``). Users whose only signal is uploads: ranked by how close items
+    look to their photos (``source='photo'``). Everyone else: what is popular (``source='popular'``).
+    Forgotten users get nothing."""
+    from visrec.forget import forgotten_users
+    from visrec.photos import photo_profiles
     from visrec.recommenders import Popularity
 
     config = config or MFConfig()
@@ -404,20 +439,50 @@ def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config
         )
     events = load_events(lake, ds)
     data = full_data(settings, lake, ds, events)
-    purchased = purchased_matrix(events, data)
+    photo_users, photo_vectors, photo_version = photo_profiles(lake, ds)
+    _, _, embedding_version = item_embeddings(lake, ds)
+    if photo_users and photo_version not in embedding_version.split(","):
+        log.warning("user photos of %s were embedded with %s, the catalog with %s: photos not used",
+                    ds, photo_version, embedding_version)  # fmt: skip
+        photo_users = []
+    forgotten = forgotten_users(lake)
+    # Every user with events or photos, minus the forgotten; upload-only users get empty history rows.
+    extra = sorted(set(photo_users) - set(data.user_ids))
+    user_ids = data.user_ids + extra
+    rows = np.array([u not in forgotten for u in user_ids])
+    empty = sp.csr_matrix((len(extra), data.n_items), dtype=np.float32)
+    everyone = TrainData(sp.vstack([data.user_items, empty]).tocsr()[rows], data.item_features,
+                         sp.vstack([data.recent_user_items, empty]).tocsr()[rows],
+                         [u for u, keep in zip(user_ids, rows, strict=True) if keep], data.item_ids)  # fmt: skip
+    purchased = sp.vstack([purchased_matrix(events, data), empty]).tocsr()[rows]
+    vectors = np.zeros((everyone.n_users, data.item_features.shape[1]), np.float32)
+    has_photos = np.zeros(everyone.n_users, bool)
+    if photo_users:
+        position = {u: k for k, u in enumerate(everyone.user_ids)}
+        for u, vector in zip(photo_users, photo_vectors, strict=True):
+            if u in position:
+                vectors[position[u]], has_photos[position[u]] = vector, True
     categories = _categories(lake, ds, data.item_ids)
-    aligned = scorer.aligned(data.user_ids, data.item_ids)
+    aligned = scorer.aligned(everyone.user_ids, everyone.item_ids)
     known = aligned.known_users
+    weight = settings.photo_weight
+    groups = (
+        (known, PhotoBlend(aligned, vectors, has_photos, data.item_features, weight), "mf", scorer.version),
+        (~known & has_photos, PhotoBlend(None, vectors, has_photos, data.item_features, weight), "photo",
+         f"{scorer.version}+{photo_version}"),
+        (~known & ~has_photos, Popularity().fit(everyone), "popular", "popularity"),
+    )  # fmt: skip
     parts = []
-    for mask, model, source, version in ((known, aligned, "mf", scorer.version),
-                                         (~known, Popularity().fit(data), "popular", "popularity")):  # fmt: skip
+    for mask, model, source, version in groups:
         if not mask.any():
             continue
-        sub = TrainData(data.user_items[mask], data.item_features, None,
-                        [u for u, m in zip(data.user_ids, mask, strict=True) if m], data.item_ids)  # fmt: skip
-        if isinstance(model, FactorScorer):
-            model = model.aligned(sub.user_ids, sub.item_ids)
-        parts.append(score_all_users(model, sub, purchased[mask], categories, k=config.k,
+        index = np.flatnonzero(mask)
+        sub = TrainData(everyone.user_items[index], data.item_features, None,
+                        [everyone.user_ids[i] for i in index], data.item_ids)  # fmt: skip
+        if isinstance(model, PhotoBlend):
+            base = model.base.aligned(sub.user_ids, sub.item_ids) if model.base is not None else None
+            model = PhotoBlend(base, vectors[index], has_photos[index], data.item_features, weight)
+        parts.append(score_all_users(model, sub, purchased[index], categories, k=config.k,
                                      max_per_category=config.max_per_category, exclude=exclude,
                                      model_version=version, source=source))  # fmt: skip
     table = pa.concat_tables(parts) if parts else None
@@ -426,7 +491,8 @@ def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config
 
         table = RECOMMENDATIONS.empty_table()
     lake.write_table("recommendations", ds, table)
-    log.info("scored %d users for %s: %d rows", len(data.user_ids), ds, table.num_rows)
+    log.info("scored %d users for %s (%d with photos, %d upload-only): %d rows", everyone.n_users, ds,
+             int(has_photos.sum()), int((~known & has_photos).sum()), table.num_rows)  # fmt: skip
     return table
 
 

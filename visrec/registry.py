@@ -33,8 +33,9 @@ class Registration:
 
 def champion(name: str):
     """The champion ``ModelVersion`` of a registered model, or None."""
-    import mlflow
     from mlflow.exceptions import MlflowException
+
+    import mlflow
 
     client = mlflow.MlflowClient()
     try:
@@ -75,3 +76,17 @@ def register(
     client.set_model_version_tag(name, version, "promotion", reason)
     log.info("%s: %s", name, reason)
     return Registration(name=name, version=str(version), promoted=promoted, reason=reason)
+
+
+def version_exists(model_version: str) -> bool:
+    """Whether ``name/version`` (as visrec writes it, e.g. ``visrec-cnn/3``) is still registered."""
+    from mlflow.exceptions import MlflowException
+
+    import mlflow
+
+    name, _, version = model_version.rpartition("/")
+    try:
+        mlflow.MlflowClient().get_model_version(name, version)
+    except MlflowException:
+        return False
+    return True

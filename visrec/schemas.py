@@ -163,6 +163,7 @@ USER_PHOTOS = pa.schema(
         pa.field("top_categories", _CATEGORY_PROBS, nullable=False),
         _embedding("embedding"),
         pa.field("model_version", pa.string(), nullable=False),
+        pa.field("image_key", pa.string(), nullable=False),  # the stored photo (metadata stripped)
     ]
 )
 PHOTO_RECOMMENDATIONS = pa.schema(
@@ -172,6 +173,17 @@ PHOTO_RECOMMENDATIONS = pa.schema(
         pa.field("rank", pa.int16(), nullable=False),
         pa.field("item_id", pa.string(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),
+    ]
+)
+# User uploads after ingestion: decoded, metadata stripped, stored under private/ (personal data).
+STAGING_USER_PHOTOS = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("photo_id", pa.string(), nullable=False),
+        pa.field("image_key", pa.string(), nullable=False),
+        pa.field("content_hash", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
     ]
 )
 ITEM_EMBEDDINGS = pa.schema(
@@ -206,6 +218,9 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("similar_items", "published/similar_items", SIMILAR_ITEMS, ("item_id", "rank")),
         TableSpec("generated_looks", "published/generated_looks", GENERATED_LOOKS, ("user_id", "rank")),
         TableSpec("user_photos", "published/user_photos", USER_PHOTOS, ("user_id", "photo_id")),
+        TableSpec(
+            "staging_user_photos", "private/staging_user_photos", STAGING_USER_PHOTOS, ("user_id", "photo_id")
+        ),  # fmt: skip
         TableSpec(
             "photo_recommendations",
             "published/photo_recommendations",

@@ -32,6 +32,10 @@ class Settings:
     decay_half_life_days: float = 30.0
     max_event_age_days: int = 365  # older events in a day's log are quarantined as stale
     test_days: int = 2  # evaluation: the last N days before a run's ds are the test window
+    cnn_max_minutes: float = 20.0  # the image model's training budget per run (fine-tuning needs less)
+    report_users: int = 6  # sample users shown in each run's HTML report
+    photo_retention_days: int = 30  # user photos (and what was derived from them) older than this go
+    photo_weight: float = 0.5  # weight of photo evidence beside behaviour when scoring (see README)
 
     def __post_init__(self) -> None:
         # Derived defaults depend on ``home``; fill the empty ones once so every reader agrees.
@@ -45,6 +49,10 @@ class Settings:
             object.__setattr__(self, "mlflow_artifact_uri", (home / "mlartifacts").as_uri())
         if not 0.0 <= self.error_budget <= 1.0:
             raise ValueError(f"VISREC_ERROR_BUDGET must be within [0, 1], got {self.error_budget}")
+        if self.photo_retention_days < 1:
+            raise ValueError(
+                f"VISREC_PHOTO_RETENTION_DAYS must be at least 1, got {self.photo_retention_days}"
+            )
         self.weights()  # fail early on a malformed VISREC_EVENT_WEIGHTS
 
     def weights(self) -> dict[str, float]:
@@ -67,6 +75,33 @@ class Settings:
             )
         return out
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``VISREC_*`` variables: what a child process (Airflow) needs to see them."""
+        env = {
+            "VISREC_HOME": str(self.home),
+            "VISREC_LAKE_URI": self.lake_uri,
+            "VISREC_S3_REGION": self.s3_region,
+            "VISREC_MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+            "VISREC_MLFLOW_ARTIFACT_URI": self.mlflow_artifact_uri,
+            "VISREC_MLFLOW_EXPERIMENT": self.mlflow_experiment,
+            "VISREC_WAREHOUSE": str(self.warehouse_path),
+            "VISREC_SEED": str(self.seed),
+            "VISREC_ERROR_BUDGET": str(self.error_budget),
+            "VISREC_SPARK_MASTER": self.spark_master,
+            "VISREC_IMAGE_SIZE": str(self.image_size),
+            "VISREC_EVENT_WEIGHTS": self.event_weights,
+            "VISREC_DECAY_HALF_LIFE_DAYS": str(self.decay_half_life_days),
+            "VISREC_MAX_EVENT_AGE_DAYS": str(self.max_event_age_days),
+            "VISREC_TEST_DAYS": str(self.test_days),
+            "VISREC_CNN_MINUTES": str(self.cnn_max_minutes),
+            "VISREC_REPORT_USERS": str(self.report_users),
+            "VISREC_PHOTO_RETENTION_DAYS": str(self.photo_retention_days),
+            "VISREC_PHOTO_WEIGHT": str(self.photo_weight),
+        }
+        if self.s3_endpoint:
+            env["VISREC_S3_ENDPOINT"] = self.s3_endpoint
+        return env
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Read settings from the environment (``os.environ`` unless ``environ`` is given)."""
@@ -84,6 +119,10 @@ class Settings:
             half_life = float(get("VISREC_DECAY_HALF_LIFE_DAYS", "30"))
             max_age = int(get("VISREC_MAX_EVENT_AGE_DAYS", "365"))
             test_days = int(get("VISREC_TEST_DAYS", "2"))
+            cnn_max_minutes = float(get("VISREC_CNN_MINUTES", "20"))
+            report_users = int(get("VISREC_REPORT_USERS", "6"))
+            photo_retention_days = int(get("VISREC_PHOTO_RETENTION_DAYS", "30"))
+            photo_weight = float(get("VISREC_PHOTO_WEIGHT", "0.5"))
         except ValueError as exc:
             raise ValueError(f"bad numeric setting: {exc}") from None
         return cls(
@@ -103,4 +142,8 @@ class Settings:
             decay_half_life_days=half_life,
             max_event_age_days=max_age,
             test_days=test_days,
+            cnn_max_minutes=cnn_max_minutes,
+            report_users=report_users,
+            photo_retention_days=photo_retention_days,
+            photo_weight=photo_weight,
         )

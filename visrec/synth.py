@@ -12,9 +12,13 @@ Layout written under the output root::
     raw/catalog/items.csv              item_id, category, price, added_date
     raw/images/<item_id>.<ext>         one image per item (JPEG, some PNG / CMYK / palette)
     raw/events/dt=<ds>/events.jsonl    user_id, item_id, event_type, ts, event_id
+    raw/user_images/dt=<ds>/<user_id>/<photo_id>.<ext>   shoppers' photos of items they like (JPEGs
+                                       carry GPS EXIF, as phone photos do); some users only upload
     truth/items.csv                    colour, pattern, popularity, arrival day of every item
     truth/users.jsonl                  every user's taste weights, activity and popularity bias
     truth/bad_records.jsonl            every injected bad record: kind, where, what
+    truth/user_photos.jsonl            what each photo shows (item, category, colour, pattern)
+    truth/upload_only_users.jsonl      users whose only signal is uploads, with items they would buy
     truth/summary.json                 counts and parameters
 """
 
@@ -94,6 +98,8 @@ class ShopConfig:
     start_date: str = "2026-11-01"
     image_size: int = 64
     initial_item_share: float = 0.6  # items on sale on day 0; the rest arrive day by day
+    uploader_share: float = 0.05  # users who also upload photos of items they like
+    upload_only_share: float = 0.02  # extra users (as a share of ``users``) whose only signal is uploads
 
     def __post_init__(self) -> None:
         if self.users < 1 or self.items < len(CATEGORIES) or self.days < 1:
@@ -103,6 +109,8 @@ class ShopConfig:
             )
         if not 0.0 <= self.corrupt_rate <= 0.5:
             raise ValueError(f"corrupt rate must be within [0, 0.5], got {self.corrupt_rate}")
+        if not (0.0 <= self.uploader_share <= 1.0 and 0.0 <= self.upload_only_share <= 1.0):
+            raise ValueError("uploader_share and upload_only_share must be within [0, 1]")
         if self.image_size < 32:
             raise ValueError(f"image size must be at least 32, got {self.image_size}")
         date.fromisoformat(self.start_date)
@@ -121,6 +129,8 @@ class ShopSummary:
     bad_event_lines: int
     first_ds: str
     last_ds: str
+    photos: int = 0
+    bad_photos: int = 0
 
 
 def _rngs(seed: int, n: int) -> list[np.random.Generator]:
@@ -223,6 +233,101 @@ def _absurd_png(width: int = 200_000, height: int = 200_000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 4096)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+# --- user photos -------------------------------------------------------------------------------------
+PHOTO_BAD_KINDS: tuple[str, ...] = ("truncated", "empty_file", "not_an_image", "decompression_bomb")
+_GPS = {1: "N", 2: (52.0, 22.0, 12.5), 3: "E", 4: (4.0, 53.0, 41.0)}  # a phone's location tag
+
+
+def shopper_photo(pixels: np.ndarray, rng: np.random.Generator, size: int = 160) -> np.ndarray:
+    """A catalog image as a shopper would photograph it: larger, turned, off-centre, cropped, relit,
+    on a cluttered background."""
+    from PIL import ImageEnhance
+
+    canvas = np.empty((size, size, 3), np.float32)
+    canvas[:] = rng.uniform(60, 230, 3)
+    for _ in range(int(rng.integers(2, 6))):  # clutter: boxes of other colours
+        x0, y0 = rng.integers(0, size, 2)
+        w, h = rng.integers(size // 8, size // 3, 2)
+        canvas[y0 : y0 + h, x0 : x0 + w] = rng.uniform(0, 255, 3)
+    product = Image.fromarray(pixels).resize(
+        (int(size * rng.uniform(0.7, 0.9)),) * 2, Image.Resampling.BICUBIC
+    )
+    angle = float(rng.uniform(-15, 15))
+    mask = Image.new("L", product.size, 255).rotate(angle, expand=True, fillcolor=0)
+    product = product.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
+    photo = Image.fromarray(canvas.astype(np.uint8))
+    offset = rng.integers(0, max(size - product.size[0], 1), 2) if product.size[0] < size else (0, 0)
+    photo.paste(product, (int(offset[0]), int(offset[1])), mask)
+    photo = ImageEnhance.Brightness(photo).enhance(float(rng.uniform(0.85, 1.15)))
+    crop = rng.uniform(0.0, 0.08, 4) * size
+    photo = photo.crop((crop[0], crop[1], size - crop[2], size - crop[3]))
+    return np.asarray(photo, np.uint8)
+
+
+def _encode_upload(pixels: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
+    img = Image.fromarray(pixels, "RGB")
+    buf = io.BytesIO()
+    fmt = rng.choice(["jpeg", "png", "webp"], p=[0.7, 0.15, 0.15])
+    if fmt == "jpeg":
+        exif = Image.Exif()
+        exif[0x010F] = "PhoneMaker"  # camera make
+        exif[0x8825] = _GPS
+        img.save(buf, "JPEG", quality=85, exif=exif)
+        return buf.getvalue(), "jpg"
+    img.save(buf, "PNG" if fmt == "png" else "WEBP")
+    return buf.getvalue(), str(fmt) if fmt != "jpeg" else "jpg"
+
+
+def _user_photos(config: ShopConfig, users: dict, items: dict, item_pixels: list[np.ndarray],
+                 rng: np.random.Generator, out: Lake, bad: list[dict]) -> tuple[int, int]:  # fmt: skip
+    """Uploads of shoppers (some existing users, plus upload-only users) -> raw/user_images/; truth."""
+    colour_names = list(COLOURS)
+    n_extra = round(config.upload_only_share * config.users)
+    extra = _make_users(ShopConfig(users=max(n_extra, 1), items=config.items, days=config.days), rng)
+    uploaders = [int(u) for u in np.flatnonzero(rng.random(config.users) < config.uploader_share)]
+    who = [(u, False) for u in uploaders] + [(config.users + j, True) for j in range(n_extra)]
+    photos, truth, only = [], [], []
+    for u, upload_only in who:
+        taste = extra if upload_only else users
+        row = u - config.users if upload_only else u
+        sub = {k: v[row : row + 1] for k, v in taste.items()}
+        weights = affinity(sub, items)[0]
+        for _ in range(int(rng.integers(1, 4))):
+            d = int(rng.integers(0, config.days))
+            on_sale = np.flatnonzero(items["arrival"] <= d)
+            p = np.exp(2.0 * (weights[on_sale] - weights[on_sale].max()))
+            i = int(rng.choice(on_sale, p=p / p.sum()))
+            photos.append((d, u, i))
+        if upload_only:
+            on_sale = np.flatnonzero(items["arrival"] <= config.days - 1)
+            p = np.exp(2.0 * (weights[on_sale] - weights[on_sale].max()))
+            would_buy = rng.choice(on_sale, size=min(10, len(on_sale)), replace=False, p=p / p.sum())
+            only.append({"user_id": user_id(u), "would_buy": [item_id(int(i)) for i in would_buy],
+                         "taste_rank": [item_id(int(i)) for i in on_sale[np.argsort(-weights[on_sale])]]})  # fmt: skip
+    n_bad = 0
+    if config.corrupt_rate > 0 and photos:
+        n_bad = max(1, round(config.corrupt_rate * len(photos)))
+    bad_at = {int(k): PHOTO_BAD_KINDS[n % len(PHOTO_BAD_KINDS)]
+              for n, k in enumerate(rng.choice(len(photos), min(n_bad, len(photos)), replace=False))}  # fmt: skip
+    for n, (d, u, i) in enumerate(photos):
+        data, ext = _encode_upload(shopper_photo(item_pixels[i], rng), rng)
+        photo = f"p{n + 1:06d}"
+        if n in bad_at:
+            data, bad_ext = _corrupt_image(bad_at[n], data, rng)
+            ext = bad_ext or ext
+        key = f"raw/user_images/dt={_day(config, d)}/{user_id(u)}/{photo}.{ext}"
+        if n in bad_at:
+            bad.append({"kind": bad_at[n], "where": key, "user_id": user_id(u)})
+        out.put_bytes(key, data)
+        truth.append({"ds": _day(config, d), "user_id": user_id(u), "photo_id": photo, "key": key,
+                      "item_id": item_id(i), "category": CATEGORIES[items["cat"][i]],
+                      "colour": colour_names[items["col"][i]], "pattern": PATTERNS[items["pat"][i]],
+                      "corrupt": n in bad_at})  # fmt: skip
+    out.put_bytes("truth/user_photos.jsonl", "".join(json.dumps(t) + "\n" for t in truth).encode())
+    out.put_bytes("truth/upload_only_users.jsonl", "".join(json.dumps(t) + "\n" for t in only).encode())
+    return len(photos), len(bad_at)
 
 
 # --- the shop ----------------------------------------------------------------------------------------
@@ -430,7 +535,9 @@ def generate_shop(
     config: ShopConfig, out: Lake, progress: Callable[[str, int, int], None] | None = None
 ) -> ShopSummary:
     """Generate the shop described by ``config`` into ``out`` (raw layout plus ``truth/``)."""
-    rng_items, rng_users, rng_events, rng_images, rng_bad = _rngs(config.seed, 5)
+    # A sixth stream for user photos: spawning one more leaves the first five (and so every earlier
+    # shop's bytes) unchanged.
+    rng_items, rng_users, rng_events, rng_images, rng_bad, rng_photos = _rngs(config.seed, 6)
     tick = progress or (lambda stage, done, total: None)
     items = _make_items(config, rng_items)
     users = _make_users(config, rng_users)
@@ -459,6 +566,7 @@ def generate_shop(
         int(i): IMAGE_BAD_KINDS[k % len(IMAGE_BAD_KINDS)]
         for k, i in enumerate(rng_bad.choice(config.items, n_bad_images, replace=False))
     }
+    item_pixels: list[np.ndarray] = []
     for i in range(config.items):
         pixels = render_item(
             CATEGORIES[items["cat"][i]],
@@ -467,6 +575,7 @@ def generate_shop(
             rng_images,
             config.image_size,
         )
+        item_pixels.append(pixels)
         data, ext = _encode(pixels, str(items["fmt"][i]))
         kind = bad_image_kind.get(i)
         if kind:
@@ -492,6 +601,9 @@ def generate_shop(
     for d, lines in enumerate(day_lines):
         body = "\n".join(lines) + ("\n" if lines else "")
         out.put_bytes(f"raw/events/dt={_day(config, d)}/events.jsonl", body.encode())
+
+    n_photos, n_bad_photos = _user_photos(config, users, items, item_pixels, rng_photos, out, bad)
+    tick("photos", 1, 1)
 
     # Ground truth about users and bad records.
     user_lines = []
@@ -520,6 +632,8 @@ def generate_shop(
         bad_event_lines=len(bad_events),
         first_ds=_day(config, 0),
         last_ds=_day(config, config.days - 1),
+        photos=n_photos,
+        bad_photos=n_bad_photos,
     )
     out.put_bytes(
         "truth/summary.json",

@@ -75,6 +75,33 @@ def _suites() -> dict[str, list]:
             E.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"]),
             E.ExpectColumnValuesToBeBetween(column="rank", min_value=1),
             E.ExpectColumnValuesToBeInSet(column="source", value_set=list(SOURCES)),
+            E.ExpectColumnValuesToNotBeNull(column="score"),
+        ],
+        "similar_items": [
+            E.ExpectCompoundColumnsToBeUnique(column_list=["item_id", "rank"]),
+            E.ExpectColumnValuesToBeBetween(column="score", min_value=-1.0001, max_value=1.0001),
+        ],
+        "photo_recommendations": [
+            E.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "photo_id", "rank"]),
+            E.ExpectColumnValuesToBeBetween(column="rank", min_value=1),
+        ],
+        "generated_looks": [
+            E.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "rank"]),
+            E.ExpectColumnValuesToNotBeNull(column="image_uri"),
+        ],
+        "user_photos": [
+            E.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "photo_id"]),
+            E.ExpectColumnValuesToNotBeNull(column="model_version"),
+        ],
+        "staging_user_photos": [
+            E.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "photo_id"]),
+            E.ExpectColumnValuesToNotBeNull(column="image_key"),
+            E.ExpectColumnValuesToBeBetween(column="width", min_value=1),
+            E.ExpectColumnValueLengthsToEqual(column="content_hash", value=64),
+        ],
+        "item_embeddings": [
+            E.ExpectColumnValuesToBeUnique(column="item_id"),
+            E.ExpectColumnValuesToNotBeNull(column="model_version"),
         ],
     }
 
@@ -84,6 +111,7 @@ class TableValidator:
     """One Great Expectations context for a run; validate tables, then publish the Data Docs."""
 
     ds: str
+    step: str | None = None  # a pipeline step keeps its own Data Docs: validation/ds=<ds>/<step>/
     docs_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="visrec-gx-")))
 
     def __post_init__(self) -> None:
@@ -155,7 +183,8 @@ class TableValidator:
 
     def publish_docs(self, lake: Lake) -> str:
         """Copy the Data Docs into the lake; return the URI of their index page."""
-        prefix = f"validation/ds={self.ds}/data_docs"
+        step = f"/{self.step}" if self.step else ""
+        prefix = f"validation/ds={self.ds}{step}/data_docs"
         lake.delete(prefix)
         for path in sorted(self.docs_dir.rglob("*")):
             if path.is_file():

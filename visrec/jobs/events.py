@@ -38,6 +38,7 @@ class EventCounts:
     valid: int
     quarantined: int
     duplicates: int
+    forgotten: int = 0  # lines of users who asked to be forgotten: dropped, not stored anywhere
 
     @property
     def quarantine_share(self) -> float:

@@ -1,0 +1,307 @@
+"""The nightly DAG end to end through Airflow, publishing, the warehouse, the report, and faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests.conftest import REPO, _free_port, make_bucket
+from visrec.lake import RELEASE_KEY, Lake, LakeError
+from visrec.publish import OUTPUT_TABLES, publish, read_release
+from visrec.settings import Settings
+from visrec.synth import ShopConfig, generate_shop
+from visrec.validation import ValidationFailed
+
+D1, D2, D3, D4, D5 = (f"2026-11-0{d}" for d in range(1, 6))
+K = 20
+
+
+def _warehouse(settings: Settings, sql: str):
+    import duckdb
+
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _copy_outputs(lake: Lake, src: str, dst: str) -> None:
+    """Make ``dst`` a valid, unpublished date: the output partitions of ``src`` written again."""
+    for table in OUTPUT_TABLES:
+        if lake.manifest(table, src) is not None:
+            lake.write_table(table, dst, lake.read_table(table, src).drop_columns(["ds"]))
+
+
+@pytest.fixture(scope="module")
+def nightly(tmp_path_factory, spark):
+    """A tiny shop: day 1 ingested as history, then the DAG run for days 2 and 3 by Airflow."""
+    from visrec.ingest import ingest_day
+    from visrec.orchestrate import run_dates
+
+    home = tmp_path_factory.mktemp("nightly")
+    settings = Settings(home=home, cnn_max_minutes=0.2, report_users=3, test_days=1)
+    lake = Lake.from_settings(settings)
+    generate_shop(ShopConfig(users=200, items=120, days=3, seed=5, corrupt_rate=0.01, uploader_share=0.1,
+                             upload_only_share=0.05), lake)  # fmt: skip
+    ingest_day(settings, D1, lake=lake, spark=spark)
+    from visrec.photos import ingest_user_photos
+
+    ingest_user_photos(settings, lake, D1)
+    runs = run_dates([D2, D3], settings)
+    return settings, lake, runs
+
+
+def test_dag_parses_cheaply_with_the_expected_shape(tmp_path):
+    # Parse in a clean interpreter: the scheduler must not pay for TensorFlow or Spark.
+    script = tmp_path / "parse.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import json, sys
+        from airflow.dag_processing.dagbag import DagBag
+        bag = DagBag(dag_folder={str(REPO / "dags")!r})
+        dag = bag.dags["visrec_nightly"]
+        print(json.dumps({{
+            "errors": {{k: str(v) for k, v in bag.import_errors.items()}},
+            "tasks": {{t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}},
+            "pools": {{t.task_id: t.pool for t in dag.tasks}},
+            "retries": min(t.retries for t in dag.tasks),
+            "max_active_runs": dag.max_active_runs, "catchup": dag.catchup,
+            "heavy": sorted(m for m in ("tensorflow", "keras", "pyspark", "mlflow", "visrec.pipeline")
+                            if m in sys.modules),
+        }}))
+    """)
+    )
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["errors"] == {}
+    assert info["heavy"] == []
+    assert info["tasks"]["build_features"] == ["ingest_events"]
+    assert info["tasks"]["train_mf"] == ["build_features", "embed_items"]
+    assert info["tasks"]["publish"] == ["score"] and info["tasks"]["report"] == ["publish"]
+    assert info["tasks"]["recognise_user_photos"] == ["embed_items", "ingest_user_photos"]
+    assert info["tasks"]["score"] == ["recognise_user_photos", "train_mf"]
+    assert (
+        info["pools"]["ingest_events"] == "visrec_spark" and info["pools"]["train_cnn"] == "visrec_training"
+    )
+    assert info["retries"] >= 1 and info["max_active_runs"] == 1 and info["catchup"] is False
+
+
+def test_dag_runs_end_to_end_and_publishes(nightly):
+    settings, lake, runs = nightly
+    assert [r.ds for r in runs] == [D2, D3]
+    assert set(runs[-1].task_seconds) >= {
+        "ingest_events",
+        "train_cnn",
+        "train_mf",
+        "score",
+        "publish",
+        "report",
+    }
+    assert read_release(lake)["ds"] == D3
+    dates = _warehouse(
+        settings, "SELECT ds, count(DISTINCT user_id), count(*) FROM recommendations GROUP BY ds ORDER BY ds"
+    )
+    assert [d for d, _, _ in dates] == [D2, D3]
+    assert all(rows == users * K for _, users, rows in dates)  # K per user, every date
+    assert _warehouse(settings, "SELECT DISTINCT ds FROM recommendations_latest") == [(D3,)]
+    for table in (
+        "similar_items",
+        "item_embeddings",
+        "user_profiles",
+        "user_photos",
+        "photo_recommendations",
+    ):
+        assert _warehouse(settings, f"SELECT count(*) FROM {table} WHERE ds = '{D3}'")[0][0] > 0
+    # Users whose only signal is their uploads get personal recommendations from their photos.
+    only = {
+        json.loads(x)["user_id"]
+        for x in lake.get_bytes("truth/upload_only_users.jsonl").decode().splitlines()
+    }
+    by_source = _warehouse(
+        settings, f"SELECT DISTINCT user_id, source FROM recommendations WHERE ds = '{D3}'"
+    )
+    photo_users = {u for u, source in by_source if source == "photo"}
+    with_photos = {
+        u for (u,) in _warehouse(settings, f"SELECT DISTINCT user_id FROM user_photos WHERE ds = '{D3}'")
+    }
+    assert only & with_photos and only & with_photos <= photo_users <= with_photos
+    report = lake.get_bytes(f"reports/ds={D3}/index.html").decode()
+    assert report.count("<img") >= 10 and "previous run (2026-11-02)" in report
+
+
+def test_rerunning_a_date_gives_identical_tables(nightly):
+    from visrec.orchestrate import run_dates
+
+    settings, lake, _ = nightly
+    query = f"SELECT user_id, rank, item_id, score, source, model_version FROM recommendations WHERE ds = '{D3}' ORDER BY 1, 2"
+    before = _warehouse(settings, query)
+    similar_before = _warehouse(
+        settings, f"SELECT * EXCLUDE (ds) FROM similar_items WHERE ds = '{D3}' ORDER BY 1, 2"
+    )
+    run_dates([D3], settings)
+    assert _warehouse(settings, query) == before
+    assert (
+        _warehouse(settings, f"SELECT * EXCLUDE (ds) FROM similar_items WHERE ds = '{D3}' ORDER BY 1, 2")
+        == similar_before
+    )
+    summary = json.loads(lake.get_bytes(f"runs/ds={D3}/publish.json"))
+    assert summary["rows"]["recommendations"] == len(before)
+
+
+def test_report_images_load_in_a_real_browser(nightly, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (make test installs Debian's chromium when it can)")
+    _, lake, _ = nightly
+    page = tmp_path / "report.html"
+    page.write_bytes(lake.get_bytes(f"reports/ds={D3}/index.html"))
+    out = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom",
+         page.as_uri()], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    import re
+
+    body = re.search(r'<body data-images-total="(\d+)" data-images-loaded="(\d+)"', out.stdout)
+    assert body, f"the report's self-check did not run: {out.stderr[-500:]}"
+    total, loaded = int(body.group(1)), int(body.group(2))
+    assert total >= 10 and loaded == total
+
+
+def test_publish_refuses_bad_outputs_and_changes_nothing(nightly):
+    settings, lake, _ = nightly
+    release = lake.get_bytes(RELEASE_KEY)
+    views = _warehouse(settings, "SELECT count(*) FROM recommendations")
+    _copy_outputs(lake, D3, D5)
+    recs = lake.read_table("recommendations", D5).drop_columns(["ds"]).to_pandas()
+    bought = lake.read_table("events", D2).to_pandas().query("event_type == 'purchase'").iloc[0]
+    recs.loc[recs["user_id"] == recs["user_id"].iloc[0], "rank"] = 1  # duplicate ranks
+    recs.loc[1, ["user_id", "item_id"]] = [bought["user_id"], bought["item_id"]]  # already bought
+    recs.loc[2, "item_id"] = "not-in-catalog"
+    import pyarrow as pa
+
+    lake.write_table("recommendations", D5, pa.Table.from_pandas(recs, preserve_index=False))
+    with pytest.raises(ValidationFailed) as err:
+        publish(settings, D5, lake=lake, k=K)
+    message = str(err.value)
+    assert "ranks are not 1..n" in message and "already bought" in message and "not in the catalog" in message
+    assert lake.get_bytes(RELEASE_KEY) == release
+    assert _warehouse(settings, "SELECT count(*) FROM recommendations") == views
+
+
+def test_sigkill_mid_publish_leaves_a_complete_release(nightly, tmp_path):
+    settings, lake, _ = nightly
+    _copy_outputs(lake, D3, D4)
+    script = tmp_path / "publish.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        from visrec.publish import publish
+        from visrec.settings import Settings
+        publish(Settings.from_env(), {D4!r}, k={K})
+    """)
+    )
+    env = {**os.environ, **settings.to_env()}
+    for delay in (0.5, 1.5, 2.5, 3.5, 5.0):
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        release = read_release(lake)  # parseable: never half-written
+        assert release["ds"] in (D3, D4)
+        for parts in release["tables"].values():
+            for keys in parts.values():
+                assert all(lake.exists(k) for k in keys)
+        # The warehouse shows one whole release: every date it lists has K rows per user.
+        for _, users, rows in _warehouse(
+            settings, "SELECT ds, count(DISTINCT user_id), count(*) FROM recommendations GROUP BY ds"
+        ):
+            assert rows == users * K
+    publish(settings, D4, lake=lake, k=K)
+    assert read_release(lake)["ds"] == D4
+
+
+def test_whole_dag_on_s3_and_a_store_outage_publishes_nothing_half(tmp_path, spark, monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    from visrec.ingest import ingest_day
+    from visrec.orchestrate import run_dates
+    from visrec.pipeline import publish as publish_step
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        settings = Settings(home=tmp_path / "home", lake_uri=f"s3://{make_bucket(endpoint)}/lake",
+                            s3_endpoint=endpoint, cnn_max_minutes=0.1, report_users=2, test_days=1)  # fmt: skip
+        lake = Lake.from_settings(settings)
+        generate_shop(ShopConfig(users=120, items=80, days=2, seed=9), lake)
+        ingest_day(settings, D1, lake=lake, spark=spark)
+        run_dates([D2], settings)
+        assert read_release(lake)["ds"] == D2
+        rows = _warehouse(settings, "SELECT count(*) FROM recommendations")[0][0]
+        assert rows > 0
+
+        _copy_outputs(lake, D2, D3)
+        release = lake.get_bytes(RELEASE_KEY)
+        server.stop()  # the store goes away mid-run
+        with pytest.raises(LakeError):
+            publish_step(D3, settings)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()  # moto keeps its buckets in this process: the store comes back as it was
+        assert lake.get_bytes(RELEASE_KEY) == release
+        assert _warehouse(settings, "SELECT count(*) FROM recommendations")[0][0] == rows
+        publish_step(D3, settings)  # what Airflow's retry does
+        assert read_release(lake)["ds"] == D3
+        assert _warehouse(settings, "SELECT count(DISTINCT ds) FROM recommendations")[0][0] == 2
+    finally:
+        server.stop()
+
+
+def test_forget_removes_a_user_everywhere_and_for_good(nightly):
+    from visrec.forget import all_specs, file_mentions, forget_user
+    from visrec.pipeline import ingest_events, ingest_user_photos
+
+    settings, lake, _ = nightly
+    photos = [json.loads(x) for x in lake.get_bytes("truth/user_photos.jsonl").decode().splitlines()]
+    events = lake.read_table("events").to_pandas()
+    user = next(p["user_id"] for p in photos if p["user_id"] in set(events["user_id"]))  # events and photos
+
+    def leftovers() -> list[str]:
+        found = [key for spec in all_specs() for key in lake.list_keys(spec.path)
+                 if key.endswith(".parquet") and file_mentions(lake, key, user)]  # fmt: skip
+        found += [k for k in lake.list_keys("raw/events") if f'"{user}"'.encode() in lake.get_bytes(k)]
+        found += [
+            k for k in lake.list_keys("raw/user_images") + lake.list_keys("private") if f"/{user}/" in k
+        ]
+        for table in ("recommendations", "user_photos", "photo_recommendations", "user_profiles"):
+            if _warehouse(settings, f"SELECT count(*) FROM {table} WHERE user_id = '{user}'")[0][0]:
+                found.append(f"warehouse:{table}")
+        return found
+
+    assert leftovers()  # the user is really there before
+    report = forget_user(settings, user, lake=lake)
+    assert report.raw_lines_removed > 0 and report.raw_files_deleted > 0
+    assert {"events", "interactions", "recommendations"} <= set(report.rows_removed)
+    assert leftovers() == []
+    # Later runs do not bring the user back, even when a day's log mentions them again.
+    lake.put_bytes(f"raw/events/dt={D2}/late.jsonl",
+                   (json.dumps({"user_id": user, "item_id": events["item_id"].iloc[0], "event_type": "view",
+                                "ts": f"{D2}T12:00:00Z", "event_id": "late-1"}) + "\n").encode())  # fmt: skip
+    assert ingest_events(D2, settings)["valid"] > 0
+    ingest_user_photos(D2, settings)
+    assert leftovers() == [f"raw/events/dt={D2}/late.jsonl"]  # only the new upstream file itself
