@@ -78,6 +78,14 @@ def visrec_nightly():
     def train_mf(features: dict, embeddings: dict, ds: str | None = None) -> dict:
         return _run("train_mf", ds)
 
+    @task(pool=TRAINING_POOL, execution_timeout=timedelta(hours=1))
+    def train_gan(embeddings: dict, ds: str | None = None) -> dict:
+        return _run("train_gan", ds)
+
+    @task
+    def generate_looks(gan: dict, mf: dict, ds: str | None = None) -> dict:
+        return _run("generate_looks", ds)
+
     @task
     def recognise_user_photos(uploads: dict, embeddings: dict, ds: str | None = None) -> dict:
         return _run("recognise_user_photos", ds)
@@ -87,7 +95,7 @@ def visrec_nightly():
         return _run("score", ds)
 
     @task
-    def publish(recommendations: dict, ds: str | None = None) -> dict:
+    def publish(recommendations: dict, looks: dict, ds: str | None = None) -> dict:
         return _run("publish", ds)
 
     @task
@@ -98,7 +106,9 @@ def visrec_nightly():
     features = build_features(ingest_events())
     embeddings = embed_items(train_cnn(images))
     photos = recognise_user_photos(ingest_user_photos(), embeddings)
-    report(publish(score(train_mf(features, embeddings), photos)))
+    mf = train_mf(features, embeddings)
+    looks = generate_looks(train_gan(embeddings), mf)
+    report(publish(score(mf, photos), looks))
 
 
 visrec_nightly()

@@ -48,7 +48,7 @@ def nightly(tmp_path_factory, spark):
     from visrec.orchestrate import run_dates
 
     home = tmp_path_factory.mktemp("nightly")
-    settings = Settings(home=home, cnn_max_minutes=0.2, report_users=3, test_days=1)
+    settings = Settings(home=home, cnn_max_minutes=0.2, gan_max_minutes=0.1, report_users=3, test_days=1)
     lake = Lake.from_settings(settings)
     generate_shop(ShopConfig(users=200, items=120, days=3, seed=5, corrupt_rate=0.01, uploader_share=0.1,
                              upload_only_share=0.05), lake)  # fmt: skip
@@ -87,9 +87,11 @@ def test_dag_parses_cheaply_with_the_expected_shape(tmp_path):
     assert info["heavy"] == []
     assert info["tasks"]["build_features"] == ["ingest_events"]
     assert info["tasks"]["train_mf"] == ["build_features", "embed_items"]
-    assert info["tasks"]["publish"] == ["score"] and info["tasks"]["report"] == ["publish"]
+    assert info["tasks"]["report"] == ["publish"]
     assert info["tasks"]["recognise_user_photos"] == ["embed_items", "ingest_user_photos"]
     assert info["tasks"]["score"] == ["recognise_user_photos", "train_mf"]
+    assert info["tasks"]["generate_looks"] == ["train_gan", "train_mf"]
+    assert info["tasks"]["publish"] == ["generate_looks", "score"]
     assert (
         info["pools"]["ingest_events"] == "visrec_spark" and info["pools"]["train_cnn"] == "visrec_training"
     )
@@ -120,6 +122,7 @@ def test_dag_runs_end_to_end_and_publishes(nightly):
         "user_profiles",
         "user_photos",
         "photo_recommendations",
+        "generated_looks",
     ):
         assert _warehouse(settings, f"SELECT count(*) FROM {table} WHERE ds = '{D3}'")[0][0] > 0
     # Users whose only signal is their uploads get personal recommendations from their photos.
@@ -247,7 +250,8 @@ def test_whole_dag_on_s3_and_a_store_outage_publishes_nothing_half(tmp_path, spa
     endpoint = f"http://127.0.0.1:{port}"
     try:
         settings = Settings(home=tmp_path / "home", lake_uri=f"s3://{make_bucket(endpoint)}/lake",
-                            s3_endpoint=endpoint, cnn_max_minutes=0.1, report_users=2, test_days=1)  # fmt: skip
+                            s3_endpoint=endpoint, cnn_max_minutes=0.1, gan_max_minutes=0.05, report_users=2,
+                            test_days=1)  # fmt: skip
         lake = Lake.from_settings(settings)
         generate_shop(ShopConfig(users=120, items=80, days=2, seed=9), lake)
         ingest_day(settings, D1, lake=lake, spark=spark)

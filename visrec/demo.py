@@ -29,9 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cnn-minutes", type=float, default=3.0, help="image model budget per run (default 3)"
     )
+    parser.add_argument(
+        "--gan-minutes", type=float, default=2.0, help="GAN budget when it trains (default 2)"
+    )
     parser.add_argument("--no-airflow", action="store_true", help="run the DAG's steps in this process")
     args = parser.parse_args(argv)
     os.environ.setdefault("VISREC_CNN_MINUTES", str(args.cnn_minutes))
+    os.environ.setdefault("VISREC_GAN_MINUTES", str(args.gan_minutes))
 
     from visrec.cli import setup_logging
 
@@ -100,6 +104,18 @@ def main(argv: list[str] | None = None) -> int:
               f"cold recall@20 {m['cold_recall_at_20']:.3f}  coverage {m['coverage']:.3f}")  # fmt: skip
     if mf:
         print(f"              {mf['version']}: {mf['reason']}")
+    gans = [run_summaries(lake, d).get("train_gan") for d in dag_days]
+    gan = next((g for g in reversed(gans) if g and g.get("trained")), None)
+    if gan:
+        m = gan["metrics"]
+        print(f"GAN:          {gan['version']} Frechet ratio {m['frechet_ratio']:.2f} (generated vs real / real vs real), "
+              f"class consistency {m['class_consistency']:.3f} vs the image model's {m['cnn_accuracy_on_real']:.3f} on "
+              f"real images; trained {sum(bool(g and g.get('trained')) for g in gans)} of {len(dag_days)} nights")  # fmt: skip
+    photos = summaries.get("recognise_user_photos", {})
+    if photos:
+        print(
+            f"user photos:  {photos['user_photos']} recognised, {photos['photo_recommendations']} photo recommendations"
+        )
     print(f"report:       {summaries.get('report', {}).get('report')}")
     print(f"data docs:    {lake.url(f'validation/ds={last}')}/<step>/data_docs/index.html")
     print("MLflow UI:    mlflow/ui.sh   (then open http://127.0.0.1:5000)")

@@ -201,6 +201,47 @@ def train_mf(ds: str, settings: Settings | None = None) -> Summary:
     })  # fmt: skip
 
 
+def train_gan(ds: str, settings: Settings | None = None) -> Summary:
+    """Train the conditional GAN when it is due (see ``generation.gan_due``); otherwise keep the champion."""
+    from visrec import generation
+    from visrec.registry import champion
+
+    settings, lake = _open(settings)
+    if (done := _trained_already(settings, lake, ds, "train_gan")) is not None:
+        return done
+    due, why = generation.gan_due(settings, lake, ds)
+    if not due:
+        current = champion(generation.MODEL_NAME)
+        version = f"{generation.MODEL_NAME}/{current.version}" if current else None
+        log.info("train_gan %s: not due (%s); generating with %s", ds, why, version)
+        return {"trained": False, "reason": why, "champion": version}
+    result = generation.train_gan(settings, ds, lake=lake,
+                                  config=generation.GANConfig(max_minutes=settings.gan_max_minutes))  # fmt: skip
+    items = lake.read_table("staging_images", ds).column("item_id").to_pylist()
+    return _record(lake, ds, "train_gan", {
+        "trained": True, "due_because": why, "version": result.version, "promoted": result.promoted,
+        "reason": result.reason, "metrics": result.metrics, "items": items,
+    })  # fmt: skip
+
+
+def generate_looks(ds: str, settings: Settings | None = None) -> Summary:
+    """Generated looks for the most active users of each segment, with the champion GAN."""
+    from visrec import generation, vision
+    from visrec.registry import champion
+    from visrec.tracking import ensure_experiment
+
+    settings, lake = _open(settings)
+    ensure_experiment(settings)
+    if champion(generation.MODEL_NAME) is None:
+        return _record(lake, ds, "generate_looks", {"looks": 0, "reason": "no GAN champion yet"})
+    gan, gan_version = generation.load_gan()
+    cnn, _ = vision.load_cnn()
+    table = generation.generate_looks(settings, lake, ds, gan, cnn, gan_version)
+    return _record(lake, ds, "generate_looks", {
+        "gan_version": gan_version, "looks": table.num_rows, "users": len(set(table.column("user_id").to_pylist())),
+    })  # fmt: skip
+
+
 def score(ds: str, settings: Settings | None = None) -> Summary:
     """Top-K for every user with the champion recommender -> ``recommendations``."""
     from visrec import recsys
@@ -248,6 +289,8 @@ STEPS: dict[str, Callable[[str, Settings | None], Summary]] = {
     "embed_items": embed_items,
     "recognise_user_photos": recognise_user_photos,
     "train_mf": train_mf,
+    "train_gan": train_gan,
+    "generate_looks": generate_looks,
     "score": score,
     "publish": publish,
     "report": report,

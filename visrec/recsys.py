@@ -219,32 +219,29 @@ class FactorScorer(Recommender):
     own id maps, aligned to another index: how the registered champion scores today's users.
     Users or items the model never saw get no score from it (-inf), so callers can fall back."""
 
-    def __init__(self, user_ids, item_ids, user_vectors, item_vectors, item_biases, version: str = ""):
+    def __init__(self, user_ids, item_ids, user_vectors, item_vectors, item_biases, version: str = "",
+                 visual_preference: np.ndarray | None = None):  # fmt: skip
         self.user_ids, self.item_ids = list(user_ids), list(item_ids)
         self.user_vectors, self.item_vectors = user_vectors, item_vectors
         self.item_biases, self.version = item_biases, version
+        self.visual_preference = visual_preference  # (users, embedding dim): VBPR's taste for any image
 
     @classmethod
     def from_model(cls, model, data: TrainData, version: str = "") -> FactorScorer:
-        return cls(
-            data.user_ids, data.item_ids, model.user_vectors, model.item_vectors, model.item_biases, version
-        )
+        return cls(data.user_ids, data.item_ids, model.user_vectors, model.item_vectors, model.item_biases,
+                   version, getattr(model, "visual_preference", None))  # fmt: skip
 
     def save(self, path) -> None:
+        extra = {} if self.visual_preference is None else {"visual_preference": self.visual_preference}
         np.savez_compressed(path, user_ids=np.array(self.user_ids, dtype=object), item_ids=np.array(self.item_ids, dtype=object),
-                            user_vectors=self.user_vectors, item_vectors=self.item_vectors, item_biases=self.item_biases)  # fmt: skip
+                            user_vectors=self.user_vectors, item_vectors=self.item_vectors, item_biases=self.item_biases,
+                            **extra)  # fmt: skip
 
     @classmethod
     def load(cls, path, version: str = "") -> FactorScorer:
         z = np.load(path, allow_pickle=True)
-        return cls(
-            z["user_ids"].tolist(),
-            z["item_ids"].tolist(),
-            z["user_vectors"],
-            z["item_vectors"],
-            z["item_biases"],
-            version,
-        )
+        return cls(z["user_ids"].tolist(), z["item_ids"].tolist(), z["user_vectors"], z["item_vectors"],
+                   z["item_biases"], version, z["visual_preference"] if "visual_preference" in z else None)  # fmt: skip
 
     def aligned(self, user_ids: list[str], item_ids: list[str]) -> FactorScorer:
         """The same model indexed by ``user_ids`` x ``item_ids``; unknown rows score -inf."""

@@ -90,3 +90,18 @@ def version_exists(model_version: str) -> bool:
     except MlflowException:
         return False
     return True
+
+
+def load_keras(uri: str):
+    """Load a registered Keras model (``models:/name@alias`` or ``models:/name/version``); returns
+    ``(model, "name/version")``. Import the module defining its custom classes first."""
+    import mlflow.keras
+
+    import mlflow
+
+    model = mlflow.keras.load_model(uri)
+    version = uri
+    if "@" in uri:
+        name, alias = uri.removeprefix("models:/").split("@")
+        version = f"{name}/{mlflow.MlflowClient().get_model_version_by_alias(name, alias).version}"
+    return model, version

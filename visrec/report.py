@@ -176,9 +176,10 @@ def _photo_section(lake: Lake, photos: Any) -> str:
 def _looks_section(lake: Lake, looks: Any, item_figure) -> str:
     figures = []
     for row in looks.sort_values("rank").itertuples():
-        if lake.exists(row.image_uri):
+        key = row.image_uri.removeprefix(f"{lake.uri}/")
+        if lake.exists(key):
             nearest = row.nearest_item_ids[0] if len(row.nearest_item_ids) else ""
-            figures.append(figure(data_uri(lake.get_bytes(row.image_uri)), f"generated {row.category}"))
+            figures.append(figure(data_uri(lake.get_bytes(key)), f"generated {row.category}"))
             if nearest:
                 figures.append(item_figure(nearest, f"nearest: {nearest}"))
     return f"<h3>generated looks</h3><div class='grid'>{''.join(figures)}</div>" if figures else ""

@@ -36,6 +36,9 @@ class Settings:
     report_users: int = 6  # sample users shown in each run's HTML report
     photo_retention_days: int = 30  # user photos (and what was derived from them) older than this go
     photo_weight: float = 0.5  # weight of photo evidence beside behaviour when scoring (see README)
+    gan_every_days: int = 7  # train the GAN when its last training is this old...
+    gan_catalog_change: float = 0.2  # ...or when more than this share of the catalog is new since then
+    gan_max_minutes: float = 10.0  # the GAN's training budget when it trains
 
     def __post_init__(self) -> None:
         # Derived defaults depend on ``home``; fill the empty ones once so every reader agrees.
@@ -97,6 +100,9 @@ class Settings:
             "VISREC_REPORT_USERS": str(self.report_users),
             "VISREC_PHOTO_RETENTION_DAYS": str(self.photo_retention_days),
             "VISREC_PHOTO_WEIGHT": str(self.photo_weight),
+            "VISREC_GAN_EVERY_DAYS": str(self.gan_every_days),
+            "VISREC_GAN_CATALOG_CHANGE": str(self.gan_catalog_change),
+            "VISREC_GAN_MINUTES": str(self.gan_max_minutes),
         }
         if self.s3_endpoint:
             env["VISREC_S3_ENDPOINT"] = self.s3_endpoint
@@ -123,6 +129,9 @@ class Settings:
             report_users = int(get("VISREC_REPORT_USERS", "6"))
             photo_retention_days = int(get("VISREC_PHOTO_RETENTION_DAYS", "30"))
             photo_weight = float(get("VISREC_PHOTO_WEIGHT", "0.5"))
+            gan_every_days = int(get("VISREC_GAN_EVERY_DAYS", "7"))
+            gan_catalog_change = float(get("VISREC_GAN_CATALOG_CHANGE", "0.2"))
+            gan_max_minutes = float(get("VISREC_GAN_MINUTES", "10"))
         except ValueError as exc:
             raise ValueError(f"bad numeric setting: {exc}") from None
         return cls(
@@ -146,4 +155,7 @@ class Settings:
             report_users=report_users,
             photo_retention_days=photo_retention_days,
             photo_weight=photo_weight,
+            gan_every_days=gan_every_days,
+            gan_catalog_change=gan_catalog_change,
+            gan_max_minutes=gan_max_minutes,
         )

@@ -203,17 +203,10 @@ def _confusion_figure(matrix: np.ndarray, names: list[str]):
 
 def load_cnn(uri: str = f"models:/{MODEL_NAME}@champion"):
     """Load a registered image model; returns ``(model, version)``."""
-    import mlflow
-    import mlflow.keras
-
     import visrec.models.cnn  # noqa: F401  (registers the custom class with Keras)
+    from visrec.registry import load_keras
 
-    model = mlflow.keras.load_model(uri)
-    version = uri
-    if "@" in uri:
-        name, alias = uri.removeprefix("models:/").split("@")
-        version = f"{name}/{mlflow.MlflowClient().get_model_version_by_alias(name, alias).version}"
-    return model, version
+    return load_keras(uri)
 
 
 def train_cnn(
@@ -227,9 +220,9 @@ def train_cnn(
 ) -> CNNResult:
     """Train (or fine-tune) the image model on ``ds``'s staged images; track and register it."""
     import keras
-    import mlflow
     import mlflow.keras
 
+    import mlflow
     from visrec import registry
     from visrec.models.cnn import ImageClassifier
     from visrec.tracking import tracked_run

@@ -177,6 +177,15 @@ class VBPRRecommender(Recommender):
         self.item_vectors = np.concatenate(parts, axis=1).astype(np.float32)
         self.item_biases = bias.astype(np.float32)
         self.user_vectors = np.asarray(m._user_vec(users)).astype(np.float32)
+        # The visual part of a user's score for any image embedding f is (theta_u E^T + beta') . g(f),
+        # with g the fixed centring and scaling above: a direction in embedding space per user. It
+        # scores images that are not in the catalog (generated looks, photos) as the model would.
+        self.visual_preference = None
+        if m.visual_factors:
+            theta = np.asarray(m.user_visual(users))
+            e = np.asarray(m.projection.kernel)  # (feature_dim, visual_factors)
+            beta = np.asarray(m.visual_bias.kernel)[:, 0]
+            self.visual_preference = (theta @ e.T + beta[None, :]).astype(np.float32)
 
     def score(self, userids: np.ndarray) -> np.ndarray:
         return self.user_vectors[userids] @ self.item_vectors.T + self.item_biases[None, :]
