@@ -1,7 +1,7 @@
 """``make demo``: the nightly pipeline on the embedded default, through Airflow, several days in a row.
 
-Generates the synthetic shop; ingests its first days as history (the same ingestion functions the
-DAG calls, in this process, to save Airflow's per-run start-up); then runs the ``visrec_nightly`` DAG
+Generates the synthetic shop; ingests its first days as history (events, images and user photos,
+with the same functions the DAG calls, in this process, to save Airflow's per-run start-up); then runs the ``visrec_nightly`` DAG
 with ``airflow dags test`` for each of the last ``--dag-days`` days (ingest, features, image model,
 embeddings, recommender behind its promotion gate, scoring, validated publishing, report). Ends with
 a summary read back from the DuckDB warehouse: tables and row counts, the models' metrics, where the
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from visrec.ingest import ingest_day
     from visrec.lake import Lake
     from visrec.orchestrate import airflow_env, run_dates
+    from visrec.photos import ingest_user_photos
     from visrec.pipeline import run_summaries
     from visrec.publish import OUTPUT_TABLES
     from visrec.settings import Settings
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             spark = get_spark(settings, "visrec-demo-history")
             for ds in history:
                 report = ingest_day(settings, ds, lake=lake, spark=spark)
+                ingest_user_photos(settings, lake, ds)
                 print(f"[demo] history {ds}: {report.events.valid} events, {report.events.quarantined} "
                       f"quarantined, {report.images.accepted} images")  # fmt: skip
             spark.stop()  # the DAG's tasks start their own
