@@ -126,7 +126,23 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     lake = _lake(None, settings)
     if args.model == "mf":
         return _train_mf(args, settings, ds, lake)
+    if args.model == "gan":
+        return _train_gan(args, settings, ds, lake)
     return _train_cnn(args, settings, ds, lake)
+
+
+def _train_gan(args: argparse.Namespace, settings: Settings, ds: str, lake) -> int:
+    from visrec.generation import GANConfig, train_gan
+
+    config = GANConfig(epochs=args.epochs or GANConfig.epochs, max_minutes=args.max_minutes)
+    result = train_gan(settings, ds, lake=lake, config=config)
+    m = result.metrics
+    print(f"gan {ds}: Frechet ratio {m['frechet_ratio']:.2f} (generated vs real {m['frechet_distance']:.4f}, "
+          f"real vs real {m['frechet_real_vs_real']:.4f}); class consistency {m['class_consistency']:.3f} vs the "
+          f"image model's {m['cnn_accuracy_on_real']:.3f} on real images; {m['epochs_run']:.0f} epochs in "
+          f"{m['train_seconds']:.0f}s")  # fmt: skip
+    print(f"registered {result.version}: {result.reason}")
+    return 0
 
 
 def _train_mf(args: argparse.Namespace, settings: Settings, ds: str, lake) -> int:
@@ -344,16 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="train one model for a date: cnn | mf",
+        help="train one model for a date: cnn | mf | gan",
         description="Train a model on a date's tables, track it in MLflow and register it. cnn: the "
         "image classifier / embedder on staging_images (fine-tunes the champion when the categories "
         "are unchanged), then embeds the catalog with the champion and builds similar_items. mf: the "
         "visual recommender (VBPR), compared with popularity and the champion on a time split, "
-        "refit on all data and registered (champion only if it beats the champion).",
+        "refit on all data and registered (champion only if it beats the champion). gan: the "
+        "category-conditioned image generator, judged by the champion image model (Frechet distance "
+        "in its embedding space, class consistency) and registered behind a Frechet-ratio gate.",
     )
-    train.add_argument("model", choices=["cnn", "mf"], help="which model")
+    train.add_argument("model", choices=["cnn", "mf", "gan"], help="which model")
     train.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
-    train.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: cnn 30, mf 20)")
+    train.add_argument(
+        "--epochs", type=int, default=None, help="maximum epochs (default: cnn 30, mf 20, gan 60)"
+    )
     train.add_argument(
         "--max-minutes", type=float, default=20.0, help="training time budget (default 20 min)"
     )
