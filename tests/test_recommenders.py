@@ -172,3 +172,21 @@ def test_train_register_and_score_every_user(shop):
     assert recs.assign(cat=recs.item_id.map(category)).groupby(["user_id", "cat"]).size().max() <= 4
     assert (recs.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
     assert set(recs.source) == {"mf"} and recs.model_version.iloc[0] in ("visrec-mf/1", "visrec-mf/2")
+
+
+def test_segment_popularity_serves_each_segment_its_own_list():
+    from visrec.recommenders import SegmentPopularity
+
+    # 30 "loyal" users all bought item 0, 30 "new" users item 1, 5 "casual" users item 2; one has none.
+    cols = [0] * 30 + [1] * 30 + [2] * 5
+    users = list(range(30)) + list(range(30, 60)) + list(range(60, 65))
+    matrix = sp.csr_matrix((np.ones(65, np.float32), (users, cols)), shape=(66, 4))
+    segments = ["loyal"] * 30 + ["new"] * 30 + ["casual"] * 5 + [None]
+    data = TrainData(matrix, None, None, [f"u{n}" for n in range(66)], [f"i{n}" for n in range(4)])
+    model = SegmentPopularity(segments, min_users=20).fit(data)
+    ids, _ = model.recommend(np.array([0, 30, 60, 65]), sp.csr_matrix((66, 4)), N=1)
+    assert ids[:, 0].tolist()[:2] == [0, 1]
+    # Too small a segment and no segment both get the global list (items 0 and 1 tie; 0 wins by index).
+    assert ids[2, 0] == ids[3, 0] == model.global_.argmax()
+    subset = model.for_users(["new", "loyal"])
+    assert subset.recommend(np.array([0, 1]), sp.csr_matrix((2, 4)), N=1)[0][:, 0].tolist() == [1, 0]

@@ -117,6 +117,39 @@ class Popularity(Recommender):
         return np.broadcast_to(self.popularity, (len(userids), len(self.popularity)))
 
 
+class SegmentPopularity(Recommender):
+    """What is popular recently among users of the same segment (``new``, ``loyal``, ...); users with
+    no segment, or of a segment with fewer than ``min_users`` members, get the global list."""
+
+    def __init__(self, segments: list[str | None], min_users: int = 20):
+        self.segments, self.min_users = list(segments), min_users
+        self.global_: np.ndarray | None = None
+        self.by_segment: dict[str, np.ndarray] = {}
+
+    def fit(self, data: TrainData) -> SegmentPopularity:
+        if len(self.segments) != data.n_users:
+            raise ValueError(f"{len(self.segments)} segments for {data.n_users} users")
+        self.global_ = Popularity().fit(data).popularity
+        recent = data.recent_user_items if data.recent_user_items is not None else data.user_items
+        labels = np.array([s or "" for s in self.segments])
+        for segment in sorted(set(labels) - {""}):
+            rows = np.flatnonzero(labels == segment)
+            if len(rows) >= self.min_users:
+                counts = np.asarray((recent[rows] > 0).sum(axis=0)).ravel().astype(np.float32)
+                # The global list breaks ties (and fills in items the segment never touched).
+                self.by_segment[segment] = counts + self.global_ / (self.global_.max() + 1.0) * 0.5
+        return self
+
+    def for_users(self, segments: list[str | None]) -> SegmentPopularity:
+        """The fitted lists, scoring another set of users (e.g. a subset) by their segments."""
+        out = SegmentPopularity(segments, self.min_users)
+        out.global_, out.by_segment = self.global_, self.by_segment
+        return out
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        return np.stack([self.by_segment.get(self.segments[u] or "", self.global_) for u in userids])
+
+
 class ItemCF(Recommender):
     """Item-item collaborative filtering: score(u, i) = sum over u's items j of cos(i, j), with each
     item keeping its ``neighbours`` most similar items (cosine of binary user-item columns)."""

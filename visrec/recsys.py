@@ -419,11 +419,12 @@ def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config
 
     Users the champion recommender knows: its scores, blended with their photos' visual evidence when
     they uploaded any (``source='mf'``). Users whose only signal is uploads: ranked by how close items
-    look to their photos (``source='photo'``). Everyone else: what is popular (``source='popular'``).
+    look to their photos (``source='photo'``). Everyone else: what is popular lately among users of
+    their segment, or overall for users without one (``source='popular'``).
     Forgotten users get nothing."""
     from visrec.forget import forgotten_users
     from visrec.photos import photo_profiles
-    from visrec.recommenders import Popularity
+    from visrec.recommenders import SegmentPopularity
 
     config = config or MFConfig()
     lake = lake or Lake.from_settings(settings)
@@ -460,6 +461,12 @@ def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config
             if u in position:
                 vectors[position[u]], has_photos[position[u]] = vector, True
     categories = _categories(lake, ds, data.item_ids)
+    # Segments come from the day's profiles; without them every unknown user gets the global list.
+    profiles = (lake.read_table("user_profiles", ds).select(["user_id", "segment"]).to_pylist()
+                if lake.manifest("user_profiles", ds) is not None else [])  # fmt: skip
+    segment_of = {p["user_id"]: p["segment"] for p in profiles}
+    segments = [segment_of.get(u) for u in everyone.user_ids]
+    popular = SegmentPopularity(segments).fit(everyone)
     aligned = scorer.aligned(everyone.user_ids, everyone.item_ids)
     known = aligned.known_users
     weight = settings.photo_weight
@@ -467,7 +474,7 @@ def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config
         (known, PhotoBlend(aligned, vectors, has_photos, data.item_features, weight), "mf", scorer.version),
         (~known & has_photos, PhotoBlend(None, vectors, has_photos, data.item_features, weight), "photo",
          f"{scorer.version}+{photo_version}"),
-        (~known & ~has_photos, Popularity().fit(everyone), "popular", "popularity"),
+        (~known & ~has_photos, popular, "popular", "popularity-by-segment"),
     )  # fmt: skip
     parts = []
     for mask, model, source, version in groups:
@@ -479,6 +486,8 @@ def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config
         if isinstance(model, PhotoBlend):
             base = model.base.aligned(sub.user_ids, sub.item_ids) if model.base is not None else None
             model = PhotoBlend(base, vectors[index], has_photos[index], data.item_features, weight)
+        elif isinstance(model, SegmentPopularity):
+            model = model.for_users([segments[i] for i in index])
         parts.append(score_all_users(model, sub, purchased[index], categories, k=config.k,
                                      max_per_category=config.max_per_category, exclude=exclude,
                                      model_version=version, source=source))  # fmt: skip
