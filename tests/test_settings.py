@@ -55,5 +55,5 @@ def test_event_weights_parse():
 def test_to_env_round_trips(tmp_path: Path):
     # A child process (Airflow's tasks) must see exactly the caller's settings.
     s = Settings(home=tmp_path, lake_uri="s3://bucket/x", s3_endpoint="http://127.0.0.1:9", seed=3,
-                 cnn_max_minutes=0.5, report_users=2, test_days=1)  # fmt: skip
+                 cnn_max_minutes=0.5, report_users=2, test_days=1, retrain=True)  # fmt: skip
     assert Settings.from_env(s.to_env()) == s

@@ -125,15 +125,19 @@ def ingest_user_photos(
     return counts, reasons
 
 
+def _first_retained(settings: Settings, ds: str) -> str:
+    return (date.fromisoformat(ds) - timedelta(days=settings.photo_retention_days - 1)).isoformat()
+
+
 def retained_dates(settings: Settings, lake: Lake, ds: str) -> list[str]:
     """The ``staging_user_photos`` dates within the retention window ending at ``ds``."""
-    first = (date.fromisoformat(ds) - timedelta(days=settings.photo_retention_days - 1)).isoformat()
+    first = _first_retained(settings, ds)
     return [d for d in lake.partitions("staging_user_photos") if first <= d <= ds]
 
 
 def apply_retention(settings: Settings, lake: Lake, ds: str) -> dict[str, int]:
     """Delete stored photos older than the retention window, and every partition derived from them."""
-    cutoff = (date.fromisoformat(ds) - timedelta(days=settings.photo_retention_days - 1)).isoformat()
+    cutoff = _first_retained(settings, ds)
     deleted: dict[str, int] = {}
     for name in lake.list_dirs(STORE_PREFIX):
         if name.startswith("ds=") and name[3:] < cutoff:
@@ -208,10 +212,9 @@ def recognise_user_photos(
 
 
 def _bought(lake: Lake, ds: str) -> set[tuple[str, str]]:
-    history = [d for d in lake.partitions("events") if d <= ds]
-    if not history:
-        return set()
-    events = lake.read_table("events", history).select(["user_id", "item_id", "event_type"]).to_pandas()
+    from visrec.recsys import load_events
+
+    events = load_events(lake, ds)
     bought = events[events["event_type"] == "purchase"]
     return set(zip(bought["user_id"], bought["item_id"], strict=True))
 

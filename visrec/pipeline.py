@@ -47,13 +47,11 @@ def _trained_already(settings: Settings, lake: Lake, ds: str, step: str) -> Summ
 
     A retry or rerun of a date reuses that model instead of training another one, so rerunning a
     date gives the same tables (``VISREC_RETRAIN=1`` forces a new model)."""
-    import os
-
     from visrec import registry
     from visrec.tracking import ensure_experiment
 
     key = f"runs/ds={ds}/{step}.json"
-    if os.environ.get("VISREC_RETRAIN") == "1" or not lake.exists(key):
+    if settings.retrain or not lake.exists(key):
         return None
     summary = json.loads(lake.get_bytes(key))
     ensure_experiment(settings)  # sets the tracking URI

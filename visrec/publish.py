@@ -137,8 +137,9 @@ def validate_outputs(
 
 
 def _purchased_problems(lake: Lake, ds: str, recs: pd.DataFrame) -> list[str]:
-    history = [d for d in lake.partitions("events") if d <= ds]
-    events = lake.read_table("events", history).select(["user_id", "item_id", "event_type"]).to_pandas()
+    from visrec.recsys import load_events
+
+    events = load_events(lake, ds)
     bought = events.loc[events["event_type"] == "purchase", ["user_id", "item_id"]].drop_duplicates()
     clash = recs.merge(bought, on=["user_id", "item_id"])
     if len(clash):

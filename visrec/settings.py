@@ -39,6 +39,7 @@ class Settings:
     gan_every_days: int = 7  # train the GAN when its last training is this old...
     gan_catalog_change: float = 0.2  # ...or when more than this share of the catalog is new since then
     gan_max_minutes: float = 10.0  # the GAN's training budget when it trains
+    retrain: bool = False  # a rerun of a date trains new models instead of reusing that date's
 
     def __post_init__(self) -> None:
         # Derived defaults depend on ``home``; fill the empty ones once so every reader agrees.
@@ -103,6 +104,7 @@ class Settings:
             "VISREC_GAN_EVERY_DAYS": str(self.gan_every_days),
             "VISREC_GAN_CATALOG_CHANGE": str(self.gan_catalog_change),
             "VISREC_GAN_MINUTES": str(self.gan_max_minutes),
+            "VISREC_RETRAIN": "1" if self.retrain else "0",
         }
         if self.s3_endpoint:
             env["VISREC_S3_ENDPOINT"] = self.s3_endpoint
@@ -158,4 +160,5 @@ class Settings:
             gan_every_days=gan_every_days,
             gan_catalog_change=gan_catalog_change,
             gan_max_minutes=gan_max_minutes,
+            retrain=get("VISREC_RETRAIN", "0") == "1",
         )
