@@ -190,3 +190,36 @@ def test_segment_popularity_serves_each_segment_its_own_list():
     assert ids[2, 0] == ids[3, 0] == model.global_.argmax()
     subset = model.for_users(["new", "loyal"])
     assert subset.recommend(np.array([0, 1]), sp.csr_matrix((2, 4)), N=1)[0][:, 0].tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("with_biases", [True, False])
+def test_factor_top_k_two_stage_matches_brute_force(with_biases):
+    """The fused two-stage selection returns exactly the brute-force top K, filters applied; a user
+    with fewer unfiltered items than K gets -1 padding."""
+    from visrec.recommenders import FactorRecommender
+
+    rng = np.random.default_rng(5)
+    n_users, n_items, k = 70, 3001, 7  # not a multiple of the group: the padding must never win
+    model = FactorRecommender()
+    model.user_vectors = rng.standard_normal((n_users, 16)).astype(np.float32)
+    model.item_vectors = rng.standard_normal((n_items, 16)).astype(np.float32)
+    model.item_biases = rng.standard_normal(n_items).astype(np.float32) if with_biases else None
+    model.group_size, model.chunk_size = 8, 32  # 3001 >= 8 * 7 * 8: the two-stage path, in 3 chunks
+    liked = sp.random(n_users, n_items, density=0.05, format="lil", random_state=1, dtype=np.float32)
+    liked[3, :] = 1.0
+    liked[3, [10, 20]] = 0.0  # user 3 may only get items 10 and 20 (20 is banned below)
+    liked = liked.tocsr()
+    liked.eliminate_zeros()
+    banned = np.array([20, 2999, 3000])
+    ids, scores = model.recommend(np.arange(n_users), liked, N=k, filter_items=banned)
+
+    brute = model.score(np.arange(n_users))
+    brute[liked.toarray() > 0] = -np.inf
+    brute[:, banned] = -np.inf
+    expected = np.argsort(-brute, axis=1, kind="stable")[:, :k]
+    for user in range(n_users):
+        if user == 3:
+            assert ids[3].tolist() == [10] + [-1] * (k - 1) and np.isneginf(scores[3, 1:]).all()
+            continue
+        assert ids[user].tolist() == expected[user].tolist()
+        np.testing.assert_allclose(scores[user], brute[user, expected[user]], rtol=1e-4, atol=1e-4)

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from visrec.evaluate import evaluate
 from visrec.jobs.features import end_of_day
 from visrec.lake import Lake
-from visrec.recommenders import Recommender, TrainData
+from visrec.recommenders import FactorRecommender, Recommender, TrainData
 from visrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def score_all_users(
     })  # fmt: skip
 
 
-class FactorScorer(Recommender):
+class FactorScorer(FactorRecommender):
     """A trained factor model frozen into arrays (user vectors, item vectors, item biases) with its
     own id maps, aligned to another index: how the registered champion scores today's users.
     Users or items the model never saw get no score from it (-inf), so callers can fall back."""
@@ -264,9 +264,6 @@ class FactorScorer(Recommender):
 
     def fit(self, data: TrainData) -> FactorScorer:  # frozen: aligning is its "fit"
         return self.aligned(data.user_ids, data.item_ids)
-
-    def score(self, userids: np.ndarray) -> np.ndarray:
-        return self.user_vectors[userids] @ self.item_vectors.T + self.item_biases[None, :]
 
 
 @dataclass

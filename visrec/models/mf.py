@@ -18,7 +18,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from visrec.recommenders import Recommender, TrainData
+from visrec.recommenders import FactorRecommender, TrainData
 
 
 @keras.saving.register_keras_serializable(package="visrec")
@@ -108,7 +108,7 @@ class VBPR(keras.Model):
         return config
 
 
-class VBPRRecommender(Recommender):
+class VBPRRecommender(FactorRecommender):
     """Fits a :class:`VBPR` with sampled negatives and serves it through the batch interface."""
 
     def __init__(self, factors: int = 32, visual_factors: int = 32, epochs: int = 20, batch_size: int = 4096,
@@ -186,6 +186,3 @@ class VBPRRecommender(Recommender):
             e = np.asarray(m.projection.kernel)  # (feature_dim, visual_factors)
             beta = np.asarray(m.visual_bias.kernel)[:, 0]
             self.visual_preference = (theta @ e.T + beta[None, :]).astype(np.float32)
-
-    def score(self, userids: np.ndarray) -> np.ndarray:
-        return self.user_vectors[userids] @ self.item_vectors.T + self.item_biases[None, :]
