@@ -12,10 +12,18 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
-from visrec.evaluate import coverage, intra_list_diversity, map_at_k, ndcg_at_k, novelty, recall_at_k
+from visrec.evaluate import (
+    coverage,
+    hits_at_k,
+    intra_list_diversity,
+    map_at_k,
+    ndcg_at_k,
+    novelty,
+    recall_at_k,
+)
 from visrec.lake import Lake
 from visrec.models.mf import VBPR, VBPRRecommender
-from visrec.recommenders import ItemCF, Popularity, SparkALS, TrainData
+from visrec.recommenders import ItemCF, Popularity, SparkALS, SparkItemCF, TrainData, VisualProfile
 from visrec.recsys import MFConfig, build_split, evaluate_model, score_users, train_mf
 from visrec.settings import Settings
 from visrec.synth import CATEGORIES, COLOURS, PATTERNS, ShopConfig, generate_shop, write_events_table
@@ -93,6 +101,27 @@ class TestItemCF(RecommenderBehaviour):
         return ItemCF(neighbours=50)
 
 
+class TestVisualProfile(RecommenderBehaviour):
+    def make(self, spark):
+        return VisualProfile()
+
+
+class TestSparkItemCF(RecommenderBehaviour):
+    def make(self, spark):
+        return SparkItemCF(spark, neighbours=50)
+
+
+def test_spark_item_cf_job_computes_the_in_memory_similarities(shop, spark):
+    _, _, split = shop
+    local = ItemCF(neighbours=30).fit(split.train).similarity
+    distributed = SparkItemCF(spark, neighbours=30).fit(split.train).similarity
+    assert local.nnz > 1000
+    assert abs(local - distributed).max() < 1e-5  # the same pairs kept, the same cosines
+    # Capping the items per user changes the similarities (and the job still runs).
+    capped = SparkItemCF(spark, neighbours=30, max_items_per_user=2).fit(split.train).similarity
+    assert 0 < capped.nnz < local.nnz
+
+
 class TestSparkALS(RecommenderBehaviour):
     def make(self, spark):
         return SparkALS(spark, factors=8, iterations=5, seed=3)
@@ -112,6 +141,7 @@ def test_metrics_by_hand():
     rec = np.array([[3, 1, 2], [0, 4, 5]])
     relevant = [{1, 2, 9}, {7}]
     assert recall_at_k(rec, relevant, 3) == pytest.approx((2 / 3 + 0) / 2)
+    assert hits_at_k(rec, relevant, 3) == 2 and hits_at_k(rec, relevant, 1) == 0
     dcg = 1 / np.log2(3) + 1 / np.log2(4)
     ideal = 1 + 1 / np.log2(3) + 1 / np.log2(4)
     assert ndcg_at_k(rec, relevant, 3) == pytest.approx((dcg / ideal + 0) / 2)

@@ -5,6 +5,8 @@ metrics in MLflow.
 ``relevant`` is a list with, for each of those users, the set of item indices they interacted with in
 the test window. Users with nothing relevant are skipped by the accuracy metrics.
 
+- Hits@K: relevant items in the top K, summed over users (a count: on sparse data a handful of hits
+  decides every other metric, so it is reported beside them).
 - Recall@K: hits in the top K / number of relevant items.
 - NDCG@K: binary gains, DCG = sum 1/log2(rank + 1) over hits, divided by the DCG of a perfect list
   of min(K, relevant) hits.
@@ -25,6 +27,10 @@ import numpy as np
 
 def _users_with(relevant: list[set[int]]) -> list[int]:
     return [u for u, rel in enumerate(relevant) if rel]
+
+
+def hits_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> int:
+    return sum(len(set(recommended[u, :k].tolist()) & relevant[u]) for u in _users_with(relevant))
 
 
 def recall_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:
@@ -107,6 +113,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Every metric at once, keyed like ``recall_at_20``."""
     out = {
+        f"hits_at_{k}": float(hits_at_k(recommended, relevant, k)),
         f"recall_at_{k}": recall_at_k(recommended, relevant, k),
         f"ndcg_at_{k}": ndcg_at_k(recommended, relevant, k),
         f"map_at_{k}": map_at_k(recommended, relevant, k),

@@ -15,8 +15,9 @@ cut into groups, the K groups with the largest maxima are kept (every top-K item
 and the top K is taken over those candidates only. Selection then costs a fraction of the matrix
 product instead of twice it (``python bench/run.py scoring`` measures both).
 
-Implemented here: ``Popularity`` (recent window), ``ItemCF`` (cosine item-item co-occurrence),
-``SparkALS`` (Spark ML implicit ALS). The visual model lives in ``visrec.models.mf``.
+Implemented here: ``Popularity`` (recent window), ``ItemCF`` (cosine item-item co-occurrence) and
+``SparkItemCF`` (the same, computed by a Spark job), ``SparkALS`` (Spark ML implicit ALS),
+``VisualProfile`` (content only: the user's mean image embedding). The visual model lives in ``visrec.models.mf``.
 """
 
 from __future__ import annotations
@@ -195,6 +196,22 @@ class FactorRecommender(Recommender):
         return np.concatenate(all_ids), np.concatenate(all_scores)
 
 
+class VisualProfile(FactorRecommender):
+    """Content-based: a user's profile is the confidence-weighted mean of the image embeddings of their
+    items, and an item scores its cosine with it. Knows nothing of other users, so it reaches items
+    nobody has bought yet as easily as popular ones (the content baseline for VBPR)."""
+
+    def fit(self, data: TrainData) -> VisualProfile:
+        if data.item_features is None:
+            raise ValueError("VisualProfile needs TrainData.item_features (the image embeddings)")
+        profiles = np.asarray(data.user_items @ data.item_features, dtype=np.float32)
+        norms = np.linalg.norm(profiles, axis=1, keepdims=True)
+        self.user_vectors = profiles / np.where(norms > 0, norms, 1.0)
+        self.item_vectors = data.item_features.astype(np.float32)
+        self.item_biases = None
+        return self
+
+
 class Popularity(Recommender):
     """What most users interacted with recently (the same list for everyone)."""
 
@@ -256,19 +273,47 @@ class ItemCF(Recommender):
         self.user_items: sp.csr_matrix | None = None
 
     def fit(self, data: TrainData) -> ItemCF:
-        binary = (data.user_items > 0).astype(np.float32).tocsc()
-        norms = np.sqrt(np.asarray(binary.multiply(binary).sum(axis=0)).ravel())
-        norms[norms == 0] = 1.0
-        normed = binary @ sp.diags(1.0 / norms)
-        sim = (normed.T @ normed).tocsr()
+        binary = (data.user_items > 0).astype(np.float64).tocsc()
+        counts = np.asarray(binary.sum(axis=0)).ravel()
+        sim = (binary.T @ binary).tocsr()  # co-occurrence counts, exact
         sim.setdiag(0)
         sim.eliminate_zeros()
-        self.similarity = _keep_top_per_row(sim, self.neighbours)
+        sim.sort_indices()  # ties in the top-neighbours cut go to the lower index, as in the Spark job
+        rows = np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))
+        # The Spark job's formula and rounding (double, then float32), so both keep the same neighbours.
+        sim.data = sim.data / np.sqrt(counts[rows] * counts[sim.indices])
+        self.similarity = _keep_top_per_row(sim.astype(np.float32), self.neighbours)
         self.user_items = (data.user_items > 0).astype(np.float32).tocsr()
         return self
 
     def score(self, userids: np.ndarray) -> np.ndarray:
         return np.asarray((self.user_items[userids] @ self.similarity).todense())
+
+
+class SparkItemCF(ItemCF):
+    """``ItemCF`` with the similarities computed by the Spark job ``visrec.jobs.item_cf`` (for
+    interaction logs larger than one machine's memory); scoring is the same sparse product."""
+
+    def __init__(self, spark: SparkSession, neighbours: int = 100, max_items_per_user: int | None = None):
+        super().__init__(neighbours)
+        self.spark, self.max_items_per_user = spark, max_items_per_user
+
+    def fit(self, data: TrainData) -> SparkItemCF:
+        import pandas as pd
+
+        from visrec.jobs.item_cf import item_similarities
+
+        coo = data.user_items.tocoo()
+        pairs = self.spark.createDataFrame(pd.DataFrame({
+            "user": coo.row.astype(np.int32), "item": coo.col.astype(np.int32),
+            "confidence": coo.data.astype(np.float64)}))  # fmt: skip
+        sims = item_similarities(pairs, self.neighbours, self.max_items_per_user).toArrow()
+        self.similarity = sp.csr_matrix(
+            (sims.column("similarity").to_numpy(), (sims.column("item").to_numpy(), sims.column("other").to_numpy())),
+            shape=(data.n_items, data.n_items), dtype=np.float32,
+        )  # fmt: skip
+        self.user_items = (data.user_items > 0).astype(np.float32).tocsr()
+        return self
 
 
 def _keep_top_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
