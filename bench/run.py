@@ -240,7 +240,7 @@ def bench_mf() -> Figures:
     from visrec.ingest import ingest_images
     from visrec.lake import Lake
     from visrec.models.mf import VBPRRecommender
-    from visrec.recommenders import ItemCF, Popularity, Recommender, SparkALS
+    from visrec.recommenders import ItemCF, Popularity, Recommender, SparkALS, SparkItemCF, VisualProfile
     from visrec.recsys import build_split, evaluate_model
     from visrec.settings import Settings
     from visrec.spark import get_spark
@@ -281,6 +281,8 @@ def bench_mf() -> Figures:
             "oracle": Oracle(),
             "popularity": Popularity(),
             "item_cf": ItemCF(),
+            "spark_item_cf": SparkItemCF(spark),
+            "visual_profile": VisualProfile(),
             "spark_als": SparkALS(spark),
             "mf": VBPRRecommender(visual_factors=0),
             "vbpr": VBPRRecommender(),
@@ -292,7 +294,7 @@ def bench_mf() -> Figures:
         )
         results = {name: evaluate_model(model, split) for name, model in models.items()}
         for name, metrics in results.items():
-            for key in ("recall_at_20", "ndcg_at_20", "map_at_20", "cold_recall_at_20", "coverage",
+            for key in ("hits_at_20", "recall_at_20", "ndcg_at_20", "map_at_20", "cold_recall_at_20", "coverage",
                         "intra_list_diversity", "novelty", "fit_seconds"):  # fmt: skip
                 out[f"mf.synthetic.{name}.{key}"] = _figure(round(metrics[key], 4), key, note)
         out["mf.synthetic.vbpr_over_oracle_recall_at_20"] = _figure(

@@ -91,7 +91,7 @@ def visrec_nightly():
         return _run("recognise_user_photos", ds)
 
     @task
-    def score(mf: dict, photos: dict, ds: str | None = None) -> dict:
+    def score(mf: dict, photos: dict, looks: dict, ds: str | None = None) -> dict:
         return _run("score", ds)
 
     @task
@@ -108,7 +108,7 @@ def visrec_nightly():
     photos = recognise_user_photos(ingest_user_photos(), embeddings)
     mf = train_mf(features, embeddings)
     looks = generate_looks(train_gan(embeddings), mf)
-    report(publish(score(mf, photos), looks))
+    report(publish(score(mf, photos, looks), looks))
 
 
 visrec_nightly()

@@ -117,3 +117,25 @@ def test_generated_looks_follow_favourite_categories(trained, spark):
         assert len(row["nearest_item_ids"]) == 5 and row["nearest_scores"] == sorted(
             row["nearest_scores"], reverse=True
         )
+
+
+def test_diff_augment_shifts_and_cuts_out_and_passes_gradients():
+    import keras
+    import tensorflow as tf
+
+    from visrec.models.gan import diff_augment
+
+    images = tf.constant(np.ones((16, 32, 32, 3), np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        out = diff_augment(images, keras.random.SeedGenerator(0))
+        total = tf.reduce_sum(out)
+    out = out.numpy()
+    assert out.shape == (16, 32, 32, 3)
+    zeroed = (out == 0).all(axis=-1).mean(axis=(1, 2))
+    # Every image loses its cut-out square (a quarter of it, less where it leaves the frame) and what
+    # the shift uncovers; nothing else changes.
+    assert (zeroed >= 0.1).all() and (zeroed <= 0.6).all(), zeroed
+    assert set(np.unique(out)) <= {0.0, 1.0}
+    grad = tape.gradient(total, images).numpy()
+    assert grad.sum() == pytest.approx(out.sum())  # each kept pixel reaches exactly one source pixel

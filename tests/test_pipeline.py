@@ -89,7 +89,7 @@ def test_dag_parses_cheaply_with_the_expected_shape(tmp_path):
     assert info["tasks"]["train_mf"] == ["build_features", "embed_items"]
     assert info["tasks"]["report"] == ["publish"]
     assert info["tasks"]["recognise_user_photos"] == ["embed_items", "ingest_user_photos"]
-    assert info["tasks"]["score"] == ["recognise_user_photos", "train_mf"]
+    assert info["tasks"]["score"] == ["generate_looks", "recognise_user_photos", "train_mf"]
     assert info["tasks"]["generate_looks"] == ["train_gan", "train_mf"]
     assert info["tasks"]["publish"] == ["generate_looks", "score"]
     assert (
@@ -138,6 +138,15 @@ def test_dag_runs_end_to_end_and_publishes(nightly):
         u for (u,) in _warehouse(settings, f"SELECT DISTINCT user_id FROM user_photos WHERE ds = '{D3}'")
     }
     assert only & with_photos and only & with_photos <= photo_users <= with_photos
+    # Users with generated looks get real items nearest their looks in their lists.
+    generated = _warehouse(
+        settings, f"SELECT DISTINCT user_id FROM recommendations WHERE ds = '{D3}' AND source = 'generated'"
+    )
+    assert generated
+    strays = f"""SELECT count(*) FROM recommendations r WHERE r.ds = '{D3}' AND r.source = 'generated'
+                 AND NOT EXISTS (SELECT 1 FROM generated_looks g WHERE g.ds = '{D3}' AND g.user_id = r.user_id
+                                 AND list_contains(g.nearest_item_ids, r.item_id))"""
+    assert _warehouse(settings, strays) == [(0,)]
     report = lake.get_bytes(f"reports/ds={D3}/index.html").decode()
     assert report.count("<img") >= 10 and "previous run (2026-11-02)" in report
 

@@ -145,6 +145,24 @@ def test_second_training_fine_tunes_the_champion_and_applies_the_gate(trained):
     )
 
 
+def test_clutter_fill_paints_only_uncovered_pixels_and_only_in_training():
+    from visrec.models.cnn import ClutterFill
+
+    images = np.full((4, 32, 32, 3), 0.5, np.float32)
+    images[:, :8] = -1.0  # what a zoom-out or a shift left uncovered
+    layer = ClutterFill(seed=1)
+    out = np.asarray(layer(images, training=True))
+    np.testing.assert_array_equal(out[:, 8:], images[:, 8:])
+    assert (out[:, :8] >= 0).all() and (out[:, :8] <= 1).all() and out[:, :8].std() > 0.05
+    np.testing.assert_array_equal(np.asarray(layer(images, training=False)), images)
+    assert ClutterFill.from_config(layer.get_config()).boxes == layer.boxes
+    # With the studio colour given, about half of the images get it instead of a scene.
+    studio = np.full((64, 1, 1, 3), 0.25, np.float32)
+    out = np.asarray(ClutterFill(seed=2)(np.repeat(images[:1], 64, axis=0), studio, training=True))
+    plain = (out[:, :8] == 0.25).all(axis=(1, 2, 3))
+    assert 16 <= plain.sum() <= 48, plain.sum()
+
+
 def test_exact_top_k_matches_brute_force():
     rng = np.random.default_rng(1)
     items = rng.normal(size=(300, 16)).astype(np.float32)

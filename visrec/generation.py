@@ -44,6 +44,8 @@ class GANConfig:
     epochs: int = 60
     batch_size: int = 64
     label_smoothing: float = 0.1
+    class_weight: float = 1.0  # the auxiliary classifier's loss beside the adversarial one
+    augment: bool = True  # DiffAugment (translation, cutout) before the discriminator
     max_minutes: float | None = 10.0
     quality_samples: int = 512
     register: bool = True
@@ -171,8 +173,9 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
     if cnn is None:
         cnn, _ = load_cnn()
     pixels = resize(images.pixels, config.resolution)
-    gan = ConditionalGAN(class_names, config.latent_dim, config.resolution, config.width,
-                         config.label_smoothing, settings.seed)  # fmt: skip
+    gan = ConditionalGAN(class_names, latent_dim=config.latent_dim, resolution=config.resolution,
+                         width=config.width, label_smoothing=config.label_smoothing,
+                         class_weight=config.class_weight, augment=config.augment, seed=settings.seed)  # fmt: skip
     gan.build()
     gan.compile()
     import tensorflow as tf

@@ -245,7 +245,8 @@ def score(ds: str, settings: Settings | None = None) -> Summary:
     from visrec import recsys
 
     settings, lake = _open(settings)
-    table = recsys.score_users(settings, ds, lake=lake)
+    looks = run_summaries(lake, ds).get("generate_looks", {})
+    table = recsys.score_users(settings, ds, lake=lake, looks_version=looks.get("gan_version", "visrec-gan"))
     sources: dict[str, int] = {}
     for source in table.column("source").to_pylist():
         sources[source] = sources.get(source, 0) + 1

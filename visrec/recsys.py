@@ -411,14 +411,16 @@ class PhotoBlend(Recommender):
 
 
 def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config: MFConfig | None = None,
-                scorer: FactorScorer | None = None, exclude: list[str] | None = None) -> pa.Table:  # fmt: skip
+                scorer: FactorScorer | None = None, exclude: list[str] | None = None,
+                looks_version: str = "visrec-gan") -> pa.Table:  # fmt: skip
     """Recommendations for every user as of ``ds`` -> ``recommendations``.
 
     Users the champion recommender knows: its scores, blended with their photos' visual evidence when
-    they uploaded any (``source='mf'``). Users whose only signal is uploads: ranked by how close items
-    look to their photos (``source='photo'``). Everyone else: what is popular lately among users of
-    their segment, or overall for users without one (``source='popular'``).
-    Forgotten users get nothing."""
+    they uploaded any (``source='mf'``); when the day has generated looks for them, real items nearest
+    those looks take the last places (``source='generated'``, see ``add_generated_candidates``).
+    Users whose only signal is uploads: ranked by how close items look to their photos
+    (``source='photo'``). Everyone else: what is popular lately among users of their segment, or
+    overall for users without one (``source='popular'``). Forgotten users get nothing."""
     from visrec.forget import forgotten_users
     from visrec.photos import photo_profiles
     from visrec.recommenders import SegmentPopularity
@@ -493,10 +495,87 @@ def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config
         from visrec.schemas import RECOMMENDATIONS
 
         table = RECOMMENDATIONS.empty_table()
+    looks = (
+        lake.read_table("generated_looks", ds) if lake.manifest("generated_looks", ds) is not None else None
+    )
+    if looks is not None and looks.num_rows and settings.generated_slots > 0:
+        blend = PhotoBlend(aligned, vectors, has_photos, data.item_features, weight)
+        table = add_generated_candidates(table, looks, blend, everyone, purchased, categories,
+                                         slots=settings.generated_slots, max_per_category=config.max_per_category,
+                                         exclude=set(exclude or []), version=f"{scorer.version}+{looks_version}")  # fmt: skip
     lake.write_table("recommendations", ds, table)
     log.info("scored %d users for %s (%d with photos, %d upload-only): %d rows", everyone.n_users, ds,
              int(has_photos.sum()), int((~known & has_photos).sum()), table.num_rows)  # fmt: skip
     return table
+
+
+def add_generated_candidates(recs: pa.Table, looks: pa.Table, model: Recommender, data: TrainData,
+                             purchased: sp.csr_matrix, categories: list[str], *, slots: int,
+                             max_per_category: int | None, exclude: set[str], version: str) -> pa.Table:  # fmt: skip
+    """Widen the lists of users with generated looks (DVBPR's idea): the last ``slots`` places of a
+    recommender-made list (``source='mf'``) go to the real items nearest the user's looks, taken round
+    robin over the looks (each look's nearest first); items already listed, bought, excluded, unknown
+    to ``data`` or over the category cap are skipped. Each is scored by ``model``, the model that made
+    the rest of the list, and the list is re-sorted by score, so the table keeps its contract (K rows,
+    ranks 1..K, scores non-increasing). Other users' rows are unchanged."""
+    from collections import Counter
+
+    frame = recs.to_pandas()
+    user_pos = {u: k for k, u in enumerate(data.user_ids)}
+    item_pos = {i: k for k, i in enumerate(data.item_ids)}
+    nearest: dict[str, list[list[str]]] = {}
+    for row in sorted(looks.to_pylist(), key=lambda r: (r["user_id"], r["rank"])):
+        nearest.setdefault(row["user_id"], []).append(list(row["nearest_item_ids"]))
+    touched = frame["user_id"].isin(nearest.keys())
+    parts, widened = [frame[~touched]], 0
+    for user, rows in frame[touched].groupby("user_id", sort=False):
+        rows = rows.sort_values("rank")
+        if user not in user_pos or (rows["source"] != "mf").any():
+            parts.append(rows)
+            continue
+        u = user_pos[user]
+        listed, bought = set(rows["item_id"]), set(purchased[u].indices.tolist())
+        per_category = Counter(categories[item_pos[i]] for i in rows["item_id"])
+        tail = rows.iloc[max(len(rows) - slots, 0) :]  # the places a generated item may take, last first
+        given_up = 0
+        scores = model.score(np.array([u]))[0]
+        picks: list[tuple[str, float]] = []
+        depth = max(map(len, nearest[user]))
+        for item in (lst[d] for d in range(depth) for lst in nearest[user] if d < len(lst)):
+            if given_up == len(tail):
+                break
+            pos = item_pos.get(item)
+            if (
+                pos is None
+                or item in listed
+                or pos in bought
+                or item in exclude
+                or not np.isfinite(scores[pos])
+            ):
+                continue
+            out_category = categories[item_pos[tail.iloc[len(tail) - 1 - given_up]["item_id"]]]
+            if (max_per_category is not None and categories[pos] != out_category
+                    and per_category[categories[pos]] >= max_per_category):  # fmt: skip
+                continue
+            per_category[out_category] -= 1
+            per_category[categories[pos]] += 1
+            picks.append((item, float(scores[pos])))
+            listed.add(item)
+            given_up += 1
+        if not picks:
+            parts.append(rows)
+            continue
+        keep = rows.iloc[: len(rows) - len(picks)]
+        added = pd.DataFrame({"user_id": user, "rank": 0, "item_id": [i for i, _ in picks],
+                              "score": np.array([s for _, s in picks], np.float32), "source": "generated",
+                              "model_version": version})  # fmt: skip
+        merged = pd.concat([keep, added]).sort_values("score", ascending=False, kind="stable")
+        merged["rank"] = np.arange(1, len(merged) + 1)
+        parts.append(merged)
+        widened += 1
+    out = pd.concat(parts).sort_values(["user_id", "rank"], kind="stable")
+    log.info("generated looks widened %d users' lists (%d places each at most)", widened, slots)
+    return pa.Table.from_pandas(out, schema=recs.schema, preserve_index=False)
 
 
 def _categories(lake: Lake, ds: str, item_ids: list[str]) -> list[str]:

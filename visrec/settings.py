@@ -39,6 +39,7 @@ class Settings:
     gan_every_days: int = 7  # train the GAN when its last training is this old...
     gan_catalog_change: float = 0.2  # ...or when more than this share of the catalog is new since then
     gan_max_minutes: float = 10.0  # the GAN's training budget when it trains
+    generated_slots: int = 2  # places per list given to real items nearest the user's generated looks
     retrain: bool = False  # a rerun of a date trains new models instead of reusing that date's
 
     def __post_init__(self) -> None:
@@ -104,6 +105,7 @@ class Settings:
             "VISREC_GAN_EVERY_DAYS": str(self.gan_every_days),
             "VISREC_GAN_CATALOG_CHANGE": str(self.gan_catalog_change),
             "VISREC_GAN_MINUTES": str(self.gan_max_minutes),
+            "VISREC_GENERATED_SLOTS": str(self.generated_slots),
             "VISREC_RETRAIN": "1" if self.retrain else "0",
         }
         if self.s3_endpoint:
@@ -134,6 +136,7 @@ class Settings:
             gan_every_days = int(get("VISREC_GAN_EVERY_DAYS", "7"))
             gan_catalog_change = float(get("VISREC_GAN_CATALOG_CHANGE", "0.2"))
             gan_max_minutes = float(get("VISREC_GAN_MINUTES", "10"))
+            generated_slots = int(get("VISREC_GENERATED_SLOTS", "2"))
         except ValueError as exc:
             raise ValueError(f"bad numeric setting: {exc}") from None
         return cls(
@@ -160,5 +163,6 @@ class Settings:
             gan_every_days=gan_every_days,
             gan_catalog_change=gan_catalog_change,
             gan_max_minutes=gan_max_minutes,
+            generated_slots=generated_slots,
             retrain=get("VISREC_RETRAIN", "0") == "1",
         )

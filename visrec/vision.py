@@ -82,7 +82,7 @@ class CNNConfig:
     dropout: float = 0.25
     label_smoothing: float = 0.1
     held_out_share: float = 0.2
-    patience: int = 5
+    patience: int = 10
     max_minutes: float | None = 20.0  # stop after this much training time, keeping the best epoch
     mixed_precision: bool = False  # float16 compute: worth it on a GPU only
     backbone: str = "compact"

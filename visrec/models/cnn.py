@@ -63,6 +63,57 @@ def application_backbone(name: str, image_size: int, weights: str | None) -> ker
 
 
 @keras.saving.register_keras_serializable(package="visrec")
+class ClutterFill(layers.Layer):
+    """Paints the pixels below 0 (what the geometric augmentations left uncovered): for a random
+    ``scene_share`` of the images as a cluttered scene (a background tone and ``boxes`` rectangles of
+    random colours), for the others in the image's own studio colour (``studio``, one colour per image;
+    the uncovered pixels are clipped to [0, 1] when it is not given). Training only."""
+
+    def __init__(self, boxes: int = 4, scene_share: float = 0.5, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.boxes, self.scene_share, self.seed = boxes, scene_share, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, studio=None, training: bool = True):
+        if not training:
+            return images
+        shape = ops.shape(images)
+        batch, height, width = shape[0], shape[1], shape[2]
+        dtype = images.dtype
+        uniform = lambda shape, low, high: keras.random.uniform(  # noqa: E731
+            shape, low, high, dtype=dtype, seed=self.seed_generator
+        )
+        scene = uniform((batch, 1, 1, 3), 0.2, 0.95)
+        rows = ops.reshape(ops.cast(ops.arange(height), dtype) / ops.cast(height, dtype), (1, -1, 1, 1))
+        cols = ops.reshape(ops.cast(ops.arange(width), dtype) / ops.cast(width, dtype), (1, 1, -1, 1))
+        for _ in range(self.boxes):
+            corner, size, colour = (
+                uniform((batch, 2, 1, 1), 0.0, 1.0),
+                uniform((batch, 2, 1, 1), 0.1, 0.4),
+                uniform((batch, 1, 1, 3), 0.0, 1.0),
+            )
+            y0, x0, h, w = corner[:, :1], corner[:, 1:], size[:, :1], size[:, 1:]
+            inside = (rows >= y0) & (rows < y0 + h) & (cols >= x0) & (cols < x0 + w)
+            scene = ops.where(inside, colour, scene)
+        if studio is not None:
+            in_scene = uniform((batch, 1, 1, 1), 0.0, 1.0) < self.scene_share
+            scene = ops.where(in_scene, scene, ops.cast(studio, dtype))
+        uncovered = ops.any(images < 0.0, axis=-1, keepdims=True)
+        return ops.where(uncovered, scene, ops.clip(images, 0.0, 1.0))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "boxes": self.boxes,
+            "scene_share": self.scene_share,
+            "seed": self.seed,
+        }
+
+
+@keras.saving.register_keras_serializable(package="visrec")
 class ImageClassifier(keras.Model):
     """Category classifier whose penultimate layer is the image embedding.
 
@@ -93,16 +144,23 @@ class ImageClassifier(keras.Model):
         self.augment = augment
         self.backbone_name = backbone
         self.backbone_weights = backbone_weights
-        # Geometry only: colour is a product attribute the embedding must keep, so no colour jitter.
+        # Geometry, light and surroundings only: colour is a product attribute the embedding must
+        # keep, so no hue jitter. The geometric layers fill uncovered pixels with -1, which
+        # ClutterFill paints as a cluttered scene for half of the images (a product photographed in a
+        # room should embed near its catalog image) and in the studio colour for the rest (catalog
+        # images are what the classifier mostly sees).
+        fill = {"fill_mode": "constant", "fill_value": -1.0}
         self.augmenter = keras.Sequential(
             [
                 layers.RandomFlip("horizontal"),
-                layers.RandomTranslation(0.08, 0.08, fill_mode="nearest"),
-                layers.RandomZoom((-0.12, 0.12), fill_mode="nearest"),
-                layers.RandomRotation(0.04, fill_mode="nearest"),
+                layers.RandomBrightness(0.1, value_range=(0.0, 1.0)),
+                layers.RandomRotation(0.04, **fill),
+                layers.RandomZoom((-0.12, 0.4), **fill),
+                layers.RandomTranslation(0.08, 0.08, **fill),
             ],
             name="augment",
         )
+        self.surroundings = ClutterFill(name="surroundings")
         if backbone == "compact":
             self.backbone = compact_backbone(image_size, width)
         else:
@@ -118,7 +176,8 @@ class ImageClassifier(keras.Model):
     def features(self, images, training: bool = False):
         x = ops.cast(images, self.compute_dtype) / 255.0
         if training and self.augment:
-            x = self.augmenter(x, training=True)
+            studio = x[:, :1, :1, :]  # catalog photos are shot on a plain background: its colour
+            x = self.surroundings(self.augmenter(x, training=True), studio, training=True)
         return self.backbone(x, training=training)
 
     def call(self, images, training: bool = False):
