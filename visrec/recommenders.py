@@ -22,6 +22,7 @@ Implemented here: ``Popularity`` (recent window), ``ItemCF`` (cosine item-item c
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -113,15 +114,10 @@ def _mask_rows(user_items: sp.csr_matrix, users: np.ndarray) -> np.ndarray:
     return np.stack([rows, liked.indices], axis=1).astype(np.int64)
 
 
-_FACTOR_GRAPHS: dict = {}
-
-
+@functools.cache
 def _factor_top_k_graph(k: int, group: int):
     """A traced ``(users, items_t, biases, excluded) -> (scores, ids)`` for one ``k`` and ``group``."""
     import tensorflow as tf
-
-    if (k, group) in _FACTOR_GRAPHS:
-        return _FACTOR_GRAPHS[(k, group)]
 
     @tf.function(reduce_retracing=True)
     def top_k(users, items_t, biases, excluded):
@@ -142,7 +138,6 @@ def _factor_top_k_graph(k: int, group: int):
         values, pos = tf.math.top_k(candidates, k=k)
         return values, tf.gather(best_groups, pos // group, batch_dims=1) * group + pos % group
 
-    _FACTOR_GRAPHS[(k, group)] = top_k
     return top_k
 
 

@@ -64,10 +64,10 @@ def application_backbone(name: str, image_size: int, weights: str | None) -> ker
 
 @keras.saving.register_keras_serializable(package="visrec")
 class ClutterFill(layers.Layer):
-    """Paints the pixels below 0 (what the geometric augmentations left uncovered): for a random
-    ``scene_share`` of the images as a cluttered scene (a background tone and ``boxes`` rectangles of
-    random colours), for the others in the image's own studio colour (``studio``, one colour per image;
-    the uncovered pixels are clipped to [0, 1] when it is not given). Training only."""
+    """Paints the pixels below 0 (what the geometric augmentations left uncovered) as a cluttered
+    scene (a background tone and ``boxes`` rectangles of random colours); when the images' studio
+    colours are given (``studio``, one per image), only a random ``scene_share`` of the images gets a
+    scene and the others their studio colour. Covered pixels pass through. Training only."""
 
     def __init__(self, boxes: int = 4, scene_share: float = 0.5, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
