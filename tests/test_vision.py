@@ -163,6 +163,26 @@ def test_clutter_fill_paints_only_uncovered_pixels_and_only_in_training():
     assert 16 <= plain.sum() <= 48, plain.sum()
 
 
+def test_random_affine_resamples_once_without_blending_in_the_fill():
+    from visrec.models.cnn import RandomAffine
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0.1, 1.0, (8, 32, 32, 3)).astype(np.float32)
+    # No rotation, zoom or shift: every image comes back as itself or its mirror image.
+    out = np.asarray(RandomAffine(0.0, (0.0, 0.0), 0.0, seed=3)(images, training=True))
+    same = np.isclose(out, images, atol=1e-5).all(axis=(1, 2, 3))
+    mirrored = np.isclose(out, images[:, :, ::-1], atol=1e-5).all(axis=(1, 2, 3))
+    assert (same | mirrored).all() and same.any() and mirrored.any()
+    # Zoomed out to half size: the border is the fill value, the middle is image, and edge pixels
+    # keep the image's values instead of a blend with the fill (which would be dark or negative).
+    layer = RandomAffine(0.0, (1.0, 1.0), 0.0, flip=False, fill_value=-1.0, seed=3)
+    out = np.asarray(layer(images, training=True))
+    assert (out[:, :4] == -1.0).all() and (out[:, 12:20, 12:20] >= 0.1 - 1e-5).all()
+    assert ((out == -1.0) | ((out >= 0.1 - 1e-5) & (out <= 1.0 + 1e-5))).all()
+    np.testing.assert_array_equal(np.asarray(layer(images, training=False)), images)
+    assert RandomAffine.from_config(layer.get_config()).zoom == (1.0, 1.0)
+
+
 def test_exact_top_k_matches_brute_force():
     rng = np.random.default_rng(1)
     items = rng.normal(size=(300, 16)).astype(np.float32)
