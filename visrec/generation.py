@@ -127,12 +127,13 @@ def gan_quality(
     }
 
 
-def sample_grid(gan, per_class: int = 8, seed: int = 0) -> bytes:
-    """A PNG with one row per category."""
+def sample_grid(gan, per_class: int = 8, seed: int = 0, classes: list[int] | None = None) -> bytes:
+    """A PNG with one row per category (every category, or the label indices in ``classes``)."""
     from PIL import Image
 
-    n = len(gan.class_names)
-    labels = np.repeat(np.arange(n), per_class)
+    rows = np.arange(len(gan.class_names)) if classes is None else np.asarray(classes)
+    n = len(rows)
+    labels = np.repeat(rows, per_class)
     images = to_pixels(gan.generate(labels, seed=seed))
     r = images.shape[1]
     grid = images.reshape(n, per_class, r, r, 3).transpose(0, 2, 1, 3, 4).reshape(n * r, per_class * r, 3)

@@ -187,7 +187,8 @@ class ImageClassifier(keras.Model):
     """Category classifier whose penultimate layer is the image embedding.
 
     Call it on uint8 or float images in [0, 255] of shape (batch, size, size, 3); it returns class
-    probabilities. :meth:`embed` returns L2-normalised embeddings.
+    probabilities (outside training, averaged with the mirror image's when ``flip_average``).
+    :meth:`embed` returns L2-normalised embeddings.
     """
 
     def __init__(
@@ -199,6 +200,7 @@ class ImageClassifier(keras.Model):
         augment: bool = True,
         backbone: str = "compact",
         backbone_weights: str | None = None,
+        flip_average: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -213,6 +215,7 @@ class ImageClassifier(keras.Model):
         self.augment = augment
         self.backbone_name = backbone
         self.backbone_weights = backbone_weights
+        self.flip_average = flip_average
         # Geometry, light and surroundings only: colour is a product attribute the embedding must
         # keep, so no hue jitter. The geometric layer fills uncovered pixels with -1, which
         # ClutterFill paints as a cluttered scene for half of the images (a product photographed in a
@@ -247,7 +250,12 @@ class ImageClassifier(keras.Model):
         return self.backbone(x, training=training)
 
     def call(self, images, training: bool = False):
-        return self.head(self.head_dropout(self.features(images, training), training=training))
+        probs = self.head(self.head_dropout(self.features(images, training), training=training))
+        if self.flip_average and not training:
+            # Garments are left-right symmetric in the catalog's eyes; averaging the prediction of
+            # an image and its mirror image costs one more forward pass and evens out the noise.
+            probs = (probs + self.head(self.features(ops.flip(images, axis=2)))) / 2.0
+        return probs
 
     def embed(self, images):
         """L2-normalised embeddings (float32) of a batch of images.
@@ -277,6 +285,7 @@ class ImageClassifier(keras.Model):
                 "augment": self.augment,
                 "backbone": self.backbone_name,
                 "backbone_weights": None,  # the trained weights are in the saved model itself
+                "flip_average": self.flip_average,
             }
         )
         return config
