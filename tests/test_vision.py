@@ -183,6 +183,16 @@ def test_random_affine_resamples_once_without_blending_in_the_fill():
     assert RandomAffine.from_config(layer.get_config()).zoom == (1.0, 1.0)
 
 
+def test_flip_average_makes_predictions_mirror_invariant():
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)).astype(np.uint8)
+    mirrored = images[:, :, ::-1]
+    model = ImageClassifier(["a", "b", "c"], image_size=32)
+    np.testing.assert_allclose(np.asarray(model(images)), np.asarray(model(mirrored)), atol=1e-6)
+    assert ImageClassifier.from_config(model.get_config()).flip_average
+    model.flip_average = False  # the same weights without it: the mirror image scores differently
+    assert not np.allclose(np.asarray(model(images)), np.asarray(model(mirrored)), atol=1e-6)
+
+
 def test_exact_top_k_matches_brute_force():
     rng = np.random.default_rng(1)
     items = rng.normal(size=(300, 16)).astype(np.float32)
