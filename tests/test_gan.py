@@ -62,7 +62,9 @@ def test_save_load_round_trip(trained, tmp_path):
 def test_conditioning_is_recognised_by_the_image_model(trained):
     _, _, result, _ = trained
     m = result.metrics
-    assert m["class_consistency"] > 1.6 / len(result.class_names), m  # chance is 1/8; measured 0.32
+    # Chance is 1/8. Measured: 0.68 against the image model's 0.85 on real images (0.32 before the
+    # generator's batch normalisations were conditioned and the critic's classifier normalised).
+    assert m["class_consistency"] > 0.5 * m["cnn_accuracy_on_real"], m
 
 
 def test_registered_with_its_quality(trained):
@@ -139,3 +141,27 @@ def test_diff_augment_shifts_and_cuts_out_and_passes_gradients():
     assert set(np.unique(out)) <= {0.0, 1.0}
     grad = tape.gradient(total, images).numpy()
     assert grad.sum() == pytest.approx(out.sum())  # each kept pixel reaches exactly one source pixel
+
+
+def test_conditional_batch_norm_normalises_then_scales_per_category():
+    import keras
+
+    from visrec.models.gan import ConditionalBatchNorm
+
+    layer = ConditionalBatchNorm(3, name="cbn")
+    x = np.random.default_rng(0).normal(5.0, 2.0, (6, 4, 4, 2)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    out = np.asarray(layer(x, labels, training=True))
+    # Fresh: scale 1, shift 0 for every category, so plain batch normalisation.
+    np.testing.assert_allclose(out.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.std(axis=(0, 1, 2)), 1.0, atol=1e-2)
+    layer.gamma.embeddings.assign(np.array([[1.0, 1.0], [2.0, 2.0], [1.0, 1.0]], np.float32))
+    layer.beta.embeddings.assign(np.array([[0.0, 0.0], [0.0, 0.0], [3.0, -3.0]], np.float32))
+    steered = np.asarray(layer(x, labels, training=True))
+    np.testing.assert_allclose(steered[labels == 0], out[labels == 0], atol=1e-5)
+    np.testing.assert_allclose(steered[labels == 1], 2.0 * out[labels == 1], atol=1e-5)
+    np.testing.assert_allclose(steered[labels == 2][..., 0], out[labels == 2][..., 0] + 3.0, atol=1e-5)
+    np.testing.assert_allclose(steered[labels == 2][..., 1], out[labels == 2][..., 1] - 3.0, atol=1e-5)
+    clone = ConditionalBatchNorm.from_config(layer.get_config())
+    assert clone.n_classes == 3 and clone.momentum == layer.momentum
+    assert isinstance(clone.norm, keras.layers.BatchNormalization)
