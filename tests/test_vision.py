@@ -156,11 +156,11 @@ def test_clutter_fill_paints_only_uncovered_pixels_and_only_in_training():
     assert (out[:, :8] >= 0).all() and (out[:, :8] <= 1).all() and out[:, :8].std() > 0.05
     np.testing.assert_array_equal(np.asarray(layer(images, training=False)), images)
     assert ClutterFill.from_config(layer.get_config()).boxes == layer.boxes
-    # With the studio colour given, about half of the images get it instead of a scene.
+    # With the studio colour given, about 70% of the images (1 - scene_share) get it instead of a scene.
     studio = np.full((64, 1, 1, 3), 0.25, np.float32)
     out = np.asarray(ClutterFill(seed=2)(np.repeat(images[:1], 64, axis=0), studio, training=True))
     plain = (out[:, :8] == 0.25).all(axis=(1, 2, 3))
-    assert 16 <= plain.sum() <= 48, plain.sum()
+    assert 34 <= plain.sum() <= 56, plain.sum()
 
 
 def test_random_affine_resamples_once_without_blending_in_the_fill():
