@@ -236,3 +236,28 @@ def test_photo_query_reranked_for_a_user(trained):
     assert len({m.item_id for m in personal}) == 5
     with pytest.raises(VisrecError, match="unknown to visrec-mf/1"):
         find_similar_to_photo(settings, raw, "p.jpg", k=5, lake=lake, user="nobody")
+
+
+def test_time_budget_stops_before_an_epoch_as_long_as_the_longest_would_not_fit(monkeypatch):
+    import keras
+
+    from visrec import vision
+
+    clock = [0.0]
+    monkeypatch.setattr(vision.time, "perf_counter", lambda: clock[0])
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    logger = vision._epoch_logger(100 / 60, None, 30, 1e-3)  # a 100-second budget
+    logger.set_model(model)
+    model.stop_training = False
+    logger.on_train_begin()
+    stopped_after = None
+    for epoch, seconds in enumerate([40.0, 10.0, 10.0, 10.0]):
+        logger.on_epoch_begin(epoch)
+        clock[0] += seconds
+        logger.on_epoch_end(epoch, {"loss": 1.0})
+        if model.stop_training:
+            stopped_after = epoch + 1
+            break
+    # After 60 s, another 10 s epoch would fit, but one as long as the first (40 s) would not.
+    assert stopped_after == 3
