@@ -261,3 +261,36 @@ def test_time_budget_stops_before_an_epoch_as_long_as_the_longest_would_not_fit(
             break
     # After 60 s, another 10 s epoch would fit, but one as long as the first (40 s) would not.
     assert stopped_after == 3
+
+
+def test_held_out_scoring_starts_late_and_the_best_scored_epoch_is_kept():
+    import keras
+    import tensorflow as tf
+
+    from visrec import vision
+
+    x = np.array([[-2.0], [-1.0], [1.0], [2.0]], np.float32)
+    y = np.eye(2, dtype=np.float32)[[0, 0, 1, 1]]
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
+    right = [np.array([[-1.0, 1.0]], np.float32), np.zeros(2, np.float32)]  # sign of x decides
+    wrong = [np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)]
+    held_out = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    logger = vision._epoch_logger(None, None, 4, 1e-3, held_out, 0.6, 10)
+    logger.set_model(model)
+    model.stop_training = False
+    logger.on_train_begin()
+    scored = []
+    for epoch, weights in enumerate([right, right, right, wrong]):  # "training" sets the weights
+        logger.on_epoch_begin(epoch)
+        model.set_weights(weights)
+        logs = {"loss": 1.0}
+        logger.on_epoch_end(epoch, logs)
+        scored.append(logs.get("val_accuracy"))
+    logger.on_train_end()
+    # Epochs 1-2 end before 60% of the schedule: not scored. Epoch 3 scores 1.0, epoch 4 0.0, and
+    # the model ends with epoch 3's weights, not the last ones.
+    assert scored == [None, None, 1.0, 0.0]
+    assert np.array_equal(model.get_weights()[0], right[0])

@@ -26,6 +26,7 @@ from datetime import date
 import numpy as np
 import pyarrow as pa
 
+from visrec.budget import EpochBudget
 from visrec.lake import Lake, check_ds
 from visrec.settings import Settings
 
@@ -46,6 +47,7 @@ class GANConfig:
     label_smoothing: float = 0.1
     class_weight: float = 1.0  # the auxiliary classifier's loss beside the adversarial one
     augment: bool = True  # DiffAugment (translation, cutout) before the discriminator
+    ema_momentum: float | None = 0.99  # the generator kept is this moving average of its weights
     max_minutes: float | None = 10.0
     quality_samples: int = 512
     register: bool = True
@@ -176,7 +178,8 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
     pixels = resize(images.pixels, config.resolution)
     gan = ConditionalGAN(class_names, latent_dim=config.latent_dim, resolution=config.resolution,
                          width=config.width, label_smoothing=config.label_smoothing,
-                         class_weight=config.class_weight, augment=config.augment, seed=settings.seed)  # fmt: skip
+                         class_weight=config.class_weight, augment=config.augment, seed=settings.seed,
+                         ema_momentum=config.ema_momentum)  # fmt: skip
     gan.build()
     gan.compile()
     import tensorflow as tf
@@ -185,10 +188,17 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
             .shuffle(len(labels), seed=settings.seed).batch(config.batch_size, drop_remainder=True)
             .prefetch(tf.data.AUTOTUNE))  # fmt: skip
     history: dict[str, list[float]] = {"d_loss": [], "g_loss": []}
-    deadline = time.perf_counter() + 60 * config.max_minutes if config.max_minutes else None
+    budget = EpochBudget(config.max_minutes)
 
     class Budget(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            budget.start()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_started = time.perf_counter()
+
         def on_epoch_end(self, epoch, logs=None):
+            budget.epoch_done(time.perf_counter() - self.epoch_started)
             for key in history:
                 history[key].append(float((logs or {}).get(key, np.nan)))
             if config.register:
@@ -199,7 +209,9 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
                 history["d_loss"][-1],
                 history["g_loss"][-1],
             )
-            if deadline and time.perf_counter() > deadline:
+            if not budget.another_fits():
+                log.info("gan: stopping after epoch %d: another would pass the %.1f min budget", epoch + 1,
+                         config.max_minutes)  # fmt: skip
                 self.model.stop_training = True
 
     run = (
