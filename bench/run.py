@@ -606,11 +606,16 @@ def bench_scoring() -> Figures:
     return out
 
 
+GAN_SEEDS = (42, 1, 2, 3)
+
+
 def bench_gan() -> Figures:
     """The conditional GAN on the demo-scale synthetic shop at the demo's settings (64x64, 2-minute
-    budget), judged by the image model trained on the same images (3-minute budget): the Frechet
-    ratio (generated vs real over real vs real) and class consistency beside the image model's
-    accuracy on real images. The sample grid is kept as bench/gan_synthetic.png."""
+    budget), trained once per seed in GAN_SEEDS (a single 2-minute GAN is a noisy draw) and judged
+    by one image model trained on the same images (3-minute budget): the Frechet ratio (generated vs
+    real over real vs real) and class consistency beside the image model's accuracy on real images,
+    as the mean over the seeds, with the lowest consistency ratio. The first seed's sample grid is
+    kept as bench/gan_synthetic.png."""
     from visrec.generation import GANConfig, sample_grid, train_gan
     from visrec.ingest import ingest_images
     from visrec.lake import Lake
@@ -625,14 +630,27 @@ def bench_gan() -> Figures:
         shop = generate_shop(ShopConfig(), lake)
         ingest_images(settings, lake, shop.last_ds)
         cnn = train_cnn(settings, shop.last_ds, lake=lake, config=CNNConfig(max_minutes=3, register=False))
-        gan = train_gan(settings, shop.last_ds, lake=lake, cnn=cnn.model,
-                        config=GANConfig(max_minutes=2, register=False))  # fmt: skip
-        (Path(__file__).parent / "gan_synthetic.png").write_bytes(sample_grid(gan.model))
-        note = (f"synthetic shop {shop.items} items, 64x64, {gan.metrics['epochs_run']:.0f} epochs in "
-                f"{gan.metrics['train_seconds']:.0f}s; samples: bench/gan_synthetic.png")  # fmt: skip
+        runs = []
+        for seed in GAN_SEEDS:
+            gan = train_gan(Settings(home=Path(tmp), seed=seed), shop.last_ds, lake=lake, cnn=cnn.model,
+                            config=GANConfig(max_minutes=2, register=False))  # fmt: skip
+            if not runs:
+                (Path(__file__).parent / "gan_synthetic.png").write_bytes(sample_grid(gan.model))
+            runs.append(gan.metrics)
+            print(
+                f"gan seed {seed}: " + " ".join(f"{k}={v:.4g}" for k, v in gan.metrics.items()),
+                file=sys.stderr,
+            )
+        ratios = [m["consistency_over_real_accuracy"] for m in runs]
+        note = (f"synthetic shop {shop.items} items, 64x64, mean of {len(runs)} seeds ({GAN_SEEDS}); "
+                f"consistency/real accuracy per seed {[round(r, 3) for r in ratios]}; epochs "
+                f"{[int(m['epochs_run']) for m in runs]}; samples (first seed): bench/gan_synthetic.png")  # fmt: skip
         for key in ("frechet_ratio", "frechet_distance", "frechet_real_vs_real", "class_consistency",
                     "cnn_accuracy_on_real", "consistency_over_real_accuracy", "train_seconds"):  # fmt: skip
-            out[f"gan.synthetic.{key}"] = _figure(round(gan.metrics[key], 4), key, note)
+            out[f"gan.synthetic.{key}"] = _figure(round(sum(m[key] for m in runs) / len(runs), 4), key, note)
+        out["gan.synthetic.consistency_over_real_accuracy_min"] = _figure(
+            round(min(ratios), 4), "lowest consistency_over_real_accuracy over the seeds", note
+        )
     return out
 
 

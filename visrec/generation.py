@@ -47,7 +47,6 @@ class GANConfig:
     label_smoothing: float = 0.1
     class_weight: float = 1.0  # the auxiliary classifier's loss beside the adversarial one
     augment: bool = True  # DiffAugment (translation, cutout) before the discriminator
-    ema_momentum: float | None = 0.99  # the generator kept is this moving average of its weights
     max_minutes: float | None = 10.0
     quality_samples: int = 512
     register: bool = True
@@ -178,8 +177,7 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
     pixels = resize(images.pixels, config.resolution)
     gan = ConditionalGAN(class_names, latent_dim=config.latent_dim, resolution=config.resolution,
                          width=config.width, label_smoothing=config.label_smoothing,
-                         class_weight=config.class_weight, augment=config.augment, seed=settings.seed,
-                         ema_momentum=config.ema_momentum)  # fmt: skip
+                         class_weight=config.class_weight, augment=config.augment, seed=settings.seed)  # fmt: skip
     gan.build()
     gan.compile()
     import tensorflow as tf

@@ -7,9 +7,7 @@ and spectral normalisation on every layer, and also classifies the image (an aux
 Odena et al. 2017), which pushes the generator to make the requested category recognisable on small
 catalogs where the projection alone learns it slowly. :class:`ConditionalGAN` trains both in its own
 ``train_step`` with the non-saturating loss and one-sided label smoothing, as the keras-io
-conditional GAN example does, and tracks the losses. The generator it leaves after ``fit`` is the
-moving average of the generator's weights over the last steps (Yazici et al. 2019), not the last
-step's weights: a GAN's players circle each other, and the last step lands anywhere on that circle.
+conditional GAN example does, and tracks the losses.
 """
 
 from __future__ import annotations
@@ -168,12 +166,12 @@ class ConditionalGAN(keras.Model):
 
     def __init__(self, class_names: list[str], latent_dim: int = 64, resolution: int = 64, width: int = 32,
                  label_smoothing: float = 0.1, class_weight: float = 1.0, augment: bool = True, seed: int = 42,
-                 ema_momentum: float | None = 0.99, **kwargs):  # fmt: skip
+                 **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         self.class_names = list(class_names)
         self.latent_dim, self.resolution, self.width = latent_dim, resolution, width
         self.label_smoothing, self.class_weight, self.seed = label_smoothing, class_weight, seed
-        self.augment, self.ema_momentum = augment, ema_momentum
+        self.augment = augment
         n = len(self.class_names)
         self.generator = Generator(n, latent_dim, resolution, width, name="generator")
         self.discriminator = Discriminator(n, resolution, width, name="discriminator")
@@ -195,15 +193,7 @@ class ConditionalGAN(keras.Model):
         super().compile(**kwargs)
         # The DCGAN settings (Radford et al. 2016): Adam, lr 2e-4, beta_1 0.5.
         self.d_optimizer = d_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)
-        self.g_optimizer = g_optimizer or keras.optimizers.Adam(
-            2e-4, beta_1=0.5, use_ema=bool(self.ema_momentum), ema_momentum=self.ema_momentum or 0.99
-        )
-
-    def fit(self, *args, **kwargs):
-        """``keras.Model.fit``, then the generator takes its optimizer's moving-average weights."""
-        history = super().fit(*args, **kwargs)
-        self.g_optimizer.finalize_variable_values(self.generator.trainable_weights)
-        return history
+        self.g_optimizer = g_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)
 
     def call(self, inputs, training=False):
         return self.generator(inputs, training=training)
@@ -258,5 +248,4 @@ class ConditionalGAN(keras.Model):
     def get_config(self) -> dict:
         return {**super().get_config(), "class_names": self.class_names, "latent_dim": self.latent_dim,
                 "resolution": self.resolution, "width": self.width, "label_smoothing": self.label_smoothing,
-                "class_weight": self.class_weight, "augment": self.augment, "seed": self.seed,
-                "ema_momentum": self.ema_momentum}  # fmt: skip
+                "class_weight": self.class_weight, "augment": self.augment, "seed": self.seed}  # fmt: skip
