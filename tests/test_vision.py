@@ -247,20 +247,25 @@ def test_time_budget_stops_before_an_epoch_as_long_as_the_longest_would_not_fit(
     monkeypatch.setattr(vision.time, "perf_counter", lambda: clock[0])
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    logger = vision._epoch_logger(100 / 60, None, 30, 1e-3)  # a 100-second budget
-    logger.set_model(model)
-    model.stop_training = False
-    logger.on_train_begin()
-    stopped_after = None
-    for epoch, seconds in enumerate([40.0, 10.0, 10.0, 10.0]):
-        logger.on_epoch_begin(epoch)
-        clock[0] += seconds
-        logger.on_epoch_end(epoch, {"loss": 1.0})
-        if model.stop_training:
-            stopped_after = epoch + 1
-            break
-    # After 60 s, another 10 s epoch would fit, but one as long as the first (40 s) would not.
-    assert stopped_after == 3
+
+    def epochs_run(durations):
+        logger = vision._epoch_logger(100 / 60, None, 30, 1e-3)  # a 100-second budget
+        logger.set_model(model)
+        model.stop_training = False
+        logger.on_train_begin()
+        for epoch, seconds in enumerate(durations):
+            logger.on_epoch_begin(epoch)
+            clock[0] += seconds
+            logger.on_epoch_end(epoch, {"loss": 1.0})
+            if model.stop_training:
+                return epoch + 1
+        return len(durations)
+
+    # After 60 s, another 10 s epoch would fit, but one as long as the second (40 s) would not.
+    assert epochs_run([10.0, 40.0, 10.0, 10.0]) == 3
+    # A long first epoch (graph tracing) is not planned for once later ones are measured: it stops
+    # at 90 s, not at 60 s as it would planning for another 40 s epoch.
+    assert epochs_run([40.0] + [10.0] * 8) == 6
 
 
 def test_held_out_scoring_starts_late_and_the_best_scored_epoch_is_kept():
