@@ -12,8 +12,8 @@ class EpochBudget:
     duration; :meth:`another_fits` says whether one more epoch would end within the budget. It plans
     around the longest epoch so far, not the last: on a shared CPU epochs vary by half (an 80 s epoch
     after a 50 s one took the image model's hm bench to 20.4 of 20 minutes). The first epoch counts
-    only until a second one is done: it also traces the training graph, a one-off that made the
-    GAN's first epoch several times its others and cost it a tenth of a 2-minute budget."""
+    only until a second one is done: it also traces the training graph, a one-off (the GAN's first
+    epoch took about twice its next ones in the gan bench)."""
 
     margin = 1.1
 

@@ -358,7 +358,7 @@ def train_cnn(
                     held_ds if len(held_idx) else None,
                     config.validate_from,
                     config.patience,
-                )  # fmt: skip
+                )
             ],
         )
         train_seconds = time.perf_counter() - started
