@@ -8,8 +8,8 @@ import time
 class EpochBudget:
     """Tracks a training's time against ``max_minutes`` (no limit when ``None``).
 
-    Call :meth:`start` when training starts and :meth:`epoch_done` after each epoch with its
-    duration; :meth:`another_fits` says whether one more epoch would end within the budget. It plans
+    Call :meth:`start` when training starts, :meth:`epoch_started` and :meth:`epoch_done` around each
+    epoch; :meth:`another_fits` says whether one more epoch would end within the budget. It plans
     around the longest epoch so far, not the last: on a shared CPU epochs vary by half (an 80 s epoch
     after a 50 s one took the image model's hm bench to 20.4 of 20 minutes). The first epoch counts
     only until a second one is done: it also traces the training graph, a one-off (the GAN's first
@@ -32,8 +32,15 @@ class EpochBudget:
         """Elapsed time over the budget (0 without one)."""
         return self.elapsed() / self.max_seconds if self.max_seconds else 0.0
 
-    def epoch_done(self, seconds: float) -> None:
-        self.epoch_seconds.append(seconds)
+    def epoch_started(self) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def epoch_done(self) -> None:
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_started)
+
+    @property
+    def last_epoch(self) -> float:
+        return self.epoch_seconds[-1] if self.epoch_seconds else 0.0
 
     @property
     def longest_epoch(self) -> float:

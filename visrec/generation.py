@@ -193,10 +193,10 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
             budget.start()
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.epoch_started = time.perf_counter()
+            budget.epoch_started()
 
         def on_epoch_end(self, epoch, logs=None):
-            budget.epoch_done(time.perf_counter() - self.epoch_started)
+            budget.epoch_done()
             for key in history:
                 history[key].append(float((logs or {}).get(key, np.nan)))
             if config.register:

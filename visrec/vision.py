@@ -143,15 +143,14 @@ def _epoch_logger(*args, **kwargs):
             self.epochs = epochs
             self.base_lr = learning_rate
             self.held_out, self.validate_from, self.patience = held_out, validate_from, patience
-            self.epoch_seconds = 0.0
             self.best_accuracy, self.best_epoch, self.best_weights, self.wait = -1.0, None, None, 0
 
         def _fraction(self, epoch: int) -> float:
             by_epochs = (epoch + 0.5) / self.epochs
-            if not self.budget.max_seconds or not self.epoch_seconds:
+            if not self.budget.max_seconds or not self.budget.last_epoch:
                 return by_epochs
             return max(
-                by_epochs, (self.budget.elapsed() + 0.5 * self.epoch_seconds) / self.budget.max_seconds
+                by_epochs, (self.budget.elapsed() + 0.5 * self.budget.last_epoch) / self.budget.max_seconds
             )
 
         def _validate(self, epoch: int, logs: dict) -> None:
@@ -171,7 +170,7 @@ def _epoch_logger(*args, **kwargs):
             self.budget.start()
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.epoch_started = time.perf_counter()
+            self.budget.epoch_started()
             fraction = min(self._fraction(epoch), 1.0)
             lr = self.base_lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * fraction)))
             self.model.optimizer.learning_rate.assign(lr)
@@ -186,8 +185,7 @@ def _epoch_logger(*args, **kwargs):
             validated = self.held_out is not None and done >= self.validate_from
             if validated:
                 self._validate(epoch, logs)
-            self.epoch_seconds = time.perf_counter() - self.epoch_started
-            self.budget.epoch_done(self.epoch_seconds)
+            self.budget.epoch_done()
             over_budget = not self.budget.another_fits()
             if over_budget and self.held_out is not None and not validated:
                 self._validate(epoch, logs)  # a budget too short to reach validate_from
