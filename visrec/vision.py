@@ -24,6 +24,7 @@ from PIL import Image
 from visrec.budget import EpochBudget
 from visrec.lake import Lake
 from visrec.settings import Settings
+from visrec.tfdata import in_memory_batches
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "visrec-cnn"
@@ -211,13 +212,8 @@ def _epoch_logger(*args, **kwargs):
 
 
 def _dataset(pixels: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool, seed: int):
-    import tensorflow as tf
-
     data = (pixels, labels) if labels is not None else pixels
-    ds = tf.data.Dataset.from_tensor_slices(data)
-    if shuffle:
-        ds = ds.shuffle(min(len(pixels), 20_000), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return in_memory_batches(data, batch_size, shuffle_seed=seed if shuffle else None)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n: int) -> np.ndarray:
@@ -418,7 +414,7 @@ def embed_pixels(model, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray
 
     if len(pixels) == 0:
         return np.zeros((0, model.embedding_dim), np.float32)
-    ds = tf.data.Dataset.from_tensor_slices(pixels).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = in_memory_batches(pixels, batch_size)
     embed = tf.function(lambda x: model.embed(x), reduce_retracing=True)
     return np.concatenate([embed(batch).numpy() for batch in ds]).astype(np.float32)
 

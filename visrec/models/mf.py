@@ -19,6 +19,7 @@ import numpy as np
 from keras import layers, ops
 
 from visrec.recommenders import FactorRecommender, TrainData
+from visrec.tfdata import in_memory_batches
 
 
 @keras.saving.register_keras_serializable(package="visrec")
@@ -152,10 +153,12 @@ class VBPRRecommender(FactorRecommender):
             clash = np.asarray(liked[users, neg]).ravel() > 0
             neg[clash] = warm[rng.integers(0, len(warm), clash.sum())]
             order = rng.permutation(len(users))
-            self.model.fit(
-                (users[order].astype(np.int32), pos[order].astype(np.int32), neg[order].astype(np.int32)),
-                w[order], batch_size=self.batch_size, epochs=1, verbose=0, shuffle=False,
-            )  # fmt: skip
+            triples = (
+                users[order].astype(np.int32),
+                pos[order].astype(np.int32),
+                neg[order].astype(np.int32),
+            )
+            self.model.fit(in_memory_batches((triples, w[order]), self.batch_size), epochs=1, verbose=0)
         self._export()
         return self
 
