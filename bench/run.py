@@ -643,10 +643,12 @@ def bench_gan() -> Figures:
             )
         ratios = [m["consistency_over_real_accuracy"] for m in runs]
         note = (f"synthetic shop {shop.items} items, 64x64, mean of {len(runs)} seeds ({GAN_SEEDS}); "
-                f"consistency/real accuracy per seed {[round(r, 3) for r in ratios]}; epochs "
-                f"{[int(m['epochs_run']) for m in runs]}; samples (first seed): bench/gan_synthetic.png")  # fmt: skip
+                f"consistency/real accuracy per seed {[round(r, 3) for r in ratios]}; categories recognised "
+                f"in fewer than half their images per seed {[int(m['classes_mostly_missed']) for m in runs]}; "
+                f"epochs {[int(m['epochs_run']) for m in runs]}; samples (first seed): bench/gan_synthetic.png")  # fmt: skip
         for key in ("frechet_ratio", "frechet_distance", "frechet_real_vs_real", "class_consistency",
-                    "cnn_accuracy_on_real", "consistency_over_real_accuracy", "train_seconds"):  # fmt: skip
+                    "cnn_accuracy_on_real", "consistency_over_real_accuracy", "classes_mostly_missed",
+                    "train_seconds"):  # fmt: skip
             out[f"gan.synthetic.{key}"] = _figure(round(sum(m[key] for m in runs) / len(runs), 4), key, note)
         out["gan.synthetic.consistency_over_real_accuracy_min"] = _figure(
             round(min(ratios), 4), "lowest consistency_over_real_accuracy over the seeds", note

@@ -75,6 +75,34 @@ def test_registered_with_its_quality(trained):
     version = mlflow.MlflowClient().get_model_version("visrec-gan", "1")
     metrics = mlflow.get_run(version.run_id).data.metrics
     assert {"frechet_ratio", "class_consistency", "cnn_accuracy_on_real", "d_loss", "g_loss"} <= set(metrics)
+    by_class = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/class_consistency.json")
+    assert by_class == pytest.approx(result.consistency_by_class)
+    assert set(by_class) <= set(result.class_names) and len(by_class) >= 6  # 256 samples over 8 categories
+
+
+def test_consistency_per_category_exposes_a_collapsed_category(trained):
+    """A generator that draws one category whatever is asked: its overall consistency is about one
+    in eight, and the per-category figures say which category it draws."""
+    settings, lake, result, cnn = trained
+    from visrec.generation import gan_quality, to_unit
+    from visrec.vision import load_staged_images
+
+    images = load_staged_images(lake, DS)
+    drawn = images.categories[0]
+    same = to_unit(images.pixels[[k for k, c in enumerate(images.categories) if c == drawn]])
+
+    class DrawsOneCategory:
+        class_names = result.model.class_names
+
+        def generate(self, labels, seed=None):
+            return same[np.arange(len(labels)) % len(same)]
+
+    metrics, by_class = gan_quality(DrawsOneCategory(), cnn, images.pixels, images.categories, 256)
+    assert by_class[drawn] > 0.8
+    assert all(v < 0.2 for c, v in by_class.items() if c != drawn)
+    assert metrics["classes_mostly_missed"] == len(by_class) - 1
+    assert metrics["class_consistency_lowest"] == min(by_class.values())
+    assert metrics["class_consistency"] < 0.3
 
 
 def test_cadence_trains_only_when_due(tmp_path):

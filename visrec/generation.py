@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date
 
 import numpy as np
@@ -29,10 +29,12 @@ import pyarrow as pa
 from visrec.budget import EpochBudget
 from visrec.lake import Lake, check_ds
 from visrec.settings import Settings
+from visrec.tfdata import in_memory_batches
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "visrec-gan"
+MIN_PER_CLASS = 10  # generated images a category needs before its own consistency is reported
 
 
 @dataclass
@@ -60,6 +62,7 @@ class GANResult:
     version: str | None = None
     promoted: bool | None = None
     reason: str = ""
+    consistency_by_class: dict[str, float] = field(default_factory=dict)
 
 
 def to_unit(pixels: np.ndarray) -> np.ndarray:
@@ -94,8 +97,10 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def gan_quality(
     gan, cnn, real_pixels: np.ndarray, real_labels: list[str], n: int = 512, seed: int = 0
-) -> dict[str, float]:
-    """Frechet distances and class consistency of ``gan`` judged by the image model ``cnn``."""
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Frechet distances and class consistency of ``gan`` judged by the image model ``cnn``, and the
+    consistency per category (categories requested at least ``MIN_PER_CLASS`` times): one overall
+    figure hides a category the generator draws as another one."""
     from visrec.vision import embed_pixels
 
     rng = np.random.default_rng(seed)
@@ -116,16 +121,25 @@ def gan_quality(
     distance = frechet_distance(fake_emb, real_emb[order[: len(fake_emb)]])
     fake_pred = np.asarray(cnn.predict(generated, verbose=0)).argmax(1)
     real_pred = np.asarray(cnn.predict(resize(real_pixels, size), verbose=0)).argmax(1)
-    consistency = float(np.mean(fake_pred == np.array([cnn_index[c] for c in requested])))
+    hits = fake_pred == np.array([cnn_index[c] for c in requested])
+    consistency = float(np.mean(hits))
     real_accuracy = float(np.mean(real_pred == np.array([cnn_index[c] for c in labels])))
-    return {
+    by_class = {
+        str(c): float(hits[requested == c].mean())
+        for c in sorted(set(requested))
+        if (requested == c).sum() >= MIN_PER_CLASS
+    }
+    metrics = {
         "frechet_distance": distance,
         "frechet_real_vs_real": floor,
         "frechet_ratio": distance / max(floor, 1e-9),
         "class_consistency": consistency,
         "cnn_accuracy_on_real": real_accuracy,
         "consistency_over_real_accuracy": consistency / max(real_accuracy, 1e-9),
+        "class_consistency_lowest": min(by_class.values(), default=float("nan")),
+        "classes_mostly_missed": float(sum(v < 0.5 for v in by_class.values())),
     }
+    return metrics, by_class
 
 
 def sample_grid(gan, per_class: int = 8, seed: int = 0, classes: list[int] | None = None) -> bytes:
@@ -180,11 +194,9 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
                          class_weight=config.class_weight, augment=config.augment, seed=settings.seed)  # fmt: skip
     gan.build()
     gan.compile()
-    import tensorflow as tf
-
-    data = (tf.data.Dataset.from_tensor_slices((to_unit(pixels), labels))
-            .shuffle(len(labels), seed=settings.seed).batch(config.batch_size, drop_remainder=True)
-            .prefetch(tf.data.AUTOTUNE))  # fmt: skip
+    data = in_memory_batches(
+        (to_unit(pixels), labels), config.batch_size, shuffle_seed=settings.seed, drop_remainder=True
+    )
     history: dict[str, list[float]] = {"d_loss": [], "g_loss": []}
     budget = EpochBudget(config.max_minutes)
 
@@ -223,15 +235,16 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
         started = time.perf_counter()
         gan.fit(data, epochs=config.epochs, verbose=0, callbacks=[Budget()])
         train_seconds = time.perf_counter() - started
-        metrics = gan_quality(
+        metrics, by_class = gan_quality(
             gan, cnn, images.pixels, images.categories, config.quality_samples, settings.seed
         )
         metrics.update(train_seconds=train_seconds, epochs_run=len(history["d_loss"]))
-        result = GANResult(gan, metrics, class_names)
+        result = GANResult(gan, metrics, class_names, consistency_by_class=by_class)
         if config.register:
             import mlflow.keras
 
             mlflow.log_metrics({k: v for k, v in metrics.items()})
+            mlflow.log_dict(by_class, "class_consistency.json")
             mlflow.log_image(_png_array(sample_grid(gan)), "samples.png")
             info = mlflow.keras.log_model(gan, name="model", pip_requirements=["keras", "tensorflow-cpu"])
             current = registry.champion(MODEL_NAME)
@@ -244,6 +257,9 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
             result.version = f"{MODEL_NAME}/{registration.version}"
             result.promoted, result.reason = registration.promoted, registration.reason
     log.info("gan %s: %s", ds, {k: round(v, 4) for k, v in metrics.items()})
+    missed = sorted(c for c, v in by_class.items() if v < 0.5)
+    if missed:
+        log.info("gan %s: recognised in fewer than half of their images: %s", ds, ", ".join(missed))
     return result
 
 
