@@ -1,12 +1,12 @@
 """tf.data input for in-memory arrays, without tf.data's autotuning.
 
-An autotuned pipeline (``prefetch(tf.data.AUTOTUNE)``) runs a tuning thread that sleeps between
-rounds, backing off to about a minute, and destroying the pipeline's iterator waits for that thread
-to wake up. Keras destroys the iterator at the end of every epoch, so on this project's 2-core
-machines about half the image model's epochs ended with 20 to 40 seconds of the whole machine idle
-(seen with gdb: ``RootDataset::Iterator::~Iterator`` waiting on ``model::Model::OptimizeLoop``),
-a third of the training budget. Arrays already in memory have nothing to tune: two batches are
-prefetched while the model trains on the current one.
+An autotuned pipeline (``prefetch(tf.data.AUTOTUNE)``) runs a tuning thread that sleeps longer and
+longer between rounds, and destroying the pipeline's iterator waits for that thread to wake up.
+Keras destroys the iterator at the end of every epoch, so on this project's 2-core machines about
+half the image model's epochs ended with 20 to 40 seconds of the whole machine idle (seen with gdb:
+``RootDataset::Iterator::~Iterator`` waiting on ``model::Model::OptimizeLoop``): 17-19 epochs fitted
+its 20-minute budget, 25 without the stalls. Arrays already in memory have nothing to tune: two
+batches are prefetched while the model trains on the current one.
 """
 
 from __future__ import annotations
