@@ -211,11 +211,6 @@ def _epoch_logger(*args, **kwargs):
     return EpochLogger(*args, **kwargs)
 
 
-def _dataset(pixels: np.ndarray, labels: np.ndarray | None, batch_size: int, shuffle: bool, seed: int):
-    data = (pixels, labels) if labels is not None else pixels
-    return in_memory_batches(data, batch_size, shuffle_seed=seed if shuffle else None)
-
-
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros((n, n), np.int64)
     np.add.at(out, (labels, predictions), 1)
@@ -294,9 +289,7 @@ def train_cnn(
             champion_model, base_version = load_cnn(f"models:/{MODEL_NAME}/{current.version}")
             base_version = f"{MODEL_NAME}/{current.version}"
             if list(champion_model.class_names) == class_names:
-                probs = champion_model.predict(
-                    _dataset(images.pixels[held_idx], None, 256, False, 0), verbose=0
-                )
+                probs = champion_model.predict(in_memory_batches(images.pixels[held_idx], 256), verbose=0)
                 champion_accuracy = float(np.mean(probs.argmax(1) == labels[held_idx]))
                 if config.fine_tune:
                     model = champion_model
@@ -320,8 +313,10 @@ def train_cnn(
         metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
     )
     one_hot = np.eye(len(class_names), dtype=np.float32)[labels]
-    train_ds = _dataset(images.pixels[train_idx], one_hot[train_idx], config.batch_size, True, settings.seed)
-    held_ds = _dataset(images.pixels[held_idx], one_hot[held_idx], 256, False, 0)
+    train_ds = in_memory_batches(
+        (images.pixels[train_idx], one_hot[train_idx]), config.batch_size, shuffle_seed=settings.seed
+    )
+    held_ds = in_memory_batches((images.pixels[held_idx], one_hot[held_idx]), 256)
     nested = mlflow.active_run() is not None if config.register else False
     run_ctx = tracked_run(settings, "train_cnn", ds=ds, nested=nested) if config.register else nullcontext()
     with run_ctx:
@@ -356,7 +351,7 @@ def train_cnn(
             ],
         )
         train_seconds = time.perf_counter() - started
-        probs = model.predict(_dataset(images.pixels[held_idx], None, 256, False, 0), verbose=0)
+        probs = model.predict(in_memory_batches(images.pixels[held_idx], 256), verbose=0)
         predictions = probs.argmax(1)
         held_labels = labels[held_idx]
         top5 = np.argsort(-probs, axis=1)[:, :5]
