@@ -190,3 +190,23 @@ def test_conditional_batch_norm_normalises_then_scales_per_category():
     np.testing.assert_allclose(steered[labels == 2][..., 1], out[labels == 2][..., 1] - 3.0, atol=1e-5)
     clone = ConditionalBatchNorm.from_config(layer.get_config())
     assert (clone.n_classes, clone.momentum, clone.norm.momentum) == (3, 0.9, 0.9)
+
+
+def test_minibatch_discrimination_sees_copies_within_a_category_only():
+    from visrec.models.gan import Discriminator
+
+    critic = Discriminator(3, resolution=32, width=8, minibatch_kernels=4)
+    features = np.random.default_rng(0).normal(size=(6, 4, 4, 32)).astype(np.float32)
+    features[1] = features[2] = features[0]  # category 0: three copies of one image
+    features[5] = features[0]  # the same image again, but as category 2, its only image
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    closeness = np.asarray(critic.same_category_closeness(features, labels))
+    assert closeness.shape == (6, 4)
+    # Each copy sees two identical others: exp(0) twice over (2 others + 1).
+    np.testing.assert_allclose(closeness[:3], 2 / 3, rtol=1e-5)
+    # Two different images of category 1 are less close than copies; symmetric.
+    assert (closeness[3:5] < 0.5).all() and np.allclose(closeness[3], closeness[4])
+    # A category's only image has no one to compare with, whatever other categories hold.
+    np.testing.assert_allclose(closeness[5], 0.0)
+    clone = Discriminator.from_config(critic.get_config())
+    assert clone.minibatch_kernels == 4

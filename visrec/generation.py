@@ -49,6 +49,7 @@ class GANConfig:
     label_smoothing: float = 0.1
     class_weight: float = 1.0  # the auxiliary classifier's loss beside the adversarial one
     augment: bool = True  # DiffAugment (translation, cutout) before the discriminator
+    minibatch_kernels: int = 16  # same-category minibatch discrimination; 0 turns it off
     max_minutes: float | None = 10.0
     quality_samples: int = 512
     register: bool = True
@@ -191,7 +192,8 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
     pixels = resize(images.pixels, config.resolution)
     gan = ConditionalGAN(class_names, latent_dim=config.latent_dim, resolution=config.resolution,
                          width=config.width, label_smoothing=config.label_smoothing,
-                         class_weight=config.class_weight, augment=config.augment, seed=settings.seed)  # fmt: skip
+                         class_weight=config.class_weight, augment=config.augment, seed=settings.seed,
+                         minibatch_kernels=config.minibatch_kernels)  # fmt: skip
     gan.build()
     gan.compile()
     data = in_memory_batches(

@@ -5,7 +5,10 @@ setting the scale and shift of each of its batch normalisations; the discriminat
 an image for a category with a projection head (Miyato & Koyama 2018: ``dense(h) + <embed(y), h>``)
 and spectral normalisation on every layer, and also classifies the image (an auxiliary classifier,
 Odena et al. 2017), which pushes the generator to make the requested category recognisable on small
-catalogs where the projection alone learns it slowly. :class:`ConditionalGAN` trains both in its own
+catalogs where the projection alone learns it slowly. The auxiliary classifier alone pulls every latent
+vector of a category to the one image it finds most typical; minibatch discrimination among images of
+the same category (Salimans et al. 2016) lets the discriminator see that, and keeps the generator's
+images apart. :class:`ConditionalGAN` trains both in its own
 ``train_step`` with the non-saturating loss and one-sided label smoothing, as the keras-io
 conditional GAN example does, and tracks the losses.
 """
@@ -99,9 +102,11 @@ class Generator(keras.Model):
 class Discriminator(keras.Model):
     """(image, category) -> a real/fake logit, with a projection on the category."""
 
-    def __init__(self, n_classes: int, resolution: int = 64, width: int = 32, **kwargs):
+    def __init__(self, n_classes: int, resolution: int = 64, width: int = 32, minibatch_kernels: int = 0,
+                 **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         self.n_classes, self.resolution, self.width = n_classes, resolution, width
+        self.minibatch_kernels = minibatch_kernels
         steps = _upsamplings(resolution)
         self.convs = [
             layers.SpectralNormalization(
@@ -112,6 +117,11 @@ class Discriminator(keras.Model):
         features = width * 2 ** (steps - 1)
         self.pool = layers.GlobalAveragePooling2D()
         self.head = layers.SpectralNormalization(layers.Dense(1), name="head")
+        if minibatch_kernels:
+            self.minibatch_projection = layers.Dense(
+                minibatch_kernels * 8, use_bias=False, name="minibatch_projection"
+            )
+            self.minibatch_head = layers.Dense(1, use_bias=False, name="minibatch_head")
         self.label_projection = layers.Embedding(n_classes, features, name="label_projection")
         # The spectrally normalised features are small; normalising them lets the (unconstrained)
         # classifier reach confident logits in hundreds of steps instead of thousands. Without it the
@@ -128,11 +138,26 @@ class Discriminator(keras.Model):
             x = ops.leaky_relu(conv(x, training=training), 0.2)
         h = self.pool(x)
         projection = ops.sum(self.label_projection(labels) * h, axis=-1, keepdims=True)
-        return self.head(h, training=training) + projection, self.classifier(self.classifier_norm(h))
+        logit = self.head(h, training=training) + projection
+        if self.minibatch_kernels:
+            logit = logit + self.minibatch_head(self.same_category_closeness(x, labels))
+        return logit, self.classifier(self.classifier_norm(h))
+
+    def same_category_closeness(self, x, labels):
+        """Minibatch discrimination (Salimans et al. 2016) among images of the same category: for each
+        image, how close the others of its category in the batch are, in ``minibatch_kernels`` learnt
+        projections. A generator drawing one image per category is then visible to the discriminator."""
+        batch = ops.shape(x)[0]
+        m = ops.reshape(
+            self.minibatch_projection(ops.reshape(x, (batch, -1))), (batch, self.minibatch_kernels, 8)
+        )
+        distance = ops.sum(ops.abs(m[:, None] - m[None, :]), axis=-1)  # (batch, batch, kernels)
+        same = ops.cast(labels[:, None] == labels[None, :], x.dtype) * (1.0 - ops.eye(batch, dtype=x.dtype))
+        return ops.sum(ops.exp(-distance) * same[:, :, None], axis=1) / (ops.sum(same, axis=1)[:, None] + 1.0)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "n_classes": self.n_classes, "resolution": self.resolution,
-                "width": self.width}  # fmt: skip
+                "width": self.width, "minibatch_kernels": self.minibatch_kernels}  # fmt: skip
 
 
 def diff_augment(images, seed_generator, shift: float = 0.125, cutout: float = 0.5):
@@ -166,15 +191,15 @@ class ConditionalGAN(keras.Model):
 
     def __init__(self, class_names: list[str], latent_dim: int = 64, resolution: int = 64, width: int = 32,
                  label_smoothing: float = 0.1, class_weight: float = 1.0, augment: bool = True, seed: int = 42,
-                 **kwargs):  # fmt: skip
+                 minibatch_kernels: int = 0, **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         self.class_names = list(class_names)
         self.latent_dim, self.resolution, self.width = latent_dim, resolution, width
         self.label_smoothing, self.class_weight, self.seed = label_smoothing, class_weight, seed
-        self.augment = augment
+        self.augment, self.minibatch_kernels = augment, minibatch_kernels
         n = len(self.class_names)
         self.generator = Generator(n, latent_dim, resolution, width, name="generator")
-        self.discriminator = Discriminator(n, resolution, width, name="discriminator")
+        self.discriminator = Discriminator(n, resolution, width, minibatch_kernels, name="discriminator")
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
@@ -248,4 +273,5 @@ class ConditionalGAN(keras.Model):
     def get_config(self) -> dict:
         return {**super().get_config(), "class_names": self.class_names, "latent_dim": self.latent_dim,
                 "resolution": self.resolution, "width": self.width, "label_smoothing": self.label_smoothing,
-                "class_weight": self.class_weight, "augment": self.augment, "seed": self.seed}  # fmt: skip
+                "class_weight": self.class_weight, "augment": self.augment, "seed": self.seed,
+                "minibatch_kernels": self.minibatch_kernels}  # fmt: skip
