@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "visrec-gan"
 MIN_PER_CLASS = 10  # generated images a category needs before its own consistency is reported
+MISSED_BELOW = 0.5  # a category recognised in fewer than this share of its images is "mostly missed"
 
 
 @dataclass
@@ -138,7 +139,7 @@ def gan_quality(
         "cnn_accuracy_on_real": real_accuracy,
         "consistency_over_real_accuracy": consistency / max(real_accuracy, 1e-9),
         "class_consistency_lowest": min(by_class.values(), default=float("nan")),
-        "classes_mostly_missed": float(sum(v < 0.5 for v in by_class.values())),
+        "classes_mostly_missed": float(sum(v < MISSED_BELOW for v in by_class.values())),
     }
     return metrics, by_class
 
@@ -259,7 +260,7 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
             result.version = f"{MODEL_NAME}/{registration.version}"
             result.promoted, result.reason = registration.promoted, registration.reason
     log.info("gan %s: %s", ds, {k: round(v, 4) for k, v in metrics.items()})
-    missed = sorted(c for c, v in by_class.items() if v < 0.5)
+    missed = sorted(c for c, v in by_class.items() if v < MISSED_BELOW)
     if missed:
         log.info("gan %s: recognised in fewer than half of their images: %s", ds, ", ".join(missed))
     return result

@@ -18,6 +18,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+MINIBATCH_DIMS = 8  # dimensions of each minibatch-discrimination kernel
+
 
 def _upsamplings(resolution: int) -> int:
     if resolution not in (32, 64, 128):
@@ -119,7 +121,7 @@ class Discriminator(keras.Model):
         self.head = layers.SpectralNormalization(layers.Dense(1), name="head")
         if minibatch_kernels:
             self.minibatch_projection = layers.Dense(
-                minibatch_kernels * 8, use_bias=False, name="minibatch_projection"
+                minibatch_kernels * MINIBATCH_DIMS, use_bias=False, name="minibatch_projection"
             )
             self.minibatch_head = layers.Dense(1, use_bias=False, name="minibatch_head")
         self.label_projection = layers.Embedding(n_classes, features, name="label_projection")
@@ -149,7 +151,8 @@ class Discriminator(keras.Model):
         projections. A generator drawing one image per category is then visible to the discriminator."""
         batch = ops.shape(x)[0]
         m = ops.reshape(
-            self.minibatch_projection(ops.reshape(x, (batch, -1))), (batch, self.minibatch_kernels, 8)
+            self.minibatch_projection(ops.reshape(x, (batch, -1))),
+            (batch, self.minibatch_kernels, MINIBATCH_DIMS),
         )
         distance = ops.sum(ops.abs(m[:, None] - m[None, :]), axis=-1)  # (batch, batch, kernels)
         same = ops.cast(labels[:, None] == labels[None, :], x.dtype) * (1.0 - ops.eye(batch, dtype=x.dtype))
