@@ -27,8 +27,8 @@ def main() -> None:
 
     import keras
 
+    from visrec.devdata.synth import CATEGORIES, COLOURS, PATTERNS, render_item
     from visrec.models.cnn import ImageClassifier
-    from visrec.synth import CATEGORIES, COLOURS, PATTERNS, render_item
 
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")

@@ -30,8 +30,8 @@ def _figure(value: float | int, unit: str, note: str = "") -> dict:
 
 def bench_synth() -> Figures:
     """Time of `visrec synth` at the demo's default scale and at 50k users x 10k items x 30 days."""
-    from visrec.lake import Lake
-    from visrec.synth import ShopConfig, generate_shop
+    from visrec.store.lake import Lake
+    from visrec.devdata.synth import ShopConfig, generate_shop
 
     out: Figures = {}
     for name, config in [
@@ -57,11 +57,13 @@ def bench_ingest() -> Figures:
     aggregation in Spark and in DuckDB on the same clean events, and image ingestion throughput."""
     import duckdb
 
-    from visrec.ingest import build_features, ingest_events, ingest_images
-    from visrec.lake import Lake
+    from visrec.ingest.catalog_images import ingest_images
+    from visrec.ingest.events import ingest_events
+    from visrec.ingest.features import build_features
+    from visrec.store.lake import Lake
     from visrec.settings import Settings
-    from visrec.spark import get_spark
-    from visrec.synth import ShopConfig, generate_shop
+    from visrec.store.spark import get_spark
+    from visrec.devdata.synth import ShopConfig, generate_shop
 
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,8 +97,8 @@ def bench_ingest() -> Figures:
         )
 
         # The same interactions aggregation, in Spark alone and in DuckDB, on the same Parquet file.
-        from visrec.jobs.features import interactions
-        from visrec.spark import read_table
+        from visrec.ingest.jobs.features import interactions
+        from visrec.store.spark import read_table
 
         weights = settings.weights()
         events_df = read_table(spark, lake, "events", [ds])
@@ -139,7 +141,7 @@ def bench_ingest() -> Figures:
         settings = Settings(home=Path(tmp), error_budget=0.5)
         lake = Lake.from_settings(settings)
         if (HM_SAMPLE / "articles.csv").exists():
-            from visrec.importer import import_hm
+            from visrec.devdata.importer import import_hm
 
             import_hm(HM_SAMPLE, lake)
             source = "hm-sample (96x144 JPEG)"
@@ -169,18 +171,21 @@ def bench_cnn() -> Figures:
 
     import numpy as np
 
-    from visrec.ingest import ingest_images
-    from visrec.lake import Lake
+    from visrec.ingest.catalog_images import ingest_images
+    from visrec.store.lake import Lake
     from visrec.settings import Settings
-    from visrec.synth import ShopConfig, generate_shop
-    from visrec.vision import CNNConfig, embed_pixels, load_staged_images, train_cnn
+    from visrec.devdata.synth import ShopConfig, generate_shop
+    from visrec.vision.train import CNNConfig
+    from visrec.vision.embed import embed_pixels
+    from visrec.store.tables import load_staged_images
+    from visrec.vision.train import train_cnn
 
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(home=Path(tmp), error_budget=0.5)
         lake = Lake.from_settings(settings)
         if (HM_SAMPLE / "articles.csv").exists():
-            from visrec.importer import import_hm
+            from visrec.devdata.importer import import_hm
 
             import_hm(HM_SAMPLE, lake)
             prefix, source = "cnn.hm", "hm-sample"
@@ -239,15 +244,18 @@ def bench_mf() -> Figures:
 
     import numpy as np
 
-    from visrec.ingest import ingest_images
-    from visrec.lake import Lake
-    from visrec.models.mf import VBPRRecommender
-    from visrec.recommenders import ItemCF, Popularity, Recommender, SparkALS, SparkItemCF, VisualProfile
-    from visrec.recsys import build_split, evaluate_model
+    from visrec.ingest.catalog_images import ingest_images
+    from visrec.store.lake import Lake
+    from visrec.recsys.vbpr import VBPRRecommender
+    from visrec.recsys.baselines import ItemCF, Popularity, Recommender, SparkALS, SparkItemCF, VisualProfile
+    from visrec.recsys.data import build_split
+    from visrec.recsys.train import evaluate_model
     from visrec.settings import Settings
-    from visrec.spark import get_spark
-    from visrec.synth import ShopConfig, generate_shop, write_events_table
-    from visrec.vision import CNNConfig, embed_items, train_cnn
+    from visrec.store.spark import get_spark
+    from visrec.devdata.synth import ShopConfig, generate_shop, write_events_table
+    from visrec.vision.train import CNNConfig
+    from visrec.vision.embed import embed_items
+    from visrec.vision.train import train_cnn
 
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -340,7 +348,7 @@ def _implicit(model):
     import numpy as np
     from threadpoolctl import threadpool_limits
 
-    from visrec.recommenders import FactorRecommender
+    from visrec.recsys.baselines import FactorRecommender
 
     class Implicit(FactorRecommender):
         def fit(self, data):
@@ -364,14 +372,15 @@ def bench_mf_hm() -> Figures:
     import numpy as np
     import pyarrow as pa
 
-    from visrec.importer import import_hm
-    from visrec.lake import Lake
-    from visrec.models.mf import VBPRRecommender
-    from visrec.recommenders import ItemCF, Popularity, SparkALS, SparkItemCF, VisualProfile
-    from visrec.recsys import build_split, evaluate_model
+    from visrec.devdata.importer import import_hm
+    from visrec.store.lake import Lake
+    from visrec.recsys.vbpr import VBPRRecommender
+    from visrec.recsys.baselines import ItemCF, Popularity, SparkALS, SparkItemCF, VisualProfile
+    from visrec.recsys.data import build_split
+    from visrec.recsys.train import evaluate_model
     from visrec.settings import Settings
-    from visrec.spark import get_spark
-    from visrec.synth import write_events_table
+    from visrec.store.spark import get_spark
+    from visrec.devdata.synth import write_events_table
 
     cache = CACHE / "hm_embeddings.npz"
     if not (HM_SAMPLE / "articles.csv").exists() or not cache.exists():
@@ -438,14 +447,20 @@ def bench_photos() -> Figures:
 
     import numpy as np
 
-    from visrec.ingest import ingest_images
-    from visrec.lake import Lake
-    from visrec.photos import ingest_user_photos, photo_profiles, recognise_user_photos
-    from visrec.recommenders import top_k_masked
-    from visrec.recsys import PhotoBlend, item_embeddings
+    from visrec.ingest.catalog_images import ingest_images
+    from visrec.store.lake import Lake
+    from visrec.photos import ingest_user_photos, recognise_user_photos
+    from visrec.store.tables import photo_profiles
+    from visrec.recsys.baselines import top_k_masked
+    from visrec.recsys.score import PhotoBlend
+    from visrec.store.tables import item_embeddings
     from visrec.settings import Settings
-    from visrec.synth import ShopConfig, generate_shop
-    from visrec.vision import CNNConfig, embed_items, embeddings_matrix, top_k_similar, train_cnn
+    from visrec.devdata.synth import ShopConfig, generate_shop
+    from visrec.vision.train import CNNConfig
+    from visrec.vision.embed import embed_items
+    from visrec.vision.train import train_cnn
+    from visrec.store.tables import embeddings_matrix
+    from visrec.vision.embed import top_k_similar
 
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -545,7 +560,7 @@ def _scoring_worker(chunk: int, generic: bool) -> dict:
     import numpy as np
     import scipy.sparse as sp
 
-    from visrec.recommenders import FactorRecommender, Recommender
+    from visrec.recsys.baselines import FactorRecommender, Recommender
 
     users, items, dim, k = SCORING_SHAPE
     rng = np.random.default_rng(0)
@@ -616,13 +631,15 @@ def bench_gan() -> Figures:
     real over real vs real) and class consistency beside the image model's accuracy on real images,
     as the mean over the seeds, with the lowest consistency ratio. The first seed's sample grid is
     kept as bench/gan_synthetic.png."""
-    from visrec.demo import DEMO_GAN_MINUTES
-    from visrec.generation import GANConfig, sample_grid, train_gan
-    from visrec.ingest import ingest_images
-    from visrec.lake import Lake
+    from visrec.app.demo import DEMO_GAN_MINUTES
+    from visrec.generation.train import GANConfig, sample_grid
+    from visrec.generation.train import train_gan
+    from visrec.ingest.catalog_images import ingest_images
+    from visrec.store.lake import Lake
     from visrec.settings import Settings
-    from visrec.synth import ShopConfig, generate_shop
-    from visrec.vision import CNNConfig, train_cnn
+    from visrec.devdata.synth import ShopConfig, generate_shop
+    from visrec.vision.train import CNNConfig
+    from visrec.vision.train import train_cnn
 
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -668,12 +685,13 @@ def bench_gan_hm() -> Figures:
     import keras
 
     import visrec.models.cnn  # noqa: F401  (registers the image model's classes with Keras)
-    from visrec.generation import GANConfig, sample_grid, train_gan
-    from visrec.importer import import_hm
-    from visrec.ingest import ingest_images
-    from visrec.lake import Lake
+    from visrec.generation.train import GANConfig, sample_grid
+    from visrec.generation.train import train_gan
+    from visrec.devdata.importer import import_hm
+    from visrec.ingest.catalog_images import ingest_images
+    from visrec.store.lake import Lake
     from visrec.settings import Settings
-    from visrec.vision import load_staged_images
+    from visrec.store.tables import load_staged_images
 
     judge = CACHE / "hm_cnn.keras"
     if not (HM_SAMPLE / "articles.csv").exists() or not judge.exists():
@@ -738,7 +756,7 @@ def main() -> int:
     parser.add_argument("names", nargs="*", choices=[[], *BENCHES], help="benchmarks (default all)")
     args = parser.parse_args()
     names = args.names or list(BENCHES)
-    from visrec.cli import setup_logging
+    from visrec.app.cli import setup_logging
 
     setup_logging()
     results: dict = {}

@@ -1,9 +1,10 @@
 """visrec nightly: ingest -> features -> image model -> embeddings, user photos -> recommender -> score ->
 publish -> report.
 
-Each task is one call into ``visrec.pipeline`` for the run's logical date (``ds``); heavy libraries are
-imported inside the tasks, never when the scheduler parses this file. Tasks pass small summaries (counts,
-model versions, lake URIs) through XCom, never dataframes. Every task overwrites only its own ``ds``
+Each task is one call into ``visrec.pipeline`` (the only visrec module this file imports, inside the
+tasks) for the run's logical date (``ds``); heavy libraries are imported inside the tasks, never when
+the scheduler parses this file. Tasks hand their results (counts, model versions, lake URIs, K) to the
+tasks that depend on them through XCom, and those use them: never dataframes. Every task overwrites only its own ``ds``
 partitions, so retries, reruns and backfills (``airflow dags backfill`` or ``visrec run --ds ...``) are
 safe; only ``publish`` changes what readers see, in one step, after validation.
 
@@ -30,12 +31,11 @@ DEFAULT_ARGS = {
 }
 
 
-def _run(step: str, ds: str) -> dict:
-    from visrec.cli import setup_logging
-    from visrec.pipeline import STEPS
+def _run(step: str, ds: str, **upstream: dict) -> dict:
+    """One pipeline step for the run's date, handed the results of the tasks it depends on."""
+    from visrec import pipeline
 
-    setup_logging()
-    return STEPS[step](ds)
+    return pipeline.run_task(step, ds, **upstream)
 
 
 @dag(
@@ -64,50 +64,50 @@ def visrec_nightly():
 
     @task(pool=SPARK_POOL)
     def build_features(events: dict, ds: str | None = None) -> dict:
-        return _run("build_features", ds)
+        return _run("build_features", ds, events=events)
 
     @task(pool=TRAINING_POOL, execution_timeout=timedelta(hours=1))
     def train_cnn(images: dict, ds: str | None = None) -> dict:
-        return _run("train_cnn", ds)
+        return _run("train_cnn", ds, images=images)
 
     @task
     def embed_items(cnn: dict, ds: str | None = None) -> dict:
-        return _run("embed_items", ds)
+        return _run("embed_items", ds, cnn=cnn)
 
     @task(pool=TRAINING_POOL, execution_timeout=timedelta(hours=1))
     def train_mf(features: dict, embeddings: dict, ds: str | None = None) -> dict:
-        return _run("train_mf", ds)
+        return _run("train_mf", ds, features=features, embeddings=embeddings)
 
     @task(pool=TRAINING_POOL, execution_timeout=timedelta(hours=1))
     def train_gan(embeddings: dict, ds: str | None = None) -> dict:
-        return _run("train_gan", ds)
+        return _run("train_gan", ds, embeddings=embeddings)
 
     @task
-    def generate_looks(gan: dict, mf: dict, ds: str | None = None) -> dict:
-        return _run("generate_looks", ds)
+    def generate_looks(gan: dict, mf: dict, embeddings: dict, ds: str | None = None) -> dict:
+        return _run("generate_looks", ds, gan=gan, mf=mf, embeddings=embeddings)
 
     @task
     def recognise_user_photos(uploads: dict, embeddings: dict, ds: str | None = None) -> dict:
-        return _run("recognise_user_photos", ds)
+        return _run("recognise_user_photos", ds, uploads=uploads, embeddings=embeddings)
 
     @task
     def score(mf: dict, photos: dict, looks: dict, ds: str | None = None) -> dict:
-        return _run("score", ds)
+        return _run("score", ds, mf=mf, photos=photos, looks=looks)
 
     @task
     def publish(recommendations: dict, looks: dict, ds: str | None = None) -> dict:
-        return _run("publish", ds)
+        return _run("publish", ds, recommendations=recommendations, looks=looks)
 
     @task
     def report(published: dict, ds: str | None = None) -> dict:
-        return _run("report", ds)
+        return _run("report", ds, published=published)
 
     images = ingest_images()
     features = build_features(ingest_events())
     embeddings = embed_items(train_cnn(images))
     photos = recognise_user_photos(ingest_user_photos(), embeddings)
     mf = train_mf(features, embeddings)
-    looks = generate_looks(train_gan(embeddings), mf)
+    looks = generate_looks(train_gan(embeddings), mf, embeddings)
     report(publish(score(mf, photos, looks), looks))
 
 

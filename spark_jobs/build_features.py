@@ -1,13 +1,14 @@
-"""spark-submit entry point: clean events up to a date -> interactions, user profiles, item stats.
+"""spark-submit entry point: every clean event up to a date -> interactions, user profiles, item stats.
 
     spark-submit spark_jobs/build_features.py --ds 2026-11-01
 
-The logic lives in visrec.ingest and visrec.jobs (DataFrame -> DataFrame, tested in-process).
+The same pipeline step as `visrec step build_features --ds DATE` (visrec.pipeline); the Spark logic
+lives in visrec.ingest.jobs (DataFrame -> DataFrame, tested in-process).
 """
 
 import sys
 
-from visrec.ingest import spark_job_main
+from visrec.app.cli import main
 
 if __name__ == "__main__":
-    sys.exit(spark_job_main("build_features"))
+    sys.exit(main(["step", "build_features", *sys.argv[1:]]))

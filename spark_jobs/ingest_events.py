@@ -2,12 +2,13 @@
 
     spark-submit spark_jobs/ingest_events.py --ds 2026-11-01
 
-The logic lives in visrec.ingest and visrec.jobs (DataFrame -> DataFrame, tested in-process).
+The same pipeline step as `visrec step ingest_events --ds DATE` (visrec.pipeline); the Spark logic
+lives in visrec.ingest.jobs (DataFrame -> DataFrame, tested in-process).
 """
 
 import sys
 
-from visrec.ingest import spark_job_main
+from visrec.app.cli import main
 
 if __name__ == "__main__":
-    sys.exit(spark_job_main("ingest_events"))
+    sys.exit(main(["step", "ingest_events", *sys.argv[1:]]))

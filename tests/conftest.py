@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from visrec.lake import Lake
 from visrec.settings import Settings
+from visrec.store.lake import Lake
 
 REPO = Path(__file__).resolve().parents[1]
 HM_SAMPLE = Path(os.environ.get("VISREC_HM_SAMPLE", REPO.parent / "shared" / "data" / "hm-sample"))
@@ -69,7 +69,7 @@ def hm_sample() -> Path:
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     """One local[2] SparkSession for the whole test session."""
-    from visrec.spark import get_spark
+    from visrec.store.spark import get_spark
 
     session = get_spark(Settings(home=tmp_path_factory.mktemp("spark-home")), "visrec-tests")
     yield session

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from visrec.cli import build_parser, main
+from visrec.app.cli import build_parser, main
 
-COMMANDS = ["synth", "import", "ingest", "train", "score", "publish", "report", "run", "forget", "similar"]
+COMMANDS = ["synth", "import", "ingest", "train", "score", "publish", "report", "run", "forget", "similar", "step"]
 
 
 def _run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "VISREC_HOME": str(home), **env}
     return subprocess.run(
-        [sys.executable, "-m", "visrec.cli", *args],
+        [sys.executable, "-m", "visrec", *args],
         capture_output=True,
         text=True,
         env=full_env,
@@ -59,7 +59,7 @@ def test_synth_writes_shop_and_says_where(tmp_path: Path):
             },
             "failed",
         ),  # fmt: skip
-        (["synth"], {"VISREC_SEED": "abc"}, "bad numeric setting"),
+        (["synth"], {"VISREC_SEED": "abc"}, "bad setting VISREC_SEED='abc'"),
         (["ingest", "--ds", "2026-02-30"], {}, "not a real date"),
         (["ingest", "--ds", "2026-11-01"], {}, "no catalog at"),
         (["publish", "--ds", "2026-11-01"], {}, "nothing to publish"),

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from visrec.generation import GANConfig, gan_due, generate_looks, to_pixels, train_gan
-from visrec.ingest import ingest_images
-from visrec.lake import Lake
+from visrec.devdata.synth import ShopConfig, generate_shop
+from visrec.generation.looks import generate_looks
+from visrec.generation.train import GANConfig, gan_due, to_pixels, train_gan
+from visrec.ingest.catalog_images import ingest_images
 from visrec.settings import Settings
-from visrec.synth import ShopConfig, generate_shop
+from visrec.store.lake import Lake
 
 DS = "2026-11-01"
 
@@ -19,7 +20,8 @@ DS = "2026-11-01"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 400-item shop, the image model, and a 32x32 GAN trained briefly on its images."""
-    from visrec.vision import CNNConfig, embed_items, load_cnn, train_cnn
+    from visrec.vision.embed import embed_items, load_cnn
+    from visrec.vision.train import CNNConfig, train_cnn
 
     settings = Settings(home=tmp_path_factory.mktemp("gan"))
     lake = Lake.from_settings(settings)
@@ -85,8 +87,8 @@ def test_consistency_per_category_exposes_a_collapsed_category(trained):
     """A generator that draws one category whatever is asked: its overall consistency is about one
     in eight, and the per-category figures say which category it draws."""
     settings, lake, result, cnn = trained
-    from visrec.generation import gan_quality, to_unit
-    from visrec.vision import load_staged_images
+    from visrec.generation.train import gan_quality, to_unit
+    from visrec.store.tables import load_staged_images
 
     images = load_staged_images(lake, DS)
     drawn = images.categories[0]
@@ -132,8 +134,8 @@ def test_cadence_trains_only_when_due(tmp_path):
 
 
 def test_generated_looks_follow_favourite_categories(trained, spark):
-    from visrec.ingest import build_features
-    from visrec.synth import write_events_table
+    from visrec.devdata.synth import write_events_table
+    from visrec.ingest.features import build_features
 
     settings, lake, result, cnn = trained
     write_events_table(lake)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visrec.images import ImageRejected, decode_image, normalise_image
+from visrec.ingest.images import ImageRejected, decode_image, normalise_image
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:
@@ -60,7 +60,7 @@ def test_bad_files_are_rejected_with_reason(data: bytes, name: str, reason: str)
 
 
 def test_decompression_bomb_is_refused_before_decoding():
-    from visrec.synth import _absurd_png
+    from visrec.devdata.synth import _absurd_png
 
     with pytest.raises(ImageRejected) as info:
         decode_image(_absurd_png(), "bomb.png")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from visrec.importer import SourceLayoutError, import_hm
-from visrec.lake import Lake
+from visrec.devdata.importer import SourceLayoutError, import_hm
+from visrec.store.lake import Lake
 
 
 def _events(lake: Lake) -> list[dict]:

@@ -9,13 +9,17 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from visrec.ingest import ErrorBudgetExceeded, build_features, ingest_day, ingest_events, ingest_images
-from visrec.jobs import features
-from visrec.lake import Lake
-from visrec.schemas import EVENT_TYPES
+from visrec.devdata.synth import IMAGE_BAD_KINDS, ShopConfig, generate_shop
+from visrec.ingest.catalog_images import ingest_images
+from visrec.ingest.day import ingest_day
+from visrec.ingest.events import ingest_events
+from visrec.ingest.features import build_features
+from visrec.ingest.jobs import features
+from visrec.ingest.quarantine import ErrorBudgetExceeded
+from visrec.mlops.validation import TableValidator, ValidationFailed
 from visrec.settings import Settings
-from visrec.synth import IMAGE_BAD_KINDS, ShopConfig, generate_shop
-from visrec.validation import TableValidator, ValidationFailed
+from visrec.store.lake import Lake
+from visrec.store.schemas import EVENT_TYPES
 
 DAYS = ["2026-11-01", "2026-11-02"]
 SHOP = dict(users=200, items=150, days=2, seed=3)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from visrec.lake import Lake, LakeError, PartitionNotFound, check_key
-from visrec.schemas import SchemaError
+from visrec.store.lake import Lake, LakeError, PartitionNotFound, check_key
+from visrec.store.schemas import SchemaError
 
 
 def _recs(users: list[str], score: float = 1.0) -> pa.Table:

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visrec.ingest import ingest_images
-from visrec.lake import Lake
-from visrec.photos import STORE_PREFIX, ingest_user_photos, photo_profiles, recognise_user_photos
+from visrec.devdata.synth import ShopConfig, generate_shop
+from visrec.ingest.catalog_images import ingest_images
+from visrec.ingest.user_photos import STORE_PREFIX, ingest_user_photos
 from visrec.settings import Settings
-from visrec.synth import ShopConfig, generate_shop
+from visrec.store.lake import Lake
+from visrec.store.tables import photo_profiles
+from visrec.vision.photos import recognise_user_photos
 
 DAYS = [f"2026-11-0{d}" for d in range(1, 4)]
 
@@ -39,7 +41,8 @@ def shop(tmp_path_factory):
 @pytest.fixture(scope="module")
 def recognised(shop):
     """The image model trained on the catalog, the catalog embedded, the photos recognised."""
-    from visrec.vision import CNNConfig, embed_items, load_cnn, train_cnn
+    from visrec.vision.embed import embed_items, load_cnn
+    from visrec.vision.train import CNNConfig, train_cnn
 
     settings, lake = shop
     last = DAYS[-1]
@@ -112,8 +115,9 @@ def test_a_photo_of_an_item_finds_that_item(recognised):
 
 
 def test_upload_only_users_get_better_than_popular(recognised):
-    from visrec.recommenders import top_k_masked
-    from visrec.recsys import PhotoBlend, item_embeddings
+    from visrec.models.topk import topk_scores
+    from visrec.recsys.score import PhotoBlend
+    from visrec.store.tables import item_embeddings
 
     settings, lake, _, _ = recognised
     users, vectors, _ = photo_profiles(lake, DAYS[-1])
@@ -122,7 +126,7 @@ def test_upload_only_users_get_better_than_popular(recognised):
     rows = [k for k, u in enumerate(users) if u in only]
     assert len(rows) >= 20
     blend = PhotoBlend(None, vectors, np.ones(len(users), bool), features, settings.photo_weight)
-    ids, _ = top_k_masked(blend.score(np.array(rows)), None, 20)
+    ids, _ = topk_scores(blend.score(np.array(rows)), 20)
     photo_recall = np.mean([len({item_ids[j] for j in ids[n]} & only[users[r]]) / len(only[users[r]])
                             for n, r in enumerate(rows)])  # fmt: skip
     counts: dict[str, int] = {}

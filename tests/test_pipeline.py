@@ -14,11 +14,11 @@ import time
 import pytest
 
 from tests.conftest import REPO, _free_port, make_bucket
-from visrec.lake import RELEASE_KEY, Lake, LakeError
+from visrec.devdata.synth import ShopConfig, generate_shop
+from visrec.mlops.validation import ValidationFailed
 from visrec.publish import OUTPUT_TABLES, publish, read_release
 from visrec.settings import Settings
-from visrec.synth import ShopConfig, generate_shop
-from visrec.validation import ValidationFailed
+from visrec.store.lake import RELEASE_KEY, Lake, LakeError
 
 D1, D2, D3, D4, D5 = (f"2026-11-0{d}" for d in range(1, 6))
 K = 20
@@ -44,8 +44,8 @@ def _copy_outputs(lake: Lake, src: str, dst: str) -> None:
 @pytest.fixture(scope="module")
 def nightly(tmp_path_factory, spark):
     """A tiny shop: day 1 ingested as history, then the DAG run for days 2 and 3 by Airflow."""
-    from visrec.ingest import ingest_day
-    from visrec.orchestrate import run_dates
+    from visrec.app.orchestrate import run_dates
+    from visrec.ingest.day import ingest_day
 
     home = tmp_path_factory.mktemp("nightly")
     settings = Settings(home=home, cnn_max_minutes=0.2, gan_max_minutes=0.1, report_users=3, test_days=1)
@@ -152,7 +152,7 @@ def test_dag_runs_end_to_end_and_publishes(nightly):
 
 
 def test_rerunning_a_date_gives_identical_tables(nightly):
-    from visrec.orchestrate import run_dates
+    from visrec.app.orchestrate import run_dates
 
     settings, lake, _ = nightly
     query = f"SELECT user_id, rank, item_id, score, source, model_version FROM recommendations WHERE ds = '{D3}' ORDER BY 1, 2"
@@ -246,8 +246,8 @@ def test_sigkill_mid_publish_leaves_a_complete_release(nightly, tmp_path):
 def test_whole_dag_on_s3_and_a_store_outage_publishes_nothing_half(tmp_path, spark, monkeypatch):
     from moto.server import ThreadedMotoServer
 
-    from visrec.ingest import ingest_day
-    from visrec.orchestrate import run_dates
+    from visrec.app.orchestrate import run_dates
+    from visrec.ingest.day import ingest_day
     from visrec.pipeline import publish as publish_step
 
     for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -286,8 +286,9 @@ def test_whole_dag_on_s3_and_a_store_outage_publishes_nothing_half(tmp_path, spa
 
 
 def test_forget_removes_a_user_everywhere_and_for_good(nightly):
-    from visrec.forget import all_specs, file_mentions, forget_user
+    from visrec.forget import all_specs, forget_user
     from visrec.pipeline import ingest_events, ingest_user_photos
+    from visrec.store.forgotten import file_mentions
 
     settings, lake, _ = nightly
     photos = [json.loads(x) for x in lake.get_bytes("truth/user_photos.jsonl").decode().splitlines()]

@@ -12,7 +12,11 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
-from visrec.evaluate import (
+from visrec.devdata.synth import CATEGORIES, COLOURS, PATTERNS, ShopConfig, generate_shop, write_events_table
+from visrec.models.mf import VBPR
+from visrec.recsys.baselines import ItemCF, Popularity, SparkALS, SparkItemCF, VisualProfile
+from visrec.recsys.data import TrainData, build_split
+from visrec.recsys.metrics import (
     coverage,
     hits_at_k,
     intra_list_diversity,
@@ -21,12 +25,11 @@ from visrec.evaluate import (
     novelty,
     recall_at_k,
 )
-from visrec.lake import Lake
-from visrec.models.mf import VBPR, VBPRRecommender
-from visrec.recommenders import ItemCF, Popularity, SparkALS, SparkItemCF, TrainData, VisualProfile
-from visrec.recsys import MFConfig, build_split, evaluate_model, score_users, train_mf
+from visrec.recsys.score import score_users
+from visrec.recsys.train import MFConfig, evaluate_model, train_mf
+from visrec.recsys.vbpr import VBPRRecommender
 from visrec.settings import Settings
-from visrec.synth import CATEGORIES, COLOURS, PATTERNS, ShopConfig, generate_shop, write_events_table
+from visrec.store.lake import Lake
 
 SHOP = ShopConfig(users=600, items=300, days=8, seed=11)
 LAST = "2026-11-08"
@@ -189,7 +192,9 @@ def test_train_register_and_score_every_user(shop):
     assert second.metrics["champion"]["recall_at_20"] == pytest.approx(
         second.metrics["vbpr"]["recall_at_20"], abs=0.02
     )
-    recs = score_users(settings, LAST, lake=lake, config=MFConfig(k=10, max_per_category=4)).to_pandas()
+    recs = score_users(
+        settings.with_overrides(top_k=10), LAST, lake=lake, config=MFConfig(max_per_category=4)
+    ).to_pandas()
     catalog = pd.read_csv(io.BytesIO(lake.get_bytes("raw/catalog/items.csv")), dtype=str)
     category = dict(zip(catalog["item_id"], catalog["category"], strict=True))
     events = lake.read_table("events").to_pandas()
@@ -205,7 +210,7 @@ def test_train_register_and_score_every_user(shop):
 
 
 def test_segment_popularity_serves_each_segment_its_own_list():
-    from visrec.recommenders import SegmentPopularity
+    from visrec.recsys.baselines import SegmentPopularity
 
     # 30 "loyal" users all bought item 0, 30 "new" users item 1, 5 "casual" users item 2; one has none.
     cols = [0] * 30 + [1] * 30 + [2] * 5
@@ -226,7 +231,7 @@ def test_segment_popularity_serves_each_segment_its_own_list():
 def test_factor_top_k_two_stage_matches_brute_force(with_biases):
     """The fused two-stage selection returns exactly the brute-force top K, filters applied; a user
     with fewer unfiltered items than K gets -1 padding."""
-    from visrec.recommenders import FactorRecommender
+    from visrec.recsys.baselines import FactorRecommender
 
     rng = np.random.default_rng(5)
     n_users, n_items, k = 70, 3001, 7  # not a multiple of the group: the padding must never win
@@ -256,9 +261,9 @@ def test_factor_top_k_two_stage_matches_brute_force(with_biases):
 
 
 def test_generated_looks_widen_the_last_places_of_recommender_lists():
-    from visrec.recommenders import FactorRecommender
-    from visrec.recsys import add_generated_candidates
-    from visrec.schemas import GENERATED_LOOKS, RECOMMENDATIONS
+    from visrec.recsys.baselines import FactorRecommender
+    from visrec.recsys.score import add_generated_candidates
+    from visrec.store.schemas import GENERATED_LOOKS, RECOMMENDATIONS
 
     items = [f"i{n}" for n in range(8)]
     model = FactorRecommender()  # user 0 scores item n as 8 - n; user 1 the same

@@ -36,10 +36,12 @@ def test_environment_overrides(tmp_path: Path):
 @pytest.mark.parametrize(
     "env, message",
     [
-        ({"VISREC_SEED": "x"}, "bad numeric"),
-        ({"VISREC_ERROR_BUDGET": "2"}, "within"),
-        ({"VISREC_EVENT_WEIGHTS": "view=1,click=x"}, "bad entry"),
-        ({"VISREC_EVENT_WEIGHTS": "view=1,click=2"}, "must give exactly"),
+        ({"VISREC_SEED": "x"}, "VISREC_SEED='x': .*integer"),
+        ({"VISREC_ERROR_BUDGET": "2"}, "VISREC_ERROR_BUDGET='2': .*less than or equal to 1"),
+        ({"VISREC_EVENT_WEIGHTS": "view=1,click=x"}, "VISREC_EVENT_WEIGHTS=.*bad entry"),
+        ({"VISREC_EVENT_WEIGHTS": "view=1,click=2"}, "VISREC_EVENT_WEIGHTS=.*must give each of"),
+        ({"VISREC_PHOTO_WEIGHT": "-1"}, "VISREC_PHOTO_WEIGHT='-1': .*greater than or equal to 0"),
+        ({"VISREC_CNN_MINUTES": "0"}, "VISREC_CNN_MINUTES='0': .*greater than 0"),
     ],
 )
 def test_bad_values_are_named(env, message):
@@ -57,3 +59,11 @@ def test_to_env_round_trips(tmp_path: Path):
     s = Settings(home=tmp_path, lake_uri="s3://bucket/x", s3_endpoint="http://127.0.0.1:9", seed=3,
                  cnn_max_minutes=0.5, report_users=2, test_days=1, retrain=True)  # fmt: skip
     assert Settings.from_env(s.to_env()) == s
+
+
+def test_flags_override_settings_through_the_same_checks(tmp_path: Path):
+    s = Settings(home=tmp_path)
+    assert s.with_overrides(top_k=10, cnn_max_minutes=None).top_k == 10
+    assert s.with_overrides(top_k=None) is s
+    with pytest.raises(ValueError, match="VISREC_CNN_MINUTES=-3"):
+        s.with_overrides(cnn_max_minutes=-3)

@@ -9,8 +9,7 @@ from collections import defaultdict
 import pytest
 from PIL import Image
 
-from visrec.lake import Lake
-from visrec.synth import (
+from visrec.devdata.synth import (
     CATEGORIES,
     COLOURS,
     EVENT_BAD_KINDS,
@@ -19,6 +18,7 @@ from visrec.synth import (
     ShopConfig,
     generate_shop,
 )
+from visrec.store.lake import Lake
 
 SMALL = dict(users=150, items=120, days=5)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from visrec.tfdata import in_memory_batches
+from visrec.models.tfdata import in_memory_batches
 
 
 def _epoch(ds) -> list[int]:

@@ -3,9 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
-
+from visrec.mlops.tracking import tracked_run
 from visrec.settings import Settings
-from visrec.tracking import tracked_run
 
 
 def test_nested_runs_with_tags_and_artifacts_in_configured_place(

@@ -8,25 +8,20 @@ import io
 import keras
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from PIL import Image, ImageEnhance
 
-from visrec.images import ImageRejected
-from visrec.ingest import ingest_images
-from visrec.lake import Lake
+from visrec.devdata.synth import CATEGORIES, ShopConfig, generate_shop
+from visrec.ingest.catalog_images import ingest_images
+from visrec.ingest.images import ImageRejected
 from visrec.models.cnn import ImageClassifier
+from visrec.models.topk import topk
 from visrec.settings import Settings
-from visrec.synth import CATEGORIES, ShopConfig, generate_shop
-from visrec.vision import (
-    CNNConfig,
-    build_similar_items,
-    embed_items,
-    embed_pixels,
-    find_similar_to_photo,
-    load_cnn,
-    load_staged_images,
-    top_k_similar,
-    train_cnn,
-)
+from visrec.store.lake import Lake
+from visrec.store.tables import load_staged_images
+from visrec.vision.embed import build_similar_items, embed_items, embed_pixels, load_cnn
+from visrec.vision.search import find_similar_to_photo
+from visrec.vision.train import CNNConfig, train_cnn
 
 DS = "2026-11-01"
 
@@ -81,7 +76,7 @@ def test_embeddings_know_colour_and_pattern_the_catalog_does_not_name(trained):
     other_look = (look[:, None] != look[None, :]) & same_cat
     # Among items of one category, the same colour and pattern are clearly nearer.
     assert sims[same_look].mean() > sims[other_look].mean() + 0.01
-    idx, _ = top_k_similar(emb, emb, 5, exclude_self=True)
+    idx, _ = topk(emb, emb, 5, filter_query_items=sp.identity(len(emb), format="csr"))
     share = (look[idx] == look[:, None]).mean()
     assert share > 4 * (1 / 40)  # 8 colours x 5 patterns
 
@@ -193,18 +188,6 @@ def test_flip_average_makes_predictions_mirror_invariant():
     assert not np.allclose(np.asarray(model(images)), np.asarray(model(mirrored)), atol=1e-6)
 
 
-def test_exact_top_k_matches_brute_force():
-    rng = np.random.default_rng(1)
-    items = rng.normal(size=(300, 16)).astype(np.float32)
-    items /= np.linalg.norm(items, axis=1, keepdims=True)
-    idx, scores = top_k_similar(items, items, 7, exclude_self=True, chunk=64)
-    brute = items @ items.T
-    np.fill_diagonal(brute, -np.inf)
-    expected = np.argsort(-brute, axis=1)[:, :7]
-    np.testing.assert_array_equal(idx, expected)
-    np.testing.assert_allclose(scores, np.take_along_axis(brute, expected, 1), rtol=1e-5)
-
-
 def test_backbone_options():
     model = ImageClassifier(["a", "b"], image_size=64, backbone="mobilenet_v3_small")
     assert model(np.zeros((2, 64, 64, 3), np.uint8)).shape == (2, 2)
@@ -217,39 +200,41 @@ def test_backbone_options():
 
 
 def test_photo_query_reranked_for_a_user(trained):
+    from visrec.devdata.synth import write_events_table
     from visrec.errors import VisrecError
-    from visrec.recsys import MFConfig, train_mf
-    from visrec.synth import write_events_table
+    from visrec.pipeline import find_similar
+    from visrec.recsys.train import MFConfig, train_mf
 
     settings, lake, _, _ = trained
     embed_items(settings, DS, lake, *load_cnn())  # an earlier test may have promoted a new champion
     raw = lake.get_bytes(lake.read_table("staging_images", DS).column("source_key")[0].as_py())
     with pytest.raises(VisrecError, match="no champion recommender"):
-        find_similar_to_photo(settings, raw, "p.jpg", k=5, lake=lake, user="u000001")
+        find_similar(settings, raw, "p.jpg", k=5, lake=lake, user="u000001")
     write_events_table(lake)
     train_mf(Settings(home=settings.home, test_days=0), DS, lake=lake, config=MFConfig(epochs=3))
-    visual, _ = find_similar_to_photo(settings, raw, "p.jpg", k=5, lake=lake)
+    visual, _ = find_similar(settings, raw, "p.jpg", k=5, lake=lake)
     events = lake.read_table("events", DS).to_pandas()
     user = events.user_id.value_counts().index[0]
-    personal, context = find_similar_to_photo(settings, raw, "p.jpg", k=5, lake=lake, user=user)
+    personal, context = find_similar(settings, raw, "p.jpg", k=5, lake=lake, user=user)
     assert context["reranked_by"] == "visrec-mf/1" and len(personal) == 5
     assert len({m.item_id for m in personal}) == 5
     with pytest.raises(VisrecError, match="unknown to visrec-mf/1"):
-        find_similar_to_photo(settings, raw, "p.jpg", k=5, lake=lake, user="nobody")
+        find_similar(settings, raw, "p.jpg", k=5, lake=lake, user="nobody")
 
 
 def test_time_budget_stops_before_an_epoch_as_long_as_the_longest_would_not_fit(monkeypatch):
     import keras
 
-    from visrec import vision
+    from visrec.models import budget
+    from visrec.models.callbacks import TimeBudget
 
     clock = [0.0]
-    monkeypatch.setattr(vision.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: clock[0])
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
 
     def epochs_run(durations):
-        logger = vision._epoch_logger(100 / 60, None, 30, 1e-3)  # a 100-second budget
+        logger = TimeBudget(100 / 60)  # a 100-second budget
         logger.set_model(model)
         model.stop_training = False
         logger.on_train_begin()
@@ -272,7 +257,7 @@ def test_held_out_scoring_starts_late_and_the_best_scored_epoch_is_kept():
     import keras
     import tensorflow as tf
 
-    from visrec import vision
+    from visrec.models.callbacks import LateValidation, TimeBudget
 
     x = np.array([[-2.0], [-1.0], [1.0], [2.0]], np.float32)
     y = np.eye(2, dtype=np.float32)[[0, 0, 1, 1]]
@@ -283,18 +268,19 @@ def test_held_out_scoring_starts_late_and_the_best_scored_epoch_is_kept():
     right = [np.array([[-1.0, 1.0]], np.float32), np.zeros(2, np.float32)]  # sign of x decides
     wrong = [np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)]
     held_out = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
-    logger = vision._epoch_logger(None, None, 4, 1e-3, held_out, 0.6, 10)
-    logger.set_model(model)
+    budget = TimeBudget(None)
+    early = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=10, restore_best_weights=True)
+    callbacks = keras.callbacks.CallbackList([budget, LateValidation(held_out, 4, budget, 0.6), early], model=model)
     model.stop_training = False
-    logger.on_train_begin()
+    callbacks.on_train_begin()
     scored = []
     for epoch, weights in enumerate([right, right, right, wrong]):  # "training" sets the weights
-        logger.on_epoch_begin(epoch)
+        callbacks.on_epoch_begin(epoch)
         model.set_weights(weights)
         logs = {"loss": 1.0}
-        logger.on_epoch_end(epoch, logs)
+        callbacks.on_epoch_end(epoch, logs)
         scored.append(logs.get("val_accuracy"))
-    logger.on_train_end()
+    callbacks.on_train_end()
     # Epochs 1-2 end before 60% of the schedule: not scored. Epoch 3 scores 1.0, epoch 4 0.0, and
     # the model ends with epoch 3's weights, not the last ones.
     assert scored == [None, None, 1.0, 0.0]

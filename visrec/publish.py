@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from visrec.errors import VisrecError
-from visrec.lake import RELEASE_KEY, Lake, check_ds
-from visrec.schemas import spec_for
+from visrec.mlops.validation import TableValidator, ValidationFailed
 from visrec.settings import Settings
-from visrec.validation import TableValidator, ValidationFailed
+from visrec.store.lake import RELEASE_KEY, Lake, check_ds
+from visrec.store.schemas import spec_for
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -96,7 +96,7 @@ def validate_outputs(
 ) -> dict[str, int]:
     """Validate ``ds``'s partitions of ``tables`` (Great Expectations suites plus the ranking, catalog
     and already-purchased checks); raise :class:`ValidationFailed` naming every problem."""
-    from visrec.catalog import read_catalog
+    from visrec.store.catalog import read_catalog
 
     catalog, _ = read_catalog(lake)
     catalog_ids = set(catalog.column("item_id").to_pylist())
@@ -137,7 +137,7 @@ def validate_outputs(
 
 
 def _purchased_problems(lake: Lake, ds: str, recs: pd.DataFrame) -> list[str]:
-    from visrec.recsys import load_events
+    from visrec.store.tables import load_events
 
     events = load_events(lake, ds)
     bought = events.loc[events["event_type"] == "purchase", ["user_id", "item_id"]].drop_duplicates()

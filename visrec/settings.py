@@ -1,48 +1,93 @@
 """One typed settings object, filled from ``VISREC_*`` environment variables with defaults.
 
-Every path defaults to somewhere under ``VISREC_HOME`` (``./.visrec``), so a fresh clone runs with no
-configuration, and nothing here names a path of any particular machine.
+Each setting is declared once, below: its type, its default, its allowed range and what it is for.
+pydantic-settings reads the environment (``VISREC_`` + the field name, or the alias where the
+variable's name is shorter), checks types and ranges, and the command line overrides fields with
+:meth:`Settings.with_overrides` instead of carrying defaults of its own. Every path defaults to
+somewhere under ``VISREC_HOME`` (``./.visrec``), so a fresh clone runs with no configuration, and
+nothing here names a path of any particular machine.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from visrec.errors import VisrecError
+from visrec.store.schemas import EVENT_TYPES
 
 
-@dataclass(frozen=True)
-class Settings:
+class SettingsError(VisrecError, ValueError):
+    """A setting (environment variable or command-line flag) has a value visrec cannot use."""
+
+
+def _env(alias: str, name: str) -> AliasChoices:
+    """A field read from a variable named otherwise than ``VISREC_<FIELD>`` (that name also works)."""
+    return AliasChoices(alias, f"VISREC_{name.upper()}")
+
+
+class Settings(BaseSettings):
     """Runtime configuration. Build it with :meth:`from_env`, or directly in tests."""
 
-    home: Path = field(default_factory=lambda: Path(".visrec").resolve())
-    lake_uri: str = ""
-    s3_endpoint: str | None = None
+    model_config = SettingsConfigDict(
+        env_prefix="VISREC_", frozen=True, populate_by_name=True, extra="forbid", env_ignore_empty=True
+    )
+
+    home: Path = Field(Path(".visrec"), description="where everything lives by default")
+    lake_uri: str = Field("", description="file://... or s3://bucket/prefix; default file://<home>/lake")
+    s3_endpoint: str | None = Field(None, description="S3 endpoint URL (MinIO, moto, ...)")
     s3_region: str = "us-east-1"
-    mlflow_tracking_uri: str = ""
-    mlflow_artifact_uri: str = ""
+    mlflow_tracking_uri: str = Field("", description="default sqlite:///<home>/mlflow.db")
+    mlflow_artifact_uri: str = Field("", description="default file://<home>/mlartifacts")
     mlflow_experiment: str = "visrec"
-    warehouse_path: Path = field(default_factory=lambda: Path(".visrec/warehouse.duckdb").resolve())
-    seed: int = 42
-    error_budget: float = 0.05
+    warehouse_path: Path = Field(
+        Path(""), validation_alias=_env("VISREC_WAREHOUSE", "warehouse_path"), description="DuckDB file"
+    )
+    seed: int = Field(42, ge=0)
+    error_budget: float = Field(0.05, ge=0.0, le=1.0, description="share of a day's input that may be rejected")
     spark_master: str = "local[2]"
-    image_size: int = 64
+    image_size: int = Field(64, ge=16, le=1024, description="side of the staged images, pixels")
     # Implicit-feedback confidence: each event counts its type's weight, halved every half-life days.
     event_weights: str = "view=1,click=2,add_to_cart=4,purchase=8"
-    decay_half_life_days: float = 30.0
-    max_event_age_days: int = 365  # older events in a day's log are quarantined as stale
-    test_days: int = 2  # evaluation: the last N days before a run's ds are the test window
-    cnn_max_minutes: float = 20.0  # the image model's training budget per run (fine-tuning needs less)
-    report_users: int = 6  # sample users shown in each run's HTML report
-    photo_retention_days: int = 30  # user photos (and what was derived from them) older than this go
-    photo_weight: float = 0.5  # weight of photo evidence beside behaviour when scoring (see README)
-    gan_every_days: int = 7  # train the GAN when its last training is this old...
-    gan_catalog_change: float = 0.2  # ...or when more than this share of the catalog is new since then
-    gan_max_minutes: float = 10.0  # the GAN's training budget when it trains
-    generated_slots: int = 2  # places per list given to real items nearest the user's generated looks
-    retrain: bool = False  # a rerun of a date trains new models instead of reusing that date's
+    decay_half_life_days: float = Field(30.0, gt=0)
+    max_event_age_days: int = Field(365, ge=1, description="older events in a day's log are quarantined")
+    test_days: int = Field(2, ge=0, description="evaluation: the last N days before ds are the test window")
+    top_k: int = Field(20, ge=1, le=1000, description="recommendations per user")
+    similar_k: int = Field(10, ge=1, le=1000, description="neighbours per item in similar_items")
+    cnn_max_minutes: float = Field(
+        20.0, gt=0, validation_alias=_env("VISREC_CNN_MINUTES", "cnn_max_minutes"),
+        description="the image model's training budget per run",
+    )  # fmt: skip
+    report_users: int = Field(6, ge=1, description="sample users shown in each run's HTML report")
+    photo_retention_days: int = Field(30, ge=1, description="user photos older than this are deleted")
+    photo_weight: float = Field(0.5, ge=0.0, description="photo evidence beside behaviour when scoring")
+    gan_every_days: int = Field(7, ge=1, description="train the GAN when its last training is this old...")
+    gan_catalog_change: float = Field(0.2, ge=0.0, le=1.0, description="...or this share of the catalog is new")
+    gan_max_minutes: float = Field(
+        10.0, gt=0, validation_alias=_env("VISREC_GAN_MINUTES", "gan_max_minutes"),
+        description="the GAN's training budget when it trains",
+    )  # fmt: skip
+    generated_slots: int = Field(2, ge=0, description="places per list for items nearest generated looks")
+    retrain: bool = Field(False, description="a rerun of a date trains new models instead of reusing them")
 
-    def __post_init__(self) -> None:
+    @field_validator("event_weights")
+    @classmethod
+    def _check_weights(cls, value: str) -> str:
+        parse_weights(value)
+        return value
+
+    @field_validator("lake_uri")
+    @classmethod
+    def _check_lake(cls, value: str) -> str:
+        if value and not value.startswith(("file://", "s3://")):
+            raise ValueError("must start with file:// or s3://")
+        return value
+
+    @model_validator(mode="after")
+    def _derive(self) -> Settings:
         # Derived defaults depend on ``home``; fill the empty ones once so every reader agrees.
         home = Path(self.home).resolve()
         object.__setattr__(self, "home", home)
@@ -52,117 +97,77 @@ class Settings:
             object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{home / 'mlflow.db'}")
         if not self.mlflow_artifact_uri:
             object.__setattr__(self, "mlflow_artifact_uri", (home / "mlartifacts").as_uri())
-        if not 0.0 <= self.error_budget <= 1.0:
-            raise ValueError(f"VISREC_ERROR_BUDGET must be within [0, 1], got {self.error_budget}")
-        if self.photo_retention_days < 1:
-            raise ValueError(
-                f"VISREC_PHOTO_RETENTION_DAYS must be at least 1, got {self.photo_retention_days}"
-            )
-        self.weights()  # fail early on a malformed VISREC_EVENT_WEIGHTS
+        warehouse = home / "warehouse.duckdb" if str(self.warehouse_path) in ("", ".") else self.warehouse_path
+        object.__setattr__(self, "warehouse_path", Path(warehouse).resolve())
+        return self
 
     def weights(self) -> dict[str, float]:
         """The event-type weights of :attr:`event_weights` as a dict."""
-        from visrec.schemas import EVENT_TYPES
+        return parse_weights(self.event_weights)
 
-        out: dict[str, float] = {}
-        for part in self.event_weights.split(","):
-            name, _, value = part.partition("=")
-            try:
-                out[name.strip()] = float(value)
-            except ValueError:
-                raise ValueError(
-                    f"VISREC_EVENT_WEIGHTS: bad entry {part!r}; use view=1,click=2,..."
-                ) from None
-        missing = set(EVENT_TYPES) - set(out)
-        if missing or set(out) - set(EVENT_TYPES):
-            raise ValueError(
-                f"VISREC_EVENT_WEIGHTS must give exactly {', '.join(EVENT_TYPES)}; got {self.event_weights!r}"
-            )
-        return out
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable a field is read from."""
+        alias = cls.model_fields[field].validation_alias
+        if isinstance(alias, AliasChoices):
+            return str(alias.choices[0])
+        return f"VISREC_{field.upper()}"
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``VISREC_*`` variables: what a child process (Airflow) needs to see them."""
-        env = {
-            "VISREC_HOME": str(self.home),
-            "VISREC_LAKE_URI": self.lake_uri,
-            "VISREC_S3_REGION": self.s3_region,
-            "VISREC_MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
-            "VISREC_MLFLOW_ARTIFACT_URI": self.mlflow_artifact_uri,
-            "VISREC_MLFLOW_EXPERIMENT": self.mlflow_experiment,
-            "VISREC_WAREHOUSE": str(self.warehouse_path),
-            "VISREC_SEED": str(self.seed),
-            "VISREC_ERROR_BUDGET": str(self.error_budget),
-            "VISREC_SPARK_MASTER": self.spark_master,
-            "VISREC_IMAGE_SIZE": str(self.image_size),
-            "VISREC_EVENT_WEIGHTS": self.event_weights,
-            "VISREC_DECAY_HALF_LIFE_DAYS": str(self.decay_half_life_days),
-            "VISREC_MAX_EVENT_AGE_DAYS": str(self.max_event_age_days),
-            "VISREC_TEST_DAYS": str(self.test_days),
-            "VISREC_CNN_MINUTES": str(self.cnn_max_minutes),
-            "VISREC_REPORT_USERS": str(self.report_users),
-            "VISREC_PHOTO_RETENTION_DAYS": str(self.photo_retention_days),
-            "VISREC_PHOTO_WEIGHT": str(self.photo_weight),
-            "VISREC_GAN_EVERY_DAYS": str(self.gan_every_days),
-            "VISREC_GAN_CATALOG_CHANGE": str(self.gan_catalog_change),
-            "VISREC_GAN_MINUTES": str(self.gan_max_minutes),
-            "VISREC_GENERATED_SLOTS": str(self.generated_slots),
-            "VISREC_RETRAIN": "1" if self.retrain else "0",
-        }
-        if self.s3_endpoint:
-            env["VISREC_S3_ENDPOINT"] = self.s3_endpoint
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            env[self.env_name(name)] = ("1" if value else "0") if isinstance(value, bool) else str(value)
         return env
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Read settings from the environment (``os.environ`` unless ``environ`` is given)."""
-        env = dict(os.environ if environ is None else environ)
+        if environ is None:
+            return _checked(cls)
+        values = {}
+        for name in cls.model_fields:
+            value = environ.get(cls.env_name(name))
+            if value not in (None, ""):
+                values[name] = value
+        return _checked(cls, **values)
 
-        def get(name: str, default: str | None = None) -> str | None:
-            value = env.get(name)
-            return value if value not in (None, "") else default
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with some fields replaced (command-line flags), validated like the environment.
+        ``None`` values are ignored, so a flag the user did not give keeps the setting."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if not given:
+            return self
+        values = {k: getattr(self, k) for k in type(self).model_fields}
+        return _checked(type(self), **{**values, **given})
 
-        home = Path(get("VISREC_HOME", ".visrec")).resolve()
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``view=1,click=2,...`` -> ``{"view": 1.0, ...}``; exactly the four event types, each >= 0."""
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
         try:
-            seed = int(get("VISREC_SEED", "42"))
-            budget = float(get("VISREC_ERROR_BUDGET", "0.05"))
-            image_size = int(get("VISREC_IMAGE_SIZE", "64"))
-            half_life = float(get("VISREC_DECAY_HALF_LIFE_DAYS", "30"))
-            max_age = int(get("VISREC_MAX_EVENT_AGE_DAYS", "365"))
-            test_days = int(get("VISREC_TEST_DAYS", "2"))
-            cnn_max_minutes = float(get("VISREC_CNN_MINUTES", "20"))
-            report_users = int(get("VISREC_REPORT_USERS", "6"))
-            photo_retention_days = int(get("VISREC_PHOTO_RETENTION_DAYS", "30"))
-            photo_weight = float(get("VISREC_PHOTO_WEIGHT", "0.5"))
-            gan_every_days = int(get("VISREC_GAN_EVERY_DAYS", "7"))
-            gan_catalog_change = float(get("VISREC_GAN_CATALOG_CHANGE", "0.2"))
-            gan_max_minutes = float(get("VISREC_GAN_MINUTES", "10"))
-            generated_slots = int(get("VISREC_GENERATED_SLOTS", "2"))
-        except ValueError as exc:
-            raise ValueError(f"bad numeric setting: {exc}") from None
-        return cls(
-            home=home,
-            lake_uri=get("VISREC_LAKE_URI", "") or "",
-            s3_endpoint=get("VISREC_S3_ENDPOINT"),
-            s3_region=get("VISREC_S3_REGION", "us-east-1") or "us-east-1",
-            mlflow_tracking_uri=get("VISREC_MLFLOW_TRACKING_URI", "") or "",
-            mlflow_artifact_uri=get("VISREC_MLFLOW_ARTIFACT_URI", "") or "",
-            mlflow_experiment=get("VISREC_MLFLOW_EXPERIMENT", "visrec") or "visrec",
-            warehouse_path=Path(get("VISREC_WAREHOUSE", str(home / "warehouse.duckdb"))).resolve(),
-            seed=seed,
-            error_budget=budget,
-            spark_master=get("VISREC_SPARK_MASTER", "local[2]") or "local[2]",
-            image_size=image_size,
-            event_weights=get("VISREC_EVENT_WEIGHTS", cls.event_weights) or cls.event_weights,
-            decay_half_life_days=half_life,
-            max_event_age_days=max_age,
-            test_days=test_days,
-            cnn_max_minutes=cnn_max_minutes,
-            report_users=report_users,
-            photo_retention_days=photo_retention_days,
-            photo_weight=photo_weight,
-            gan_every_days=gan_every_days,
-            gan_catalog_change=gan_catalog_change,
-            gan_max_minutes=gan_max_minutes,
-            generated_slots=generated_slots,
-            retrain=get("VISREC_RETRAIN", "0") == "1",
-        )
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"bad entry {part!r}; use view=1,click=2,add_to_cart=4,purchase=8") from None
+    if set(out) != set(EVENT_TYPES) or any(v < 0 for v in out.values()):
+        raise ValueError(f"must give each of {', '.join(EVENT_TYPES)} a weight >= 0; got {text!r}")
+    return out
+
+
+def _checked(cls: type[Settings], **values: Any) -> Settings:
+    """Build settings; a bad value becomes one :class:`SettingsError` naming the variable and its value."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            name = cls.env_name(field) if field in cls.model_fields else field
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}={error.get('input')!r}: {message}")
+        raise SettingsError("bad setting " + "; ".join(problems)) from None

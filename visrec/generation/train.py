@@ -1,0 +1,278 @@
+"""Image generation: train the conditional GAN, measure it, decide when it is due.
+
+Quality is measured every training, in the image model's embedding space:
+
+- Frechet distance between generated and real embeddings, beside the real-vs-real floor (two disjoint
+  halves of the real images): their ratio is 1 for a perfect generator and grows as it falls short;
+- class consistency: how often the image model recognises the requested category in generated
+  images, beside its accuracy on real images.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import date
+
+import numpy as np
+
+from visrec.models.tfdata import in_memory_batches
+from visrec.settings import Settings
+from visrec.store.lake import Lake, check_ds
+from visrec.store.runs import run_dates, run_summary
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "visrec-gan"
+
+
+MIN_PER_CLASS = 10  # generated images a category needs before its own consistency is reported
+
+
+MISSED_BELOW = 0.5  # a category recognised in fewer than this share of its images is "mostly missed"
+
+
+@dataclass
+class GANConfig:
+    """Training hyperparameters (defaults: the nightly run on a CPU)."""
+
+    resolution: int = 64
+    latent_dim: int = 64
+    width: int = 32
+    epochs: int = 60
+    batch_size: int = 32  # twice the updates of 64 for the same images/s on a CPU
+    label_smoothing: float = 0.1
+    class_weight: float = 1.0  # the auxiliary classifier's loss beside the adversarial one
+    augment: bool = True  # DiffAugment (translation, cutout) before the discriminator
+    minibatch_kernels: int = 16  # same-category minibatch discrimination; 0 turns it off
+    max_minutes: float | None = None  # training budget; the nightly run passes VISREC_GAN_MINUTES
+    quality_samples: int = 512
+    register: bool = True
+
+
+@dataclass
+class GANResult:
+    model: object
+    metrics: dict[str, float]
+    class_names: list[str]
+    version: str | None = None
+    promoted: bool | None = None
+    reason: str = ""
+    consistency_by_class: dict[str, float] = field(default_factory=dict)
+
+
+def to_unit(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return pixels.astype(np.float32) / 127.5 - 1.0
+
+
+def to_pixels(images) -> np.ndarray:
+    """[-1, 1] -> uint8."""
+    return np.clip((np.asarray(images) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+
+
+def resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Square uint8 images to ``size`` (the image model's input)."""
+    if pixels.shape[1] == size:
+        return pixels
+    import tensorflow as tf
+
+    return tf.cast(tf.round(tf.image.resize(pixels, (size, size), "bilinear")), tf.uint8).numpy()
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two sets of embeddings (rows)."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    root = root.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+def gan_quality(
+    gan, cnn, real_pixels: np.ndarray, real_labels: list[str], n: int = 512, seed: int = 0
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Frechet distances and class consistency of ``gan`` judged by the image model ``cnn``, and the
+    consistency per category (categories requested at least ``MIN_PER_CLASS`` times): one overall
+    figure hides a category the generator draws as another one."""
+    from visrec.vision.embed import embed_pixels
+
+    rng = np.random.default_rng(seed)
+    size = cnn.image_size
+    names = list(gan.class_names)
+    cnn_index = {c: k for k, c in enumerate(cnn.class_names)}
+    usable = np.array([c in cnn_index and c in names for c in real_labels])
+    real_pixels, labels = real_pixels[usable], np.array(real_labels)[usable]
+    order = rng.permutation(len(real_pixels))
+    half = len(order) // 2
+    real_emb = embed_pixels(cnn, resize(real_pixels, size))
+    floor = frechet_distance(real_emb[order[:half]], real_emb[order[half:]])
+    # Generate in the real class mix, so the comparison is like for like.
+    requested = rng.choice(labels, size=min(n, len(labels)), replace=True)
+    generated = to_pixels(gan.generate(np.array([names.index(c) for c in requested]), seed=seed))
+    generated = resize(generated, size)
+    fake_emb = embed_pixels(cnn, generated)
+    distance = frechet_distance(fake_emb, real_emb[order[: len(fake_emb)]])
+    fake_pred = np.asarray(cnn.predict(generated, verbose=0)).argmax(1)
+    real_pred = np.asarray(cnn.predict(resize(real_pixels, size), verbose=0)).argmax(1)
+    hits = fake_pred == np.array([cnn_index[c] for c in requested])
+    consistency = float(np.mean(hits))
+    real_accuracy = float(np.mean(real_pred == np.array([cnn_index[c] for c in labels])))
+    by_class = {
+        str(c): float(hits[requested == c].mean())
+        for c in sorted(set(requested))
+        if (requested == c).sum() >= MIN_PER_CLASS
+    }
+    metrics = {
+        "frechet_distance": distance,
+        "frechet_real_vs_real": floor,
+        "frechet_ratio": distance / max(floor, 1e-9),
+        "class_consistency": consistency,
+        "cnn_accuracy_on_real": real_accuracy,
+        "consistency_over_real_accuracy": consistency / max(real_accuracy, 1e-9),
+        "class_consistency_lowest": min(by_class.values(), default=float("nan")),
+        "classes_mostly_missed": float(sum(v < MISSED_BELOW for v in by_class.values())),
+    }
+    return metrics, by_class
+
+
+def sample_grid(gan, per_class: int = 8, seed: int = 0, classes: list[int] | None = None) -> bytes:
+    """A PNG with one row per category (every category, or the label indices in ``classes``)."""
+    from PIL import Image
+
+    rows = np.arange(len(gan.class_names)) if classes is None else np.asarray(classes)
+    n = len(rows)
+    labels = np.repeat(rows, per_class)
+    images = to_pixels(gan.generate(labels, seed=seed))
+    r = images.shape[1]
+    grid = images.reshape(n, per_class, r, r, 3).transpose(0, 2, 1, 3, 4).reshape(n * r, per_class * r, 3)
+    buf = io.BytesIO()
+    Image.fromarray(grid).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def load_gan(version: str | None = None):
+    """Load a registered GAN (``version`` like ``visrec-gan/2``, the champion without one); returns
+    ``(gan, version)``."""
+    import visrec.models.gan  # noqa: F401  (registers the custom classes with Keras)
+    from visrec.mlops.registry import load_keras, model_uri
+
+    return load_keras(model_uri(MODEL_NAME, version))
+
+def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: GANConfig | None = None,
+              cnn=None) -> GANResult:  # fmt: skip
+    """Train the conditional GAN on ``ds``'s staged images; measure it with the image model (the
+    champion unless ``cnn`` is given); log losses, a sample grid and the quality to MLflow; register
+    it as ``visrec-gan`` (champion only if its Frechet ratio is no worse than the champion's)."""
+    import keras
+
+    import mlflow
+    from visrec.mlops import registry
+    from visrec.mlops.callbacks import EpochReport
+    from visrec.mlops.tracking import tracked_run, use_tracking
+    from visrec.models.callbacks import TimeBudget
+    from visrec.models.gan import ConditionalGAN
+    from visrec.store.tables import load_staged_images
+    from visrec.vision.embed import load_cnn
+
+    config = config or GANConfig()
+    lake = lake or Lake.from_settings(settings)
+    images = load_staged_images(lake, ds)
+    class_names = sorted(set(images.categories))
+    labels = np.array([class_names.index(c) for c in images.categories], np.int32)
+    keras.utils.set_random_seed(settings.seed)
+    if config.register:
+        use_tracking(settings)
+    if cnn is None:
+        cnn, _ = load_cnn()
+    pixels = resize(images.pixels, config.resolution)
+    gan = ConditionalGAN(class_names, latent_dim=config.latent_dim, resolution=config.resolution,
+                         width=config.width, label_smoothing=config.label_smoothing,
+                         class_weight=config.class_weight, augment=config.augment, seed=settings.seed,
+                         minibatch_kernels=config.minibatch_kernels)  # fmt: skip
+    gan.build()
+    gan.compile()
+    data = in_memory_batches(
+        (to_unit(pixels), labels), config.batch_size, shuffle_seed=settings.seed, drop_remainder=True
+    )
+    run = (
+        tracked_run(settings, "train_gan", ds=ds, nested=mlflow.active_run() is not None)
+        if config.register
+        else None
+    )
+    with run if run is not None else nullcontext():
+        if config.register:
+            mlflow.log_params({**asdict(config), "n_images": len(labels), "n_classes": len(class_names)})
+        started = time.perf_counter()
+        report = EpochReport("gan", config.epochs)
+        gan.fit(data, epochs=config.epochs, verbose=0, callbacks=[TimeBudget(config.max_minutes, "gan"), report])
+        train_seconds = time.perf_counter() - started
+        metrics, by_class = gan_quality(
+            gan, cnn, images.pixels, images.categories, config.quality_samples, settings.seed
+        )
+        metrics.update(train_seconds=train_seconds, epochs_run=len(report.history))
+        result = GANResult(gan, metrics, class_names, consistency_by_class=by_class)
+        if config.register:
+            import mlflow.keras
+
+            mlflow.log_metrics({k: v for k, v in metrics.items()})
+            mlflow.log_dict(by_class, "class_consistency.json")
+            mlflow.log_image(_png_array(sample_grid(gan)), "samples.png")
+            info = mlflow.keras.log_model(gan, name="model", pip_requirements=["keras", "tensorflow-cpu"])
+            current = registry.champion(MODEL_NAME)
+            champion_ratio = None
+            if current is not None:
+                champion_ratio = mlflow.get_run(current.run_id).data.metrics.get("frechet_ratio")
+            registration = registry.register(info.model_uri, MODEL_NAME, metric="frechet_ratio",
+                                             value=metrics["frechet_ratio"], champion_value=champion_ratio,
+                                             higher_is_better=False, tolerance=0.05)  # fmt: skip
+            result.version = f"{MODEL_NAME}/{registration.version}"
+            result.promoted, result.reason = registration.promoted, registration.reason
+    log.info("gan %s: %s", ds, {k: round(v, 4) for k, v in metrics.items()})
+    missed = sorted(c for c, v in by_class.items() if v < MISSED_BELOW)
+    if missed:
+        log.info("gan %s: recognised in fewer than half of their images: %s", ds, ", ".join(missed))
+    return result
+
+
+def _png_array(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def gan_due(settings: Settings, lake: Lake, ds: str) -> tuple[bool, str]:
+    """Whether the nightly run should train the GAN on ``ds``: when there is no GAN yet, when the last
+    training is ``VISREC_GAN_EVERY_DAYS`` or more days old, or when more than
+    ``VISREC_GAN_CATALOG_CHANGE`` of the catalog is new since then. Otherwise generate with the champion."""
+    check_ds(ds)
+    trained = []
+    for run_ds in run_dates(lake):
+        summary = run_summary(lake, run_ds, "train_gan") if run_ds <= ds else None
+        if summary and summary.get("trained"):
+            trained.append((run_ds, summary))
+    if not trained:
+        return True, "no GAN trained yet"
+    last_ds, last = max(trained)
+    age = (date.fromisoformat(ds) - date.fromisoformat(last_ds)).days
+    if age == 0:
+        return False, f"trained for {ds} already ({last.get('version')})"
+    if age >= settings.gan_every_days:
+        return True, f"last trained {age} days ago (every {settings.gan_every_days} days)"
+    staged = set(lake.read_table("staging_images", ds).column("item_id").to_pylist())
+    before = set(last.get("items", []))
+    changed = len(staged - before) / max(len(staged), 1)
+    if changed > settings.gan_catalog_change:
+        return (
+            True,
+            f"{changed:.0%} of the catalog is new since {last_ds} (threshold {settings.gan_catalog_change:.0%})",
+        )
+    return (
+        False,
+        f"last trained {age} days ago, {changed:.0%} of the catalog new: generating with the champion",
+    )

@@ -1,0 +1,69 @@
+"""MLflow: one helper that opens a (nested) run with the pipeline's tags.
+
+The tracking store is the configured URI (SQLite under ``VISREC_HOME`` by default) and artifacts go to
+the configured location, never to ``./mlruns`` in whatever folder the process happens to run in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from visrec import __version__
+from visrec.settings import Settings
+
+if TYPE_CHECKING:
+    import mlflow
+
+
+def use_tracking(settings: Settings) -> None:
+    """Point MLflow (tracking and registry) at ``settings.mlflow_tracking_uri``; SQLite's folder is created."""
+    import mlflow
+
+    if settings.mlflow_tracking_uri.startswith("sqlite:///"):
+        Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+            parents=True, exist_ok=True
+        )
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+
+
+def ensure_experiment(settings: Settings, name: str | None = None) -> str:
+    """Return the id of the experiment ``name`` (default: the pipeline's), creating it with an
+    explicit artifact location under ``settings.mlflow_artifact_uri`` when it does not exist."""
+    import mlflow
+
+    use_tracking(settings)
+    name = name or settings.mlflow_experiment
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = f"{settings.mlflow_artifact_uri.rstrip('/')}/{name}"
+    return client.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def tracked_run(
+    settings: Settings,
+    name: str,
+    *,
+    ds: str | None = None,
+    nested: bool = False,
+    tags: dict[str, str] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Open an MLflow run tagged with the pipeline's context; nested under the active run if asked.
+
+    Tags: ``visrec.version``, ``visrec.step`` (= ``name``), ``visrec.lake``, and ``visrec.ds`` when
+    given. The run ends (FINISHED, or FAILED on an exception) when the block exits.
+    """
+    import mlflow
+
+    experiment_id = ensure_experiment(settings)
+    all_tags = {"visrec.version": __version__, "visrec.step": name, "visrec.lake": settings.lake_uri}
+    if ds:
+        all_tags["visrec.ds"] = ds
+    all_tags.update(tags or {})
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=nested, tags=all_tags) as run:
+        yield run

@@ -1,0 +1,260 @@
+"""Recommenders behind one batch-first interface, after benfred/implicit:
+
+    model.fit(data)
+    ids, scores = model.recommend(userids, user_items, N=20, filter_already_liked_items=True,
+                                  filter_items=None)
+
+Users and items are integer indices (``TrainData`` holds the id maps). ``recommend`` scores users in
+chunks (memory is chunk x items, never users x items) and selects with the one top-K of
+:mod:`visrec.models.topk` (filters, padding with id -1 and score -inf).
+
+Factor models (scores ``u . V + b``) inherit ``FactorRecommender``, whose ``recommend`` hands its
+vectors to ``topk`` itself: the product, the filters and the selection in one graph per chunk.
+
+Implemented here: ``Popularity`` (recent window), ``ItemCF`` (cosine item-item co-occurrence) and
+``SparkItemCF`` (the same, computed by a Spark job), ``SparkALS`` (Spark ML implicit ALS),
+``VisualProfile`` (content only: the user's mean image embedding). VBPR lives in :mod:`visrec.recsys.vbpr`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+
+from visrec.models.topk import GROUP, topk, topk_scores
+from visrec.recsys.data import TrainData
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+class Recommender:
+    """Base class: subclasses implement ``fit`` and ``score`` (dense scores for some users)."""
+
+    chunk_size = 2048
+
+    def fit(self, data: TrainData) -> Recommender:
+        raise NotImplementedError
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def recommend(
+        self,
+        userids: np.ndarray,
+        user_items: sp.csr_matrix,
+        N: int = 10,
+        filter_already_liked_items: bool = True,
+        filter_items: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``N`` items for each of ``userids``: (ids, scores), each (len(userids), N); already-liked
+        items (non-zeros of ``user_items``' rows) and ``filter_items`` are never returned."""
+        userids = np.asarray(userids, dtype=np.int64)
+        liked = user_items[userids] if filter_already_liked_items else None
+        all_ids, all_scores = [], []
+        for start in range(0, len(userids), self.chunk_size):
+            stop = start + self.chunk_size
+            ids, scores = topk_scores(self.score(userids[start:stop]), N,
+                                      filter_query_items=None if liked is None else liked[start:stop],
+                                      filter_items=filter_items)  # fmt: skip
+            all_ids.append(ids)
+            all_scores.append(scores)
+        if not all_ids:
+            k = min(N, user_items.shape[1])
+            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        return np.concatenate(all_ids), np.concatenate(all_scores)
+
+
+class FactorRecommender(Recommender):
+    """A model whose scores are ``user_vectors @ item_vectors.T + item_biases`` (biases optional);
+    subclasses set the three arrays in ``fit``."""
+
+    user_vectors: np.ndarray
+    item_vectors: np.ndarray
+    item_biases: np.ndarray | None = None
+    chunk_size = 4096
+    group_size = GROUP
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        scores = self.user_vectors[userids] @ self.item_vectors.T
+        return scores if self.item_biases is None else scores + self.item_biases[None, :]
+
+    def recommend(self, userids, user_items, N=10, filter_already_liked_items=True, filter_items=None):
+        userids = np.asarray(userids, dtype=np.int64)
+        return topk(self.item_vectors, self.user_vectors[userids], N, item_biases=self.item_biases,
+                    filter_query_items=user_items[userids] if filter_already_liked_items else None,
+                    filter_items=filter_items, chunk=self.chunk_size, group=self.group_size)  # fmt: skip
+
+
+class VisualProfile(FactorRecommender):
+    """Content-based: a user's profile is the confidence-weighted mean of the image embeddings of their
+    items, and an item scores its cosine with it. Knows nothing of other users, so it reaches items
+    nobody has bought yet as easily as popular ones (the content baseline for VBPR)."""
+
+    def fit(self, data: TrainData) -> VisualProfile:
+        if data.item_features is None:
+            raise ValueError("VisualProfile needs TrainData.item_features (the image embeddings)")
+        profiles = np.asarray(data.user_items @ data.item_features, dtype=np.float32)
+        norms = np.linalg.norm(profiles, axis=1, keepdims=True)
+        self.user_vectors = profiles / np.where(norms > 0, norms, 1.0)
+        self.item_vectors = data.item_features.astype(np.float32)
+        self.item_biases = None
+        return self
+
+
+class Popularity(Recommender):
+    """What most users interacted with recently (the same list for everyone)."""
+
+    def __init__(self):
+        self.popularity: np.ndarray | None = None
+
+    def fit(self, data: TrainData) -> Popularity:
+        matrix = data.recent_user_items if data.recent_user_items is not None else data.user_items
+        users_per_item = np.asarray((matrix > 0).sum(axis=0)).ravel().astype(np.float32)
+        # Ties broken by all-time popularity, then by index: deterministic.
+        all_time = np.asarray((data.user_items > 0).sum(axis=0)).ravel().astype(np.float32)
+        self.popularity = users_per_item + all_time / (all_time.max() + 1.0) * 0.5
+        return self
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.popularity, (len(userids), len(self.popularity)))
+
+
+class SegmentPopularity(Recommender):
+    """What is popular recently among users of the same segment (``new``, ``loyal``, ...); users with
+    no segment, or of a segment with fewer than ``min_users`` members, get the global list."""
+
+    def __init__(self, segments: list[str | None], min_users: int = 20):
+        self.segments, self.min_users = list(segments), min_users
+        self.global_: np.ndarray | None = None
+        self.by_segment: dict[str, np.ndarray] = {}
+
+    def fit(self, data: TrainData) -> SegmentPopularity:
+        if len(self.segments) != data.n_users:
+            raise ValueError(f"{len(self.segments)} segments for {data.n_users} users")
+        self.global_ = Popularity().fit(data).popularity
+        recent = data.recent_user_items if data.recent_user_items is not None else data.user_items
+        labels = np.array([s or "" for s in self.segments])
+        for segment in sorted(set(labels) - {""}):
+            rows = np.flatnonzero(labels == segment)
+            if len(rows) >= self.min_users:
+                counts = np.asarray((recent[rows] > 0).sum(axis=0)).ravel().astype(np.float32)
+                # The global list breaks ties (and fills in items the segment never touched).
+                self.by_segment[segment] = counts + self.global_ / (self.global_.max() + 1.0) * 0.5
+        return self
+
+    def for_users(self, segments: list[str | None]) -> SegmentPopularity:
+        """The fitted lists, scoring another set of users (e.g. a subset) by their segments."""
+        out = SegmentPopularity(segments, self.min_users)
+        out.global_, out.by_segment = self.global_, self.by_segment
+        return out
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        return np.stack([self.by_segment.get(self.segments[u] or "", self.global_) for u in userids])
+
+
+class ItemCF(Recommender):
+    """Item-item collaborative filtering: score(u, i) = sum over u's items j of cos(i, j), with each
+    item keeping its ``neighbours`` most similar items (cosine of binary user-item columns)."""
+
+    def __init__(self, neighbours: int = 100):
+        self.neighbours = neighbours
+        self.similarity: sp.csr_matrix | None = None
+        self.user_items: sp.csr_matrix | None = None
+
+    def fit(self, data: TrainData) -> ItemCF:
+        binary = (data.user_items > 0).astype(np.float64).tocsc()
+        counts = np.asarray(binary.sum(axis=0)).ravel()
+        sim = (binary.T @ binary).tocsr()  # co-occurrence counts, exact
+        sim.setdiag(0)
+        sim.eliminate_zeros()
+        sim.sort_indices()  # ties in the top-neighbours cut go to the lower index, as in the Spark job
+        rows = np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))
+        # The Spark job's formula and rounding (double, then float32), so both keep the same neighbours.
+        sim.data = sim.data / np.sqrt(counts[rows] * counts[sim.indices])
+        self.similarity = _keep_top_per_row(sim.astype(np.float32), self.neighbours)
+        self.user_items = (data.user_items > 0).astype(np.float32).tocsr()
+        return self
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        return np.asarray((self.user_items[userids] @ self.similarity).todense())
+
+
+class SparkItemCF(ItemCF):
+    """``ItemCF`` with the similarities computed by the Spark job ``visrec.jobs.item_cf`` (for
+    interaction logs larger than one machine's memory); scoring is the same sparse product."""
+
+    def __init__(self, spark: SparkSession, neighbours: int = 100, max_items_per_user: int | None = None):
+        super().__init__(neighbours)
+        self.spark, self.max_items_per_user = spark, max_items_per_user
+
+    def fit(self, data: TrainData) -> SparkItemCF:
+        import pandas as pd
+
+        from visrec.recsys.spark_item_cf import item_similarities
+
+        coo = data.user_items.tocoo()
+        pairs = self.spark.createDataFrame(pd.DataFrame({
+            "user": coo.row.astype(np.int32), "item": coo.col.astype(np.int32),
+            "confidence": coo.data.astype(np.float64)}))  # fmt: skip
+        sims = item_similarities(pairs, self.neighbours, self.max_items_per_user).toArrow()
+        self.similarity = sp.csr_matrix(
+            (sims.column("similarity").to_numpy(), (sims.column("item").to_numpy(), sims.column("other").to_numpy())),
+            shape=(data.n_items, data.n_items), dtype=np.float32,
+        )  # fmt: skip
+        self.user_items = (data.user_items > 0).astype(np.float32).tocsr()
+        return self
+
+
+def _keep_top_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    rows, cols, vals = [], [], []
+    for r in range(matrix.shape[0]):
+        start, end = matrix.indptr[r], matrix.indptr[r + 1]
+        if end == start:
+            continue
+        data, idx = matrix.data[start:end], matrix.indices[start:end]
+        keep = np.argsort(-data, kind="stable")[:k]
+        rows.append(np.full(len(keep), r))
+        cols.append(idx[keep])
+        vals.append(data[keep])
+    if not rows:
+        return sp.csr_matrix(matrix.shape, dtype=np.float32)
+    return sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=matrix.shape
+    )
+
+
+class SparkALS(FactorRecommender):
+    """Spark ML's implicit-feedback ALS (Hu, Koren & Volinsky). Needs a SparkSession with a
+    checkpoint directory (``visrec.spark.get_spark`` sets one: without it ALS overflows its stack)."""
+
+    def __init__(self, spark: SparkSession, factors: int = 32, regularization: float = 0.05,
+                 alpha: float = 10.0, iterations: int = 10, seed: int = 42):  # fmt: skip
+        self.spark = spark
+        self.factors, self.regularization, self.alpha = factors, regularization, alpha
+        self.iterations, self.seed = iterations, seed
+
+    def fit(self, data: TrainData) -> SparkALS:
+        from pyspark.ml.recommendation import ALS
+
+        coo = data.user_items.tocoo()
+        frame = self.spark.createDataFrame(
+            list(zip(coo.row.tolist(), coo.col.tolist(), coo.data.astype(float).tolist(), strict=True)),
+            "user int, item int, confidence double",
+        )
+        als = ALS(rank=self.factors, maxIter=self.iterations, regParam=self.regularization, alpha=self.alpha,
+                  implicitPrefs=True, userCol="user", itemCol="item", ratingCol="confidence", seed=self.seed,
+                  checkpointInterval=5, nonnegative=False, coldStartStrategy="nan")  # fmt: skip
+        model = als.fit(frame)
+        self.user_vectors = _factor_matrix(model.userFactors.collect(), data.n_users, self.factors)
+        self.item_vectors = _factor_matrix(model.itemFactors.collect(), data.n_items, self.factors)
+        return self
+
+
+def _factor_matrix(rows, n: int, k: int) -> np.ndarray:
+    out = np.zeros((n, k), np.float32)
+    for row in rows:
+        out[row["id"]] = row["features"]
+    return out

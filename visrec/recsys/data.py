@@ -1,0 +1,139 @@
+"""From lake tables to training data: confidence matrices, the temporal evaluation split, the
+production training set and the already-bought matrix.
+
+Evaluation uses a global time cut: events before ``end of ds - VISREC_TEST_DAYS`` train, and the
+(user, item) pairs with a click, cart or purchase after it (and not already in the user's training
+history) are what a model should find. Item ids are those with an image embedding (the catalog the
+visual models can see); events on other items are counted and left out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from visrec.ingest.jobs.features import end_of_day
+from visrec.settings import Settings
+from visrec.store.lake import Lake
+from visrec.store.tables import item_embeddings, load_events
+
+
+@dataclass
+class TrainData:
+    """What every recommender fits on."""
+
+    user_items: sp.csr_matrix  # (n_users, n_items) implicit-feedback confidence
+    item_features: np.ndarray | None = None  # (n_items, d) L2-normalised image embeddings
+    recent_user_items: sp.csr_matrix | None = None  # the last days only, for popularity
+    user_ids: list[str] = field(default_factory=list)
+    item_ids: list[str] = field(default_factory=list)
+
+    @property
+    def n_users(self) -> int:
+        return self.user_items.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.user_items.shape[1]
+
+
+INTENT_EVENTS = ("click", "add_to_cart", "purchase")
+
+
+@dataclass
+class Split:
+    """Training data before the cut and what each user did after it."""
+
+    train: TrainData
+    relevant: list[set[int]]
+    cold: np.ndarray  # items with no interaction before the cut
+    cut: datetime
+    dropped_events: int
+
+
+def confidence_matrix(events: pd.DataFrame, users: dict[str, int], items: dict[str, int], ref: datetime,
+                      settings: Settings) -> sp.csr_matrix:  # fmt: skip
+    """Users x items confidence, the same formula as the ``interactions`` table, aged to ``ref``."""
+    if events.empty:
+        return sp.csr_matrix((len(users), len(items)), dtype=np.float32)
+    weights = settings.weights()
+    age_days = (pd.Timestamp(ref, tz="UTC") - events["ts"]).dt.total_seconds().to_numpy() / 86400.0
+    value = events["event_type"].map(weights).to_numpy() * 0.5 ** (age_days / settings.decay_half_life_days)
+    rows = events["user_id"].map(users).to_numpy()
+    cols = events["item_id"].map(items).to_numpy()
+    matrix = sp.coo_matrix((value.astype(np.float32), (rows, cols)), shape=(len(users), len(items))).tocsr()
+    matrix.sum_duplicates()
+    return matrix
+
+
+def _frame_indexed(events: pd.DataFrame, item_index: dict[str, int]) -> tuple[pd.DataFrame, int]:
+    known = events["item_id"].isin(item_index.keys())
+    return events[known], int((~known).sum())
+
+
+def build_split(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | None = None) -> Split:
+    """The evaluation split as of ``ds`` (see the module docstring); ``events`` as ``load_events``
+    gives them, when the caller has them already."""
+    item_ids, features, _ = item_embeddings(lake, ds)
+    item_index = {item: k for k, item in enumerate(item_ids)}
+    events, dropped = _frame_indexed(load_events(lake, ds) if events is None else events, item_index)
+    cut = end_of_day(ds) - timedelta(days=settings.test_days)
+    cut_ts = pd.Timestamp(cut, tz="UTC")
+    train_events = events[events["ts"] < cut_ts]
+    test_events = events[(events["ts"] >= cut_ts) & events["event_type"].isin(INTENT_EVENTS)]
+    user_ids = sorted(set(events["user_id"]))
+    user_index = {u: k for k, u in enumerate(user_ids)}
+    train = confidence_matrix(train_events, user_index, item_index, cut, settings)
+    recent = confidence_matrix(train_events[train_events["ts"] >= cut_ts - pd.Timedelta(days=7)], user_index,
+                               item_index, cut, settings)  # fmt: skip
+    relevant: list[set[int]] = [set() for _ in user_ids]
+    for user, item in zip(
+        test_events["user_id"].map(user_index), test_events["item_id"].map(item_index), strict=True
+    ):
+        relevant[user].add(int(item))
+    for u in range(len(user_ids)):
+        relevant[u] -= set(train.indices[train.indptr[u] : train.indptr[u + 1]].tolist())
+    cold = np.asarray((train > 0).sum(axis=0)).ravel() == 0
+    data = TrainData(train, features, recent, user_ids, item_ids)
+    return Split(data, relevant, cold, cut, dropped)
+
+
+def full_data(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | None = None) -> TrainData:
+    """All events up to the end of ``ds``: what the production model trains on."""
+    item_ids, features, _ = item_embeddings(lake, ds)
+    item_index = {item: k for k, item in enumerate(item_ids)}
+    events, _ = _frame_indexed(load_events(lake, ds) if events is None else events, item_index)
+    user_ids = sorted(set(events["user_id"]))
+    user_index = {u: k for k, u in enumerate(user_ids)}
+    ref = end_of_day(ds)
+    matrix = confidence_matrix(events, user_index, item_index, ref, settings)
+    recent_events = events[events["ts"] >= pd.Timestamp(ref - timedelta(days=7), tz="UTC")]
+    recent = confidence_matrix(recent_events, user_index, item_index, ref, settings)
+    return TrainData(matrix, features, recent, user_ids, item_ids)
+
+
+def purchased_matrix(events: pd.DataFrame, data: TrainData) -> sp.csr_matrix:
+    """Users x items, 1 where the user already bought the item (never recommended again)."""
+    user_index = {u: k for k, u in enumerate(data.user_ids)}
+    item_index = {i: k for k, i in enumerate(data.item_ids)}
+    bought = events[(events["event_type"] == "purchase") & events["item_id"].isin(item_index.keys())
+                    & events["user_id"].isin(user_index.keys())]  # fmt: skip
+    rows = bought["user_id"].map(user_index).to_numpy()
+    cols = bought["item_id"].map(item_index).to_numpy()
+    out = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(data.n_users, data.n_items))
+    out.sum_duplicates()
+    return out
+
+
+def _categories(lake: Lake, ds: str, item_ids: list[str]) -> list[str]:
+    from visrec.store.catalog import read_catalog
+
+    catalog, _ = read_catalog(lake)
+    category = dict(
+        zip(catalog.column("item_id").to_pylist(), catalog.column("category").to_pylist(), strict=True)
+    )
+    return [category.get(i, "") for i in item_ids]

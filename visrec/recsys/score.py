@@ -1,0 +1,301 @@
+"""Batch scoring of every user into the ``recommendations`` table: the champion's scores, photo
+evidence, generated looks' nearest items, popularity for users without history, business rules.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+
+from visrec.errors import VisrecError
+from visrec.recsys.baselines import Recommender
+from visrec.recsys.data import TrainData, _categories, full_data, purchased_matrix
+from visrec.recsys.train import MODEL_NAME, FactorScorer, MFConfig, champion_scorer
+from visrec.settings import Settings
+from visrec.store.lake import Lake
+from visrec.store.tables import item_embeddings, load_events
+
+log = logging.getLogger(__name__)
+
+
+def score_all_users(
+    model: Recommender,
+    data: TrainData,
+    purchased: sp.csr_matrix,
+    categories: list[str],
+    *,
+    k: int = 20,
+    max_per_category: int | None = None,
+    exclude: list[str] | None = None,
+    model_version: str = "",
+    source: str = "mf",
+    chunk: int = 2048,
+) -> pa.Table:
+    """Top ``k`` for every user in chunks: already-bought and excluded items filtered, at most
+    ``max_per_category`` items of one category per list (greedy over 3k candidates)."""
+    item_index = {i: n for n, i in enumerate(data.item_ids)}
+    filter_items = np.array([item_index[i] for i in (exclude or []) if i in item_index], dtype=np.int64)
+    cats = np.array(categories)
+    users_out, ranks, items_out, scores_out = [], [], [], []
+
+    def pick(ids: np.ndarray, scores: np.ndarray) -> tuple[list[int], list[float]]:
+        chosen, chosen_scores, per_cat = [], [], {}
+        for item, score in zip(ids, scores, strict=True):
+            if item < 0:
+                break
+            if max_per_category is not None and per_cat.get(cats[item], 0) >= max_per_category:
+                continue
+            per_cat[cats[item]] = per_cat.get(cats[item], 0) + 1
+            chosen.append(int(item))
+            chosen_scores.append(float(score))
+            if len(chosen) == k:
+                break
+        return chosen, chosen_scores
+
+    for start in range(0, data.n_users, chunk):
+        users = np.arange(start, min(start + chunk, data.n_users))
+        picked: dict[int, tuple[list[int], list[float]]] = {}
+        todo, depth = users, k if max_per_category is None else min(3 * k, data.n_items)
+        # The category cap can skip many candidates: users left short are asked again, deeper.
+        while len(todo):
+            ids, scores = model.recommend(todo, purchased, N=depth, filter_already_liked_items=True,
+                                          filter_items=filter_items)  # fmt: skip
+            short = []
+            for row, user in enumerate(todo):
+                picked[user] = pick(ids[row], scores[row])
+                if len(picked[user][0]) < k and depth < data.n_items and ids[row, -1] >= 0:
+                    short.append(user)
+            todo, depth = np.array(short, dtype=np.int64), min(4 * depth, data.n_items)
+        for user in users:
+            chosen, chosen_scores = picked[user]
+            users_out.extend([data.user_ids[user]] * len(chosen))
+            ranks.extend(range(1, len(chosen) + 1))
+            items_out.extend(data.item_ids[i] for i in chosen)
+            scores_out.extend(chosen_scores)
+    return pa.table({
+        "user_id": users_out, "rank": pa.array(ranks, pa.int16()), "item_id": items_out,
+        "score": pa.array(scores_out, pa.float32()), "source": [source] * len(users_out),
+        "model_version": [model_version] * len(users_out),
+    })  # fmt: skip
+
+
+class PhotoBlend(Recommender):
+    """Photo evidence beside behaviour: per user, ``z(base) + weight * z(photo similarity)``, each score
+    standardised over the user's catalog; users without photos keep the base scores unchanged, and
+    without a base (``None``: users whose only signal is uploads) the photo similarity alone ranks."""
+
+    def __init__(self, base: Recommender | None, photo_vectors: np.ndarray, has_photos: np.ndarray,
+                 item_features: np.ndarray, weight: float):  # fmt: skip
+        self.base, self.photo_vectors, self.has_photos = base, photo_vectors, has_photos
+        self.item_features, self.weight = item_features, weight
+
+    def fit(self, data: TrainData) -> PhotoBlend:
+        return self
+
+    @staticmethod
+    def _z(x: np.ndarray) -> np.ndarray:
+        finite = np.isfinite(x)
+        safe = np.where(finite, x, np.nan)
+        mean, std = np.nanmean(safe, axis=1, keepdims=True), np.nanstd(safe, axis=1, keepdims=True)
+        return np.where(finite, (x - mean) / (std + 1e-9), -np.inf)
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        visual = self.photo_vectors[userids] @ self.item_features.T
+        if self.base is None:
+            return visual
+        out = self.base.score(userids).astype(np.float32)
+        rows = self.has_photos[userids]
+        if rows.any():
+            out[rows] = self._z(out[rows]) + self.weight * self._z(visual[rows])
+        return out
+
+
+def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config: MFConfig | None = None,
+                scorer: FactorScorer | None = None, exclude: list[str] | None = None,
+                looks_version: str = "visrec-gan") -> pa.Table:  # fmt: skip
+    """Recommendations for every user as of ``ds`` -> ``recommendations``.
+
+    Users the champion recommender knows: its scores, blended with their photos' visual evidence when
+    they uploaded any (``source='mf'``); when the day has generated looks for them, real items nearest
+    those looks take the last places (``source='generated'``, see ``add_generated_candidates``).
+    Users whose only signal is uploads: ranked by how close items look to their photos
+    (``source='photo'``). Everyone else: what is popular lately among users of their segment, or
+    overall for users without one (``source='popular'``). Forgotten users get nothing."""
+    from visrec.recsys.baselines import SegmentPopularity
+    from visrec.store.forgotten import forgotten_users
+    from visrec.store.tables import photo_profiles
+
+    config = config or MFConfig()
+    lake = lake or Lake.from_settings(settings)
+    scorer = scorer or champion_scorer(settings)
+    if scorer is None:
+        from visrec.errors import VisrecError
+
+        raise VisrecError(
+            f"no champion {MODEL_NAME} in {settings.mlflow_tracking_uri}; run `visrec train mf --ds {ds}`"
+        )
+    events = load_events(lake, ds)
+    data = full_data(settings, lake, ds, events)
+    photo_users, photo_vectors, photo_version = photo_profiles(lake, ds)
+    _, _, embedding_version = item_embeddings(lake, ds)
+    if photo_users and photo_version not in embedding_version.split(","):
+        log.warning("user photos of %s were embedded with %s, the catalog with %s: photos not used",
+                    ds, photo_version, embedding_version)  # fmt: skip
+        photo_users = []
+    forgotten = forgotten_users(lake)
+    # Every user with events or photos, minus the forgotten; upload-only users get empty history rows.
+    extra = sorted(set(photo_users) - set(data.user_ids))
+    user_ids = data.user_ids + extra
+    rows = np.array([u not in forgotten for u in user_ids])
+    empty = sp.csr_matrix((len(extra), data.n_items), dtype=np.float32)
+    everyone = TrainData(sp.vstack([data.user_items, empty]).tocsr()[rows], data.item_features,
+                         sp.vstack([data.recent_user_items, empty]).tocsr()[rows],
+                         [u for u, keep in zip(user_ids, rows, strict=True) if keep], data.item_ids)  # fmt: skip
+    purchased = sp.vstack([purchased_matrix(events, data), empty]).tocsr()[rows]
+    vectors = np.zeros((everyone.n_users, data.item_features.shape[1]), np.float32)
+    has_photos = np.zeros(everyone.n_users, bool)
+    if photo_users:
+        position = {u: k for k, u in enumerate(everyone.user_ids)}
+        for u, vector in zip(photo_users, photo_vectors, strict=True):
+            if u in position:
+                vectors[position[u]], has_photos[position[u]] = vector, True
+    categories = _categories(lake, ds, data.item_ids)
+    # Segments come from the day's profiles; without them every unknown user gets the global list.
+    profiles = (lake.read_table("user_profiles", ds).select(["user_id", "segment"]).to_pylist()
+                if lake.manifest("user_profiles", ds) is not None else [])  # fmt: skip
+    segment_of = {p["user_id"]: p["segment"] for p in profiles}
+    segments = [segment_of.get(u) for u in everyone.user_ids]
+    popular = SegmentPopularity(segments).fit(everyone)
+    aligned = scorer.aligned(everyone.user_ids, everyone.item_ids)
+    known = aligned.known_users
+    weight = settings.photo_weight
+    groups = (
+        (known, PhotoBlend(aligned, vectors, has_photos, data.item_features, weight), "mf", scorer.version),
+        (~known & has_photos, PhotoBlend(None, vectors, has_photos, data.item_features, weight), "photo",
+         f"{scorer.version}+{photo_version}"),
+        (~known & ~has_photos, popular, "popular", "popularity-by-segment"),
+    )  # fmt: skip
+    parts = []
+    for mask, model, source, version in groups:
+        if not mask.any():
+            continue
+        index = np.flatnonzero(mask)
+        sub = TrainData(everyone.user_items[index], data.item_features, None,
+                        [everyone.user_ids[i] for i in index], data.item_ids)  # fmt: skip
+        if isinstance(model, PhotoBlend):
+            base = model.base.aligned(sub.user_ids, sub.item_ids) if model.base is not None else None
+            model = PhotoBlend(base, vectors[index], has_photos[index], data.item_features, weight)
+        elif isinstance(model, SegmentPopularity):
+            model = model.for_users([segments[i] for i in index])
+        parts.append(score_all_users(model, sub, purchased[index], categories, k=settings.top_k,
+                                     max_per_category=config.max_per_category, exclude=exclude,
+                                     model_version=version, source=source))  # fmt: skip
+    table = pa.concat_tables(parts) if parts else None
+    if table is None:
+        from visrec.store.schemas import RECOMMENDATIONS
+
+        table = RECOMMENDATIONS.empty_table()
+    looks = (
+        lake.read_table("generated_looks", ds) if lake.manifest("generated_looks", ds) is not None else None
+    )
+    if looks is not None and looks.num_rows and settings.generated_slots > 0:
+        blend = PhotoBlend(aligned, vectors, has_photos, data.item_features, weight)
+        table = add_generated_candidates(table, looks, blend, everyone, purchased, categories,
+                                         slots=settings.generated_slots, max_per_category=config.max_per_category,
+                                         exclude=set(exclude or []), version=f"{scorer.version}+{looks_version}")  # fmt: skip
+    lake.write_table("recommendations", ds, table)
+    log.info("scored %d users for %s (%d with photos, %d upload-only): %d rows", everyone.n_users, ds,
+             int(has_photos.sum()), int((~known & has_photos).sum()), table.num_rows)  # fmt: skip
+    return table
+
+
+def add_generated_candidates(recs: pa.Table, looks: pa.Table, model: Recommender, data: TrainData,
+                             purchased: sp.csr_matrix, categories: list[str], *, slots: int,
+                             max_per_category: int | None, exclude: set[str], version: str) -> pa.Table:  # fmt: skip
+    """Widen the lists of users with generated looks (DVBPR's idea): the last ``slots`` places of a
+    recommender-made list (``source='mf'``) go to the real items nearest the user's looks, taken round
+    robin over the looks (each look's nearest first); items already listed, bought, excluded, unknown
+    to ``data`` or over the category cap are skipped. Each is scored by ``model``, the model that made
+    the rest of the list, and the list is re-sorted by score, so the table keeps its contract (K rows,
+    ranks 1..K, scores non-increasing). Other users' rows are unchanged."""
+    from collections import Counter
+
+    frame = recs.to_pandas()
+    user_pos = {u: k for k, u in enumerate(data.user_ids)}
+    item_pos = {i: k for k, i in enumerate(data.item_ids)}
+    nearest: dict[str, list[list[str]]] = {}
+    for row in sorted(looks.to_pylist(), key=lambda r: (r["user_id"], r["rank"])):
+        nearest.setdefault(row["user_id"], []).append(list(row["nearest_item_ids"]))
+    touched = frame["user_id"].isin(nearest.keys())
+    parts, widened = [frame[~touched]], 0
+    for user, rows in frame[touched].groupby("user_id", sort=False):
+        rows = rows.sort_values("rank")
+        if user not in user_pos or (rows["source"] != "mf").any():
+            parts.append(rows)
+            continue
+        u = user_pos[user]
+        listed, bought = set(rows["item_id"]), set(purchased[u].indices.tolist())
+        per_category = Counter(categories[item_pos[i]] for i in rows["item_id"])
+        tail = rows.iloc[max(len(rows) - slots, 0) :]  # the places a generated item may take, last first
+        given_up = 0
+        scores = model.score(np.array([u]))[0]
+        picks: list[tuple[str, float]] = []
+        depth = max(map(len, nearest[user]))
+        for item in (lst[d] for d in range(depth) for lst in nearest[user] if d < len(lst)):
+            if given_up == len(tail):
+                break
+            pos = item_pos.get(item)
+            if (
+                pos is None
+                or item in listed
+                or pos in bought
+                or item in exclude
+                or not np.isfinite(scores[pos])
+            ):
+                continue
+            out_category = categories[item_pos[tail.iloc[len(tail) - 1 - given_up]["item_id"]]]
+            if (max_per_category is not None and categories[pos] != out_category
+                    and per_category[categories[pos]] >= max_per_category):  # fmt: skip
+                continue
+            per_category[out_category] -= 1
+            per_category[categories[pos]] += 1
+            picks.append((item, float(scores[pos])))
+            listed.add(item)
+            given_up += 1
+        if not picks:
+            parts.append(rows)
+            continue
+        keep = rows.iloc[: len(rows) - len(picks)]
+        added = pd.DataFrame({"user_id": user, "rank": 0, "item_id": [i for i, _ in picks],
+                              "score": np.array([s for _, s in picks], np.float32), "source": "generated",
+                              "model_version": version})  # fmt: skip
+        merged = pd.concat([keep, added]).sort_values("score", ascending=False, kind="stable")
+        merged["rank"] = np.arange(1, len(merged) + 1)
+        parts.append(merged)
+        widened += 1
+    out = pd.concat(parts).sort_values(["user_id", "rank"], kind="stable")
+    log.info("generated looks widened %d users' lists (%d places each at most)", widened, slots)
+    return pa.Table.from_pandas(out, schema=recs.schema, preserve_index=False)
+
+
+def rerank_for_user(settings: Settings, user: str, matches: list, k: int) -> tuple[list, str]:
+    """The visually nearest ``matches`` of a photo (objects with ``item_id`` and ``score``) re-ranked
+    for ``user`` with the same blend as scoring (:class:`PhotoBlend`): the champion recommender's
+    standardised score plus ``VISREC_PHOTO_WEIGHT`` times the standardised visual similarity. Items
+    the recommender does not know are dropped. Returns (the best ``k``, the recommender's version)."""
+    scorer = champion_scorer(settings)
+    if scorer is None:
+        raise VisrecError(
+            f"no champion recommender ({MODEL_NAME}) yet to re-rank by; run `visrec train mf` or drop --user"
+        )
+    if user not in set(scorer.user_ids):
+        raise VisrecError(f"user {user!r} is unknown to {scorer.version}; drop --user for visual results")
+    preference = scorer.aligned([user], [m.item_id for m in matches]).score(np.array([0]))
+    visual = np.array([[m.score for m in matches]], np.float32)
+    blended = (PhotoBlend._z(preference) + settings.photo_weight * PhotoBlend._z(visual))[0]
+    order = [i for i in np.argsort(-blended, kind="stable") if np.isfinite(blended[i])][:k]
+    return [matches[i] for i in order], scorer.version

@@ -1,0 +1,73 @@
+"""The item catalog (``raw/catalog/items.csv``): read, checked, bad rows set aside with a reason."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from visrec.errors import VisrecError
+from visrec.store.lake import Lake
+from visrec.store.schemas import QUARANTINE
+
+CATALOG_KEY = "raw/catalog/items.csv"
+
+
+class CatalogError(VisrecError):
+    """The catalog is missing or unusable."""
+
+
+def read_catalog(lake: Lake) -> tuple[pa.Table, pa.Table]:
+    """Return ``(catalog, quarantine)``: the usable catalog rows (``item_id``, ``category``, ``price``
+    and any other attribute columns, ids as strings) and the rejected rows with their reasons
+    (missing id or category, a repeated item id: the first row wins)."""
+    if not lake.exists(CATALOG_KEY):
+        raise CatalogError(f"no catalog at {lake.url(CATALOG_KEY)}; run `visrec synth` or `visrec import`")
+    raw = lake.get_bytes(CATALOG_KEY)
+    try:
+        header = pacsv.read_csv(io.BytesIO(raw), read_options=pacsv.ReadOptions(skip_rows_after_names=10**9))
+        names = header.column_names
+        table = pacsv.read_csv(
+            io.BytesIO(raw),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}),
+        )
+    except pa.ArrowInvalid as exc:
+        raise CatalogError(f"catalog {lake.url(CATALOG_KEY)} is not a readable CSV: {exc}") from None
+    for required in ("item_id", "category"):
+        if required not in table.column_names:
+            raise CatalogError(f"catalog {lake.url(CATALOG_KEY)} has no {required!r} column")
+    ids = table.column("item_id").to_pylist()
+    cats = table.column("category").to_pylist()
+    keep, bad = [], {"source": [], "record": [], "reason": [], "detail": []}
+    seen: set[str] = set()
+    for row, (item, cat) in enumerate(zip(ids, cats, strict=True)):
+        reason = None
+        if not item or not item.strip():
+            reason, detail = "missing_field", "empty item_id"
+        elif not cat or not cat.strip():
+            reason, detail = "missing_field", f"item {item} has no category"
+        elif item in seen:
+            reason, detail = "duplicate_item", f"item {item} appears again; the first row is kept"
+        if reason:
+            bad["source"].append(CATALOG_KEY)
+            bad["record"].append(
+                ",".join(str(table.column(n)[row].as_py() or "") for n in table.column_names)
+            )
+            bad["reason"].append(reason)
+            bad["detail"].append(detail)
+        else:
+            seen.add(item)
+            keep.append(row)
+    table = table.take(pa.array(keep, pa.int64()))
+    if "price" in table.column_names:
+        price = pc.cast(
+            pc.if_else(pc.equal(table.column("price"), ""), None, table.column("price")), pa.float64()
+        )
+    else:
+        price = pa.nulls(table.num_rows, pa.float64())
+    table = table.drop_columns([c for c in ["price"] if c in table.column_names]).append_column(
+        "price", price
+    )
+    return table, pa.table(bad, schema=QUARANTINE)

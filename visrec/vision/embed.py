@@ -1,0 +1,78 @@
+"""Using the image model: load the champion, embed images and the catalog, build ``similar_items``."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from visrec.models.tfdata import in_memory_batches
+from visrec.models.topk import topk
+from visrec.settings import Settings
+from visrec.store.lake import Lake
+from visrec.store.tables import StagedImages, embeddings_matrix, load_staged_images
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "visrec-cnn"
+
+
+def load_cnn(version: str | None = None):
+    """Load a registered image model (``version`` like ``visrec-cnn/3``, the champion without one);
+    returns ``(model, version)``."""
+    import visrec.models.cnn  # noqa: F401  (registers the custom class with Keras)
+    from visrec.mlops.registry import load_keras, model_uri
+
+    return load_keras(model_uri(MODEL_NAME, version))
+
+def embed_pixels(model, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """L2-normalised embeddings (n, d) float32 of uint8 images, batched through tf.data."""
+    import tensorflow as tf
+
+    if len(pixels) == 0:
+        return np.zeros((0, model.embedding_dim), np.float32)
+    ds = in_memory_batches(pixels, batch_size)
+    embed = tf.function(lambda x: model.embed(x), reduce_retracing=True)
+    return np.concatenate([embed(batch).numpy() for batch in ds]).astype(np.float32)
+
+
+def embed_items(
+    settings: Settings, ds: str, lake: Lake, model, model_version: str, images: StagedImages | None = None
+) -> pa.Table:
+    """Embed every staged item of ``ds`` into ``item_embeddings``; returns the table written."""
+    images = images or load_staged_images(lake, ds)
+    emb = embed_pixels(model, images.pixels)
+    table = pa.table(
+        {
+            "item_id": images.item_ids,
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(emb.reshape(-1), pa.float32()), emb.shape[1]
+            ),
+            "model_version": [model_version] * len(images.item_ids),
+        }
+    )
+    lake.write_table("item_embeddings", ds, table)
+    log.info("embedded %d items with %s (%d dims)", len(images.item_ids), model_version, emb.shape[1])
+    return table
+
+
+def build_similar_items(lake: Lake, ds: str, k: int) -> pa.Table:
+    """Exact top-``k`` neighbours of every item in ``ds``'s embeddings -> ``similar_items``."""
+    table = lake.read_table("item_embeddings", ds)
+    ids = table.column("item_id").to_pylist()
+    matrix = embeddings_matrix(table)
+    # An item is never its own neighbour: the identity filters each query's own row.
+    idx, scores = topk(matrix, matrix, k, filter_query_items=sp.identity(len(ids), format="csr"))
+    kk = idx.shape[1] if len(ids) else 0
+    out = pa.table(
+        {
+            "item_id": np.repeat(np.array(ids, dtype=object), kk).tolist(),
+            "rank": np.tile(np.arange(1, kk + 1, dtype=np.int16), len(ids)),
+            "similar_item_id": [ids[j] for j in idx.reshape(-1)],
+            "score": scores.reshape(-1).astype(np.float32),
+        }
+    )
+    lake.write_table("similar_items", ds, out)
+    return out
