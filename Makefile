@@ -1,4 +1,5 @@
 # make demo | make test | make bench | make lint: each creates or updates .venv from the repo's files.
+# make test runs make lint (ruff check + ruff format --check) before pytest.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -18,7 +19,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m visrec.demo
+	$(BIN)/python -m visrec.app.demo
 
 # The report's browser test needs Debian's chromium: installed here when this is a root Debian machine;
 # elsewhere that one test skips and says why.
@@ -27,7 +28,8 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium is not installed: the report's browser test will skip"
 
-test: $(STAMP) browser
+# Lint first: a formatting or lint error fails the tests (CI runs `make test`).
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -q
 
 # The bench compares against implicit (ALS, BPR): a bench-only dependency, installed here.

@@ -37,16 +37,23 @@ def main() -> None:
     labels = rng.integers(0, len(CATEGORIES), args.items)
     colours, patterns = list(COLOURS), list(PATTERNS)
     started = time.perf_counter()
-    pixels = np.stack([render_item(CATEGORIES[c], colours[rng.integers(8)], patterns[rng.integers(5)], rng)
-                       for c in labels])  # fmt: skip
+    pixels = np.stack(
+        [render_item(CATEGORIES[c], colours[rng.integers(8)], patterns[rng.integers(5)], rng) for c in labels]
+    )
     render_s = time.perf_counter() - started
     split = int(0.8 * args.items)
     model = ImageClassifier(list(CATEGORIES), image_size=64)
     model.compile(keras.optimizers.AdamW(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(pixels[:512], labels[:512], batch_size=128, epochs=1, verbose=0)  # compile / warm up
     started = time.perf_counter()
-    history = model.fit(pixels[:split], labels[:split], batch_size=128, epochs=args.epochs, verbose=0,
-                        validation_data=(pixels[split:], labels[split:]))  # fmt: skip
+    history = model.fit(
+        pixels[:split],
+        labels[:split],
+        batch_size=128,
+        epochs=args.epochs,
+        verbose=0,
+        validation_data=(pixels[split:], labels[split:]),
+    )
     train_s = time.perf_counter() - started
     backend = keras.backend.backend()
     devices = []
@@ -54,13 +61,22 @@ def main() -> None:
         import jax
 
         devices = [str(d) for d in jax.devices()]
-    print(json.dumps({
-        "backend": backend, "devices": devices, "mixed_precision": args.mixed_precision,
-        "train_images_per_s": round(split * args.epochs / train_s), "train_seconds": round(train_s, 1),
-        "render_seconds": round(render_s, 1), "held_out_accuracy": round(history.history["val_accuracy"][-1], 4),
-        "held_out_accuracy_per_epoch": [round(a, 4) for a in history.history["val_accuracy"]],
-        "epochs": args.epochs, "items": args.items,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "backend": backend,
+                "devices": devices,
+                "mixed_precision": args.mixed_precision,
+                "train_images_per_s": round(split * args.epochs / train_s),
+                "train_seconds": round(train_s, 1),
+                "render_seconds": round(render_s, 1),
+                "held_out_accuracy": round(history.history["val_accuracy"][-1], 4),
+                "held_out_accuracy_per_epoch": [round(a, 4) for a in history.history["val_accuracy"]],
+                "epochs": args.epochs,
+                "items": args.items,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

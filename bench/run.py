@@ -30,8 +30,8 @@ def _figure(value: float | int, unit: str, note: str = "") -> dict:
 
 def bench_synth() -> Figures:
     """Time of `visrec synth` at the demo's default scale and at 50k users x 10k items x 30 days."""
-    from visrec.store.lake import Lake
     from visrec.devdata.synth import ShopConfig, generate_shop
+    from visrec.store.lake import Lake
 
     out: Figures = {}
     for name, config in [
@@ -57,13 +57,13 @@ def bench_ingest() -> Figures:
     aggregation in Spark and in DuckDB on the same clean events, and image ingestion throughput."""
     import duckdb
 
+    from visrec.devdata.synth import ShopConfig, generate_shop
     from visrec.ingest.catalog_images import ingest_images
     from visrec.ingest.events import ingest_events
     from visrec.ingest.features import build_features
-    from visrec.store.lake import Lake
     from visrec.settings import Settings
+    from visrec.store.lake import Lake
     from visrec.store.spark import get_spark
-    from visrec.devdata.synth import ShopConfig, generate_shop
 
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -171,14 +171,13 @@ def bench_cnn() -> Figures:
 
     import numpy as np
 
-    from visrec.ingest.catalog_images import ingest_images
-    from visrec.store.lake import Lake
-    from visrec.settings import Settings
     from visrec.devdata.synth import ShopConfig, generate_shop
-    from visrec.vision.train import CNNConfig
-    from visrec.vision.embed import embed_pixels
+    from visrec.ingest.catalog_images import ingest_images
+    from visrec.settings import Settings
+    from visrec.store.lake import Lake
     from visrec.store.tables import load_staged_images
-    from visrec.vision.train import train_cnn
+    from visrec.vision.embed import embed_pixels
+    from visrec.vision.train import CNNConfig, train_cnn
 
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,7 +194,7 @@ def bench_cnn() -> Figures:
         ds = "2026-11-01"
         ingest_images(settings, lake, ds)
         images = load_staged_images(lake, ds)
-        config = CNNConfig()
+        config = CNNConfig(max_minutes=settings.cnn_max_minutes)
         result = train_cnn(settings, ds, lake=lake, config=config, images=images)
         m = result.metrics
         note = (
@@ -244,18 +243,17 @@ def bench_mf() -> Figures:
 
     import numpy as np
 
+    from visrec.devdata.synth import ShopConfig, generate_shop, write_events_table
     from visrec.ingest.catalog_images import ingest_images
-    from visrec.store.lake import Lake
-    from visrec.recsys.vbpr import VBPRRecommender
     from visrec.recsys.baselines import ItemCF, Popularity, Recommender, SparkALS, SparkItemCF, VisualProfile
     from visrec.recsys.data import build_split
     from visrec.recsys.train import evaluate_model
+    from visrec.recsys.vbpr import VBPRRecommender
     from visrec.settings import Settings
+    from visrec.store.lake import Lake
     from visrec.store.spark import get_spark
-    from visrec.devdata.synth import ShopConfig, generate_shop, write_events_table
-    from visrec.vision.train import CNNConfig
     from visrec.vision.embed import embed_items
-    from visrec.vision.train import train_cnn
+    from visrec.vision.train import CNNConfig, train_cnn
 
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -278,9 +276,18 @@ def bench_mf() -> Figures:
 
         class Oracle(Recommender):
             def fit(self, data):
-                self.affinity = np.array([[users[u]["category"][truth[i][0]] + users[u]["colour"][truth[i][1]]
-                                           + users[u]["pattern"][truth[i][2]] for i in data.item_ids]
-                                          for u in data.user_ids], np.float32)  # fmt: skip
+                self.affinity = np.array(
+                    [
+                        [
+                            users[u]["category"][truth[i][0]]
+                            + users[u]["colour"][truth[i][1]]
+                            + users[u]["pattern"][truth[i][2]]
+                            for i in data.item_ids
+                        ]
+                        for u in data.user_ids
+                    ],
+                    np.float32,
+                )
                 return self
 
             def score(self, userids):
@@ -327,8 +334,17 @@ def bench_mf() -> Figures:
         )
         results = {name: evaluate_model(model, split) for name, model in models.items()}
         for name, metrics in results.items():
-            for key in ("hits_at_20", "recall_at_20", "ndcg_at_20", "map_at_20", "cold_recall_at_20", "coverage",
-                        "intra_list_diversity", "novelty", "fit_seconds"):  # fmt: skip
+            for key in (
+                "hits_at_20",
+                "recall_at_20",
+                "ndcg_at_20",
+                "map_at_20",
+                "cold_recall_at_20",
+                "coverage",
+                "intra_list_diversity",
+                "novelty",
+                "fit_seconds",
+            ):
                 out[f"mf.synthetic.{name}.{key}"] = _figure(round(metrics[key], 4), key, note)
         out["mf.synthetic.vbpr_over_oracle_recall_at_20"] = _figure(
             round(results["vbpr"]["recall_at_20"] / results["oracle"]["recall_at_20"], 3),
@@ -373,14 +389,14 @@ def bench_mf_hm() -> Figures:
     import pyarrow as pa
 
     from visrec.devdata.importer import import_hm
-    from visrec.store.lake import Lake
-    from visrec.recsys.vbpr import VBPRRecommender
+    from visrec.devdata.synth import write_events_table
     from visrec.recsys.baselines import ItemCF, Popularity, SparkALS, SparkItemCF, VisualProfile
     from visrec.recsys.data import build_split
     from visrec.recsys.train import evaluate_model
+    from visrec.recsys.vbpr import VBPRRecommender
     from visrec.settings import Settings
+    from visrec.store.lake import Lake
     from visrec.store.spark import get_spark
-    from visrec.devdata.synth import write_events_table
 
     cache = CACHE / "hm_embeddings.npz"
     if not (HM_SAMPLE / "articles.csv").exists() or not cache.exists():
@@ -395,10 +411,19 @@ def bench_mf_hm() -> Figures:
         write_events_table(lake)
         z = np.load(cache)
         emb = z["embeddings"].astype(np.float32)
-        lake.write_table("item_embeddings", last, pa.table({
-            "item_id": z["item_ids"].tolist(),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), emb.shape[1]),
-            "model_version": ["bench-cnn"] * len(emb)}))  # fmt: skip
+        lake.write_table(
+            "item_embeddings",
+            last,
+            pa.table(
+                {
+                    "item_id": z["item_ids"].tolist(),
+                    "embedding": pa.FixedSizeListArray.from_arrays(
+                        pa.array(emb.ravel(), pa.float32()), emb.shape[1]
+                    ),
+                    "model_version": ["bench-cnn"] * len(emb),
+                }
+            ),
+        )
         split = build_split(settings, lake, last)
         history = np.asarray((split.train.user_items > 0).sum(axis=1)).ravel() > 0
         split = dataclasses.replace(
@@ -409,12 +434,18 @@ def bench_mf_hm() -> Figures:
         from implicit.bpr import BayesianPersonalizedRanking
 
         models = {
-            "popularity": Popularity(), "item_cf": ItemCF(), "spark_item_cf": SparkItemCF(spark),
-            "spark_als": SparkALS(spark), "visual_profile": VisualProfile(),
+            "popularity": Popularity(),
+            "item_cf": ItemCF(),
+            "spark_item_cf": SparkItemCF(spark),
+            "spark_als": SparkALS(spark),
+            "visual_profile": VisualProfile(),
             "implicit_als": _implicit(AlternatingLeastSquares(factors=64, iterations=15, random_state=0)),
-            "implicit_bpr": _implicit(BayesianPersonalizedRanking(factors=64, iterations=100, random_state=0)),
-            "mf": VBPRRecommender(visual_factors=0), "vbpr": VBPRRecommender(),
-        }  # fmt: skip
+            "implicit_bpr": _implicit(
+                BayesianPersonalizedRanking(factors=64, iterations=100, random_state=0)
+            ),
+            "mf": VBPRRecommender(visual_factors=0),
+            "vbpr": VBPRRecommender(),
+        }
         rel = [r for r in split.relevant if r]
         cold_pairs = sum(len({i for i in r if split.cold[i]}) for r in rel)
         note = (
@@ -426,8 +457,15 @@ def bench_mf_hm() -> Figures:
         for name, model in models.items():
             metrics = evaluate_model(model, split, k=12)
             hits[name] = metrics["hits_at_12"]
-            for key in ("hits_at_12", "map_at_12", "recall_at_12", "ndcg_at_12", "cold_recall_at_12",
-                        "coverage", "fit_seconds"):  # fmt: skip
+            for key in (
+                "hits_at_12",
+                "map_at_12",
+                "recall_at_12",
+                "ndcg_at_12",
+                "cold_recall_at_12",
+                "coverage",
+                "fit_seconds",
+            ):
                 out[f"mf.hm.{name}.{key}"] = _figure(round(metrics[key], 4), key, note)
         best = max((h, n) for n, h in hits.items() if n not in ("mf", "vbpr"))
         out["mf.hm.vbpr_hits_over_best_baseline"] = _figure(
@@ -447,20 +485,17 @@ def bench_photos() -> Figures:
 
     import numpy as np
 
-    from visrec.ingest.catalog_images import ingest_images
-    from visrec.store.lake import Lake
-    from visrec.photos import ingest_user_photos, recognise_user_photos
-    from visrec.store.tables import photo_profiles
-    from visrec.recsys.baselines import top_k_masked
-    from visrec.recsys.score import PhotoBlend
-    from visrec.store.tables import item_embeddings
-    from visrec.settings import Settings
     from visrec.devdata.synth import ShopConfig, generate_shop
-    from visrec.vision.train import CNNConfig
+    from visrec.ingest.catalog_images import ingest_images
+    from visrec.ingest.user_photos import ingest_user_photos
+    from visrec.models.topk import topk, topk_scores
+    from visrec.recsys.score import PhotoBlend
+    from visrec.settings import Settings
+    from visrec.store.lake import Lake
+    from visrec.store.tables import embeddings_matrix, item_embeddings, photo_profiles
     from visrec.vision.embed import embed_items
-    from visrec.vision.train import train_cnn
-    from visrec.store.tables import embeddings_matrix
-    from visrec.vision.embed import top_k_similar
+    from visrec.vision.photos import recognise_user_photos
+    from visrec.vision.train import CNNConfig, train_cnn
 
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -480,9 +515,11 @@ def bench_photos() -> Figures:
         started = time.perf_counter()
         photos, _ = recognise_user_photos(settings, lake, last, cnn.model, "bench")
         recognise_seconds = time.perf_counter() - started
-        note = (f"synthetic shop {config.users} users x {config.items} items x {config.days} days, "
-                f"{shop.photos} uploads ({shop.bad_photos} corrupt); CNN held-out accuracy "
-                f"{cnn.metrics['held_out_accuracy']:.3f} (3-minute budget)")  # fmt: skip
+        note = (
+            f"synthetic shop {config.users} users x {config.items} items x {config.days} days, "
+            f"{shop.photos} uploads ({shop.bad_photos} corrupt); CNN held-out accuracy "
+            f"{cnn.metrics['held_out_accuracy']:.3f} (3-minute budget)"
+        )
         out["photos.synthetic.ingest_photos_per_s"] = _figure(
             round(shop.photos / ingest_seconds, 1), "photos/s", note
         )
@@ -491,22 +528,26 @@ def bench_photos() -> Figures:
             "photos/s",
             note + "; includes nearest items of the day's photos",
         )
-        truth = {(t["user_id"], t["photo_id"]): t for t in
-                 map(json.loads, lake.get_bytes("truth/user_photos.jsonl").decode().splitlines())}  # fmt: skip
+        truth = {
+            (t["user_id"], t["photo_id"]): t
+            for t in map(json.loads, lake.get_bytes("truth/user_photos.jsonl").decode().splitlines())
+        }
         items_table = lake.read_table("item_embeddings", last)
         ids = items_table.column("item_id").to_pylist()
         attrs = {}
         for line in lake.get_bytes("truth/items.csv").decode().splitlines()[1:]:
             item, cat, colour, pattern, *_ = line.split(",")
             attrs[item] = (cat, colour, pattern)
-        idx, _ = top_k_similar(embeddings_matrix(photos), embeddings_matrix(items_table), 5)
+        idx, _ = topk(embeddings_matrix(items_table), embeddings_matrix(photos), 5)
         keys = list(
             zip(photos.column("user_id").to_pylist(), photos.column("photo_id").to_pylist(), strict=True)
         )
         exact = [truth[k]["item_id"] in {ids[j] for j in idx[n]} for n, k in enumerate(keys)]
         same = [any(attrs[ids[j]] == attrs[truth[k]["item_id"]] for j in idx[n]) for n, k in enumerate(keys)]
-        top1 = [r["top_categories"][0]["category"] == truth[(r["user_id"], r["photo_id"])]["category"]
-                for r in photos.to_pylist()]  # fmt: skip
+        top1 = [
+            r["top_categories"][0]["category"] == truth[(r["user_id"], r["photo_id"])]["category"]
+            for r in photos.to_pylist()
+        ]
         out["photos.synthetic.item_in_top5"] = _figure(round(float(np.mean(exact)), 3), "rate", note)
         out["photos.synthetic.same_attributes_in_top5"] = _figure(
             round(float(np.mean(same)), 3), "rate", note
@@ -521,7 +562,7 @@ def bench_photos() -> Figures:
         }
         rows = [k for k, u in enumerate(users) if u in only]
         blend = PhotoBlend(None, vectors, np.ones(len(users), bool), features, settings.photo_weight)
-        ranked, _ = top_k_masked(blend.score(np.array(rows)), None, 20)
+        ranked, _ = topk_scores(blend.score(np.array(rows)), 20)
         counts: dict[str, int] = {}
         for key in lake.list_keys("raw/events"):
             for line in lake.get_bytes(key).decode().splitlines():
@@ -533,8 +574,14 @@ def bench_photos() -> Figures:
         popular = sorted(counts, key=lambda i: -counts[i])[:20]
 
         def recall(lists: list[list[str]]) -> float:
-            return float(np.mean([len(set(top) & set(only[users[r]]["would_buy"])) / len(only[users[r]]["would_buy"])
-                                  for top, r in zip(lists, rows, strict=True)]))  # fmt: skip
+            return float(
+                np.mean(
+                    [
+                        len(set(top) & set(only[users[r]]["would_buy"])) / len(only[users[r]]["would_buy"])
+                        for top, r in zip(lists, rows, strict=True)
+                    ]
+                )
+            )
 
         only_note = f"{len(rows)} upload-only users, 10 would-buy items each drawn from their true taste"
         out["photos.synthetic.upload_only.photo_recall_at_20"] = _figure(
@@ -570,8 +617,9 @@ def _scoring_worker(chunk: int, generic: bool) -> dict:
     model.item_biases = rng.standard_normal(items).astype(np.float32)
     model.chunk_size = chunk
     cols = rng.integers(0, items, users * 20)
-    seen = sp.csr_matrix((np.ones(len(cols), np.float32), (np.repeat(np.arange(users), 20), cols)),
-                         shape=(users, items))  # fmt: skip
+    seen = sp.csr_matrix(
+        (np.ones(len(cols), np.float32), (np.repeat(np.arange(users), 20), cols)), shape=(users, items)
+    )
     block = model.user_vectors[:4096]
     peak = 0.0
     for _ in range(5):
@@ -585,8 +633,13 @@ def _scoring_worker(chunk: int, generic: bool) -> dict:
     ids, _ = recommend(model, np.arange(users), seen, N=k)
     seconds = time.perf_counter() - started
     assert (ids >= 0).all()
-    return {"seconds": seconds, "flops": 2 * users * items * dim / seconds, "peak": peak,
-            "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "rss_before_gb": rss_before}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "flops": 2 * users * items * dim / seconds,
+        "peak": peak,
+        "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "rss_before_gb": rss_before,
+    }
 
 
 def bench_scoring() -> Figures:
@@ -598,8 +651,11 @@ def bench_scoring() -> Figures:
     users, items, dim, k = SCORING_SHAPE
     out: Figures = {}
     spawn = multiprocessing.get_context("spawn")
-    for name, chunk, generic in (("fused", 4096, False), ("fused_chunk8192", 8192, False),
-                                 ("generic", 4096, True)):  # fmt: skip
+    for name, chunk, generic in (
+        ("fused", 4096, False),
+        ("fused_chunk8192", 8192, False),
+        ("generic", 4096, True),
+    ):
         with spawn.Pool(1) as pool:
             r = pool.apply(_scoring_worker, (chunk, generic))
         path = (
@@ -607,11 +663,14 @@ def bench_scoring() -> Figures:
             if generic
             else "FactorRecommender.recommend"
         )
-        note = (f"{users:,} users x {items:,} items x {dim} dims, top {k}, 20 seen items filtered per user, "
-                f"chunk {chunk}, {path}, {os.cpu_count()} cores; numpy matmul peak {r['peak'] / 1e9:.0f} GFLOP/s")  # fmt: skip
+        note = (
+            f"{users:,} users x {items:,} items x {dim} dims, top {k}, 20 seen items filtered per user, "
+            f"chunk {chunk}, {path}, {os.cpu_count()} cores; numpy matmul peak {r['peak'] / 1e9:.0f} GFLOP/s"
+        )
         out[f"scoring.{name}.gflops"] = _figure(round(r["flops"] / 1e9, 1), "GFLOP/s", note)
-        out[f"scoring.{name}.over_numpy_peak"] = _figure(round(r["flops"] / r["peak"], 3), "ratio",
-                                                          note + "; goal >= 0.5")  # fmt: skip
+        out[f"scoring.{name}.over_numpy_peak"] = _figure(
+            round(r["flops"] / r["peak"], 3), "ratio", note + "; goal >= 0.5"
+        )
         out[f"scoring.{name}.seconds"] = _figure(round(r["seconds"], 2), "s", note)
         out[f"scoring.{name}.peak_rss_gb"] = _figure(
             round(r["rss_gb"], 2),
@@ -632,14 +691,12 @@ def bench_gan() -> Figures:
     as the mean over the seeds, with the lowest consistency ratio. The first seed's sample grid is
     kept as bench/gan_synthetic.png."""
     from visrec.app.demo import DEMO_GAN_MINUTES
-    from visrec.generation.train import GANConfig, sample_grid
-    from visrec.generation.train import train_gan
-    from visrec.ingest.catalog_images import ingest_images
-    from visrec.store.lake import Lake
-    from visrec.settings import Settings
     from visrec.devdata.synth import ShopConfig, generate_shop
-    from visrec.vision.train import CNNConfig
-    from visrec.vision.train import train_cnn
+    from visrec.generation.train import GANConfig, sample_grid, train_gan
+    from visrec.ingest.catalog_images import ingest_images
+    from visrec.settings import Settings
+    from visrec.store.lake import Lake
+    from visrec.vision.train import CNNConfig, train_cnn
 
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -650,8 +707,13 @@ def bench_gan() -> Figures:
         cnn = train_cnn(settings, shop.last_ds, lake=lake, config=CNNConfig(max_minutes=3, register=False))
         runs = []
         for seed in GAN_SEEDS:
-            gan = train_gan(Settings(home=Path(tmp), seed=seed), shop.last_ds, lake=lake, cnn=cnn.model,
-                            config=GANConfig(max_minutes=DEMO_GAN_MINUTES, register=False))  # fmt: skip
+            gan = train_gan(
+                Settings(home=Path(tmp), seed=seed),
+                shop.last_ds,
+                lake=lake,
+                cnn=cnn.model,
+                config=GANConfig(max_minutes=DEMO_GAN_MINUTES, register=False),
+            )
             if not runs:
                 (Path(__file__).parent / "gan_synthetic.png").write_bytes(sample_grid(gan.model))
             runs.append(gan.metrics)
@@ -660,14 +722,23 @@ def bench_gan() -> Figures:
                 file=sys.stderr,
             )
         ratios = [m["consistency_over_real_accuracy"] for m in runs]
-        note = (f"synthetic shop {shop.items} items, 64x64, {DEMO_GAN_MINUTES:g}-minute budget, mean of "
-                f"{len(runs)} seeds ({GAN_SEEDS}); "
-                f"consistency/real accuracy per seed {[round(r, 3) for r in ratios]}; categories recognised "
-                f"in fewer than half their images per seed {[int(m['classes_mostly_missed']) for m in runs]}; "
-                f"epochs {[int(m['epochs_run']) for m in runs]}; samples (first seed): bench/gan_synthetic.png")  # fmt: skip
-        for key in ("frechet_ratio", "frechet_distance", "frechet_real_vs_real", "class_consistency",
-                    "cnn_accuracy_on_real", "consistency_over_real_accuracy", "classes_mostly_missed",
-                    "train_seconds"):  # fmt: skip
+        note = (
+            f"synthetic shop {shop.items} items, 64x64, {DEMO_GAN_MINUTES:g}-minute budget, mean of "
+            f"{len(runs)} seeds ({GAN_SEEDS}); "
+            f"consistency/real accuracy per seed {[round(r, 3) for r in ratios]}; categories recognised "
+            f"in fewer than half their images per seed {[int(m['classes_mostly_missed']) for m in runs]}; "
+            f"epochs {[int(m['epochs_run']) for m in runs]}; samples (first seed): bench/gan_synthetic.png"
+        )
+        for key in (
+            "frechet_ratio",
+            "frechet_distance",
+            "frechet_real_vs_real",
+            "class_consistency",
+            "cnn_accuracy_on_real",
+            "consistency_over_real_accuracy",
+            "classes_mostly_missed",
+            "train_seconds",
+        ):
             out[f"gan.synthetic.{key}"] = _figure(round(sum(m[key] for m in runs) / len(runs), 4), key, note)
         out["gan.synthetic.consistency_over_real_accuracy_min"] = _figure(
             round(min(ratios), 4), "lowest consistency_over_real_accuracy over the seeds", note
@@ -685,12 +756,11 @@ def bench_gan_hm() -> Figures:
     import keras
 
     import visrec.models.cnn  # noqa: F401  (registers the image model's classes with Keras)
-    from visrec.generation.train import GANConfig, sample_grid
-    from visrec.generation.train import train_gan
     from visrec.devdata.importer import import_hm
+    from visrec.generation.train import GANConfig, sample_grid, train_gan
     from visrec.ingest.catalog_images import ingest_images
-    from visrec.store.lake import Lake
     from visrec.settings import Settings
+    from visrec.store.lake import Lake
     from visrec.store.tables import load_staged_images
 
     judge = CACHE / "hm_cnn.keras"
@@ -710,11 +780,20 @@ def bench_gan_hm() -> Figures:
         common = [name for name, _ in Counter(load_staged_images(lake, ds).categories).most_common(12)]
         grid = sample_grid(gan.model, classes=[gan.class_names.index(c) for c in common])
         (HERE / "gan_hm.png").write_bytes(grid)
-        note = (f"hm-sample, {len(gan.class_names)} product types, 64x64, {gan.metrics['epochs_run']:.0f} epochs "
-                f"in {gan.metrics['train_seconds'] / 60:.1f} min; judge: the cnn bench's model; rows of "
-                f"bench/gan_hm.png: {', '.join(common)}")  # fmt: skip
-        for key in ("frechet_ratio", "frechet_distance", "frechet_real_vs_real", "class_consistency",
-                    "cnn_accuracy_on_real", "consistency_over_real_accuracy", "train_seconds"):  # fmt: skip
+        note = (
+            f"hm-sample, {len(gan.class_names)} product types, 64x64, {gan.metrics['epochs_run']:.0f} epochs "
+            f"in {gan.metrics['train_seconds'] / 60:.1f} min; judge: the cnn bench's model; rows of "
+            f"bench/gan_hm.png: {', '.join(common)}"
+        )
+        for key in (
+            "frechet_ratio",
+            "frechet_distance",
+            "frechet_real_vs_real",
+            "class_consistency",
+            "cnn_accuracy_on_real",
+            "consistency_over_real_accuracy",
+            "train_seconds",
+        ):
             out[f"gan.hm.{key}"] = _figure(round(gan.metrics[key], 4), key, note)
     return out
 
@@ -756,7 +835,7 @@ def main() -> int:
     parser.add_argument("names", nargs="*", choices=[[], *BENCHES], help="benchmarks (default all)")
     args = parser.parse_args()
     names = args.names or list(BENCHES)
-    from visrec.app.cli import setup_logging
+    from visrec.logs import setup_logging
 
     setup_logging()
     results: dict = {}

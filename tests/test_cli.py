@@ -9,7 +9,19 @@ import pytest
 
 from visrec.app.cli import build_parser, main
 
-COMMANDS = ["synth", "import", "ingest", "train", "score", "publish", "report", "run", "forget", "similar", "step"]
+COMMANDS = [
+    "synth",
+    "import",
+    "ingest",
+    "train",
+    "score",
+    "publish",
+    "report",
+    "run",
+    "forget",
+    "similar",
+    "step",
+]
 
 
 def _run(args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess:
@@ -58,7 +70,7 @@ def test_synth_writes_shop_and_says_where(tmp_path: Path):
                 "AWS_SECRET_ACCESS_KEY": "y",
             },
             "failed",
-        ),  # fmt: skip
+        ),
         (["synth"], {"VISREC_SEED": "abc"}, "bad setting VISREC_SEED='abc'"),
         (["ingest", "--ds", "2026-02-30"], {}, "not a real date"),
         (["ingest", "--ds", "2026-11-01"], {}, "no catalog at"),
@@ -80,3 +92,25 @@ def test_bad_argument_type_is_a_usage_error(tmp_path: Path):
     result = _run(["synth", "--users", "many"], tmp_path)
     assert result.returncode == 2 and "invalid int value" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_step_run_from_python_c_really_runs(tmp_path: Path):
+    """`python -c` has a __main__ without a file: pyspark's Spark Connect module, imported by Great
+    Expectations, used to exit such a process with status 0 before the step wrote anything."""
+    from visrec.devdata.synth import ShopConfig, generate_shop
+    from visrec.settings import Settings
+    from visrec.store.lake import Lake
+
+    lake = Lake.from_settings(Settings(home=tmp_path))
+    generate_shop(ShopConfig(users=20, items=20, days=1), lake)
+    code = "from visrec import pipeline; print('summary:', pipeline.run_step('ingest_images', '2026-11-01'))"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "VISREC_HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "summary: {" in result.stdout and "'accepted': 20" in result.stdout
+    assert lake.read_table("staging_images", "2026-11-01").num_rows == 20

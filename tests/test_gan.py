@@ -57,8 +57,11 @@ def test_save_load_round_trip(trained, tmp_path):
     loaded = keras.models.load_model(path)
     assert loaded.class_names == result.model.class_names
     labels = np.arange(len(loaded.class_names))
-    np.testing.assert_allclose(np.asarray(loaded.generate(labels, seed=3)),
-                               np.asarray(result.model.generate(labels, seed=3)), atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        np.asarray(loaded.generate(labels, seed=3)),
+        np.asarray(result.model.generate(labels, seed=3)),
+        atol=1e-5,
+    )
 
 
 def test_conditioning_is_recognised_by_the_image_model(trained):
@@ -142,8 +145,10 @@ def test_generated_looks_follow_favourite_categories(trained, spark):
     build_features(settings, lake, DS, spark)
     table = generate_looks(settings, lake, DS, result.model, cnn, result.version, users_per_segment=2, keep=2)
     assert table.num_rows > 0
-    profiles = {r["user_id"]: [c["category"] for c in r["top_categories"]]
-                for r in lake.read_table("user_profiles", DS).to_pylist()}  # fmt: skip
+    profiles = {
+        r["user_id"]: [c["category"] for c in r["top_categories"]]
+        for r in lake.read_table("user_profiles", DS).to_pylist()
+    }
     for row in table.to_pylist():
         assert row["category"] in profiles[row["user_id"]][:2]
         assert lake.exists(row["image_uri"].removeprefix(f"{lake.uri}/"))

@@ -17,9 +17,16 @@ def _encode(img: Image.Image, fmt: str) -> bytes:
 
 @pytest.mark.parametrize(
     "mode, fmt, ext",
-    [("L", "PNG", "png"), ("P", "PNG", "png"), ("RGBA", "PNG", "png"), ("CMYK", "JPEG", "jpg"),
-     ("LA", "PNG", "png"), ("1", "PNG", "png"), ("RGB", "WEBP", "webp")],
-)  # fmt: skip
+    [
+        ("L", "PNG", "png"),
+        ("P", "PNG", "png"),
+        ("RGBA", "PNG", "png"),
+        ("CMYK", "JPEG", "jpg"),
+        ("LA", "PNG", "png"),
+        ("1", "PNG", "png"),
+        ("RGB", "WEBP", "webp"),
+    ],
+)
 def test_any_mode_becomes_rgb_at_model_size(mode: str, fmt: str, ext: str):
     img = Image.new("RGB", (30, 50), (200, 30, 40)).convert(mode)
     png, w, h = normalise_image(_encode(img, fmt), f"x.{ext}", 64)
@@ -50,13 +57,23 @@ def test_transparent_background_becomes_white():
         (b"<html>404</html>", "a.jpg", "not_an_image"),
         (_encode(Image.new("RGB", (80, 80), "red"), "JPEG")[:300], "a.jpg", "truncated"),
         (_encode(Image.new("RGB", (80, 80), "red"), "PNG")[:40], "a.png", "truncated"),
-        (_encode(Image.new("RGB", (8, 8), "red"), "PNG"), "a.jpg", "wrong_extension"),
     ],
 )
 def test_bad_files_are_rejected_with_reason(data: bytes, name: str, reason: str):
     with pytest.raises(ImageRejected) as info:
         normalise_image(data, name, 64)
     assert info.value.reason == reason
+
+
+def test_wrong_extension_is_accepted_by_content_with_a_warning():
+    from visrec.ingest.images import normalise_many
+
+    png_named_jpg = _encode(Image.new("RGB", (8, 8), "red"), "PNG")
+    png, w, h = normalise_image(png_named_jpg, "a.jpg", 64)
+    assert (w, h) == (8, 8) and Image.open(io.BytesIO(png)).size == (64, 64)
+    named_right, named_wrong = normalise_many([("x/b.png", png_named_jpg), ("x/a.jpg", png_named_jpg)], 64, 2)
+    assert named_right.png == named_wrong.png and named_right.warning is None
+    assert named_wrong.reason is None and "a.jpg holds a PNG image" in named_wrong.warning
 
 
 def test_decompression_bomb_is_refused_before_decoding():

@@ -48,7 +48,9 @@ def test_tiny_hm_layout(tmp_path: Path):
     assert events[0]["item_id"] == "0108775015" and events[0]["ts"] == "2020-01-01T00:00:00Z"
     catalog = list(csv.DictReader(io.StringIO(lake.get_bytes("raw/catalog/items.csv").decode())))
     assert [(r["item_id"], r["category"]) for r in catalog] == [
-        ("0108775015", "Vest top"), ("0200000001", "Trousers")]  # fmt: skip
+        ("0108775015", "Vest top"),
+        ("0200000001", "Trousers"),
+    ]
     assert lake.list_keys("raw/images") == ["raw/images/0108775015.jpg", "raw/images/0200000001.jpg"]
 
 

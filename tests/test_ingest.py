@@ -80,9 +80,13 @@ def test_every_bad_image_is_quarantined_with_its_reason(dirty):
     got = dict(
         zip(quarantine.column("record").to_pylist(), quarantine.column("reason").to_pylist(), strict=True)
     )
-    assert got == injected
+    # A picture whose name says another format is kept (accepted by content), with a warning counted.
+    misnamed = {k for k, kind in injected.items() if kind == "wrong_extension"}
+    assert misnamed and got == {k: v for k, v in injected.items() if k not in misnamed}
     staged = lake.read_table("staging_images", DAYS[-1])
-    assert staged.num_rows == SHOP["items"] - len(injected)
+    assert staged.num_rows == SHOP["items"] - len(injected) + len(misnamed)
+    assert misnamed <= set(staged.column("source_key").to_pylist())
+    assert reports[0].images.warnings == {"wrong_extension": len(misnamed)}
     # The second day found every good image unchanged and reused it.
     assert reports[1].images.reused == staged.num_rows
 
@@ -259,12 +263,30 @@ def test_spark_submit_entry_points(tmp_path):
     settings = Settings(home=tmp_path)
     generate_shop(ShopConfig(users=20, items=20, days=1, corrupt_rate=0.1), Lake.from_settings(settings))
     spark_submit = Path(sys.executable).parent / "spark-submit"
-    env = {**os.environ, "VISREC_HOME": str(tmp_path), "VISREC_ERROR_BUDGET": "0.5",
-           "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "VISREC_HOME": str(tmp_path),
+        "VISREC_ERROR_BUDGET": "0.5",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
     repo = Path(__file__).resolve().parents[1]
     for job in ("ingest_events", "build_features"):
-        result = subprocess.run([str(spark_submit), "--master", "local[2]", str(repo / "spark_jobs" / f"{job}.py"),
-                                 "--ds", "2026-11-01"], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+        result = subprocess.run(
+            [
+                str(spark_submit),
+                "--master",
+                "local[2]",
+                str(repo / "spark_jobs" / f"{job}.py"),
+                "--ds",
+                "2026-11-01",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         assert f"{job} 2026-11-01" in result.stdout
     lake = Lake.from_settings(settings)

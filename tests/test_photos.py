@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -30,8 +29,9 @@ def shop(tmp_path_factory):
     """A shop with many uploaders and upload-only users; each day's uploads ingested."""
     settings = Settings(home=tmp_path_factory.mktemp("photos"))
     lake = Lake.from_settings(settings)
-    config = ShopConfig(users=300, items=400, days=3, seed=11, corrupt_rate=0.03, uploader_share=0.2,
-                        upload_only_share=0.15)  # fmt: skip
+    config = ShopConfig(
+        users=300, items=400, days=3, seed=11, corrupt_rate=0.03, uploader_share=0.2, upload_only_share=0.15
+    )
     generate_shop(config, lake)
     for ds in DAYS:
         ingest_user_photos(settings, lake, ds)
@@ -79,7 +79,7 @@ def test_corrupt_uploads_are_quarantined_with_their_reason(shop):
 
 def test_retention_deletes_old_photos_and_their_rows(shop, tmp_path):
     settings, lake = shop
-    short = replace(settings, photo_retention_days=1)
+    short = settings.with_overrides(photo_retention_days=1)
     copy = Lake((tmp_path / "lake").as_uri())
     for key in lake.list_keys("raw"):
         copy.put_bytes(key, lake.get_bytes(key))
@@ -93,8 +93,10 @@ def test_photos_are_recognised_with_the_model(recognised):
     _, lake, photos, recs = recognised
     truth = {(t["user_id"], t["photo_id"]): t for t in _truth(lake, "user_photos.jsonl") if not t["corrupt"]}
     assert photos.num_rows == len(truth)
-    top1 = [r["top_categories"][0]["category"] == truth[(r["user_id"], r["photo_id"])]["category"]
-            for r in photos.to_pylist()]  # fmt: skip
+    top1 = [
+        r["top_categories"][0]["category"] == truth[(r["user_id"], r["photo_id"])]["category"]
+        for r in photos.to_pylist()
+    ]
     assert np.mean(top1) > 0.45  # chance is 1/8; the same model gets ~0.99 on catalog images
     assert recs.num_rows > 0 and set(recs.column("rank").to_pylist()) <= set(range(1, 11))
 
@@ -127,8 +129,12 @@ def test_upload_only_users_get_better_than_popular(recognised):
     assert len(rows) >= 20
     blend = PhotoBlend(None, vectors, np.ones(len(users), bool), features, settings.photo_weight)
     ids, _ = topk_scores(blend.score(np.array(rows)), 20)
-    photo_recall = np.mean([len({item_ids[j] for j in ids[n]} & only[users[r]]) / len(only[users[r]])
-                            for n, r in enumerate(rows)])  # fmt: skip
+    photo_recall = np.mean(
+        [
+            len({item_ids[j] for j in ids[n]} & only[users[r]]) / len(only[users[r]])
+            for n, r in enumerate(rows)
+        ]
+    )
     counts: dict[str, int] = {}
     for key in lake.list_keys("raw/events"):
         for line in lake.get_bytes(key).decode().splitlines():

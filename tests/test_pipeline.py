@@ -50,10 +50,20 @@ def nightly(tmp_path_factory, spark):
     home = tmp_path_factory.mktemp("nightly")
     settings = Settings(home=home, cnn_max_minutes=0.2, gan_max_minutes=0.1, report_users=3, test_days=1)
     lake = Lake.from_settings(settings)
-    generate_shop(ShopConfig(users=200, items=120, days=3, seed=5, corrupt_rate=0.01, uploader_share=0.1,
-                             upload_only_share=0.05), lake)  # fmt: skip
+    generate_shop(
+        ShopConfig(
+            users=200,
+            items=120,
+            days=3,
+            seed=5,
+            corrupt_rate=0.01,
+            uploader_share=0.1,
+            upload_only_share=0.05,
+        ),
+        lake,
+    )
     ingest_day(settings, D1, lake=lake, spark=spark)
-    from visrec.photos import ingest_user_photos
+    from visrec.ingest.user_photos import ingest_user_photos
 
     ingest_user_photos(settings, lake, D1)
     runs = run_dates([D2, D3], settings)
@@ -90,7 +100,7 @@ def test_dag_parses_cheaply_with_the_expected_shape(tmp_path):
     assert info["tasks"]["report"] == ["publish"]
     assert info["tasks"]["recognise_user_photos"] == ["embed_items", "ingest_user_photos"]
     assert info["tasks"]["score"] == ["generate_looks", "recognise_user_photos", "train_mf"]
-    assert info["tasks"]["generate_looks"] == ["train_gan", "train_mf"]
+    assert info["tasks"]["generate_looks"] == ["embed_items", "train_gan", "train_mf"]
     assert info["tasks"]["publish"] == ["generate_looks", "score"]
     assert (
         info["pools"]["ingest_events"] == "visrec_spark" and info["pools"]["train_cnn"] == "visrec_training"
@@ -110,6 +120,15 @@ def test_dag_runs_end_to_end_and_publishes(nightly):
         "report",
     }
     assert read_release(lake)["ds"] == D3
+    # Tasks use what their upstream tasks returned (through XCom): the catalog is embedded with the
+    # image model train_cnn left as champion, and scoring uses the recommender train_mf left as champion.
+    records = {
+        step: json.loads(lake.get_bytes(f"runs/ds={D3}/{step}.json"))
+        for step in ("train_cnn", "embed_items", "train_mf", "score")
+    }
+    assert records["embed_items"]["model_version"] == records["train_cnn"]["champion"]
+    assert records["train_mf"]["champion"] in records["score"]["model_versions"]
+    assert records["score"]["k"] == K
     dates = _warehouse(
         settings, "SELECT ds, count(DISTINCT user_id), count(*) FROM recommendations GROUP BY ds ORDER BY ds"
     )
@@ -178,9 +197,19 @@ def test_report_images_load_in_a_real_browser(nightly, tmp_path):
     page = tmp_path / "report.html"
     page.write_bytes(lake.get_bytes(f"reports/ds={D3}/index.html"))
     out = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom",
-         page.as_uri()], capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     import re
 
     body = re.search(r'<body data-images-total="(\d+)" data-images-loaded="(\d+)"', out.stdout)
@@ -210,37 +239,74 @@ def test_publish_refuses_bad_outputs_and_changes_nothing(nightly):
     assert _warehouse(settings, "SELECT count(*) FROM recommendations") == views
 
 
-def test_sigkill_mid_publish_leaves_a_complete_release(nightly, tmp_path):
+def _whole_release_and_warehouse(settings: Settings, lake: Lake) -> str:
+    release = read_release(lake)  # parseable: never half-written
+    for parts in release["tables"].values():
+        for keys in parts.values():
+            assert all(lake.exists(k) for k in keys)
+    # The warehouse shows one whole release: every date it lists has K rows per user.
+    for _, users, rows in _warehouse(
+        settings, "SELECT ds, count(DISTINCT user_id), count(*) FROM recommendations GROUP BY ds"
+    ):
+        assert rows == users * K
+    return release["ds"]
+
+
+@pytest.mark.parametrize("point, ds", [("before_switch", D4), ("before_warehouse", D5)])
+def test_sigkill_mid_publish_leaves_a_complete_release(nightly, tmp_path, point, ds):
+    """A publish killed at each of its two critical points (publish.HOOKS pauses it there, so the kill
+    lands exactly there) leaves a whole release and a whole warehouse; publishing again finishes."""
     settings, lake, _ = nightly
-    _copy_outputs(lake, D3, D4)
+    _copy_outputs(lake, D3, ds)
+    before = _whole_release_and_warehouse(settings, lake)
+    marker = tmp_path / f"at-{point}"
     script = tmp_path / "publish.py"
     script.write_text(
         textwrap.dedent(f"""
-        from visrec.publish import publish
+        import pathlib, time
+        from visrec import publish
         from visrec.settings import Settings
-        publish(Settings.from_env(), {D4!r}, k={K})
+        def pause():
+            pathlib.Path({str(marker)!r}).write_text("here")
+            time.sleep(120)
+        publish.HOOKS[{point!r}] = pause
+        publish.publish(Settings.from_env(), {ds!r}, k={K})
     """)
     )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env={**os.environ, **settings.to_env()},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None, f"publish ended before {point}: {proc.stderr.read().decode()[-1000:]}"
+        assert time.monotonic() < deadline, f"publish never reached {point}"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Killed before the switch: the old release; after it: the new one, the warehouse still whole.
+    assert _whole_release_and_warehouse(settings, lake) == (before if point == "before_switch" else ds)
+    publish(settings, ds, lake=lake, k=K)
+    assert _whole_release_and_warehouse(settings, lake) == ds
+    assert _warehouse(settings, "SELECT max(ds) FROM recommendations") == [(ds,)]
+
+
+def test_score_with_k_then_publish_from_the_command_line(nightly):
+    """`visrec score -k 10` then `visrec publish`: publish checks lists against the K score used."""
+    settings, lake, _ = nightly
+    _copy_outputs(lake, D3, D4)
     env = {**os.environ, **settings.to_env()}
-    for delay in (0.5, 1.5, 2.5, 3.5, 5.0):
-        proc = subprocess.Popen(
-            [sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    for args in (["score", "--ds", D4, "-k", "10"], ["publish", "--ds", D4]):
+        result = subprocess.run(
+            [sys.executable, "-m", "visrec", *args], env=env, capture_output=True, text=True, timeout=600
         )
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        release = read_release(lake)  # parseable: never half-written
-        assert release["ds"] in (D3, D4)
-        for parts in release["tables"].values():
-            for keys in parts.values():
-                assert all(lake.exists(k) for k in keys)
-        # The warehouse shows one whole release: every date it lists has K rows per user.
-        for _, users, rows in _warehouse(
-            settings, "SELECT ds, count(DISTINCT user_id), count(*) FROM recommendations GROUP BY ds"
-        ):
-            assert rows == users * K
-    publish(settings, D4, lake=lake, k=K)
-    assert read_release(lake)["ds"] == D4
+        assert result.returncode == 0, result.stderr[-2000:]
+    counts = _warehouse(
+        settings, f"SELECT count(DISTINCT user_id), count(*) FROM recommendations WHERE ds = '{D4}'"
+    )
+    assert counts[0][1] == 10 * counts[0][0] > 0
 
 
 def test_whole_dag_on_s3_and_a_store_outage_publishes_nothing_half(tmp_path, spark, monkeypatch):
@@ -250,17 +316,26 @@ def test_whole_dag_on_s3_and_a_store_outage_publishes_nothing_half(tmp_path, spa
     from visrec.ingest.day import ingest_day
     from visrec.pipeline import publish as publish_step
 
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         monkeypatch.setenv(name, value)
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        settings = Settings(home=tmp_path / "home", lake_uri=f"s3://{make_bucket(endpoint)}/lake",
-                            s3_endpoint=endpoint, cnn_max_minutes=0.1, gan_max_minutes=0.05, report_users=2,
-                            test_days=1)  # fmt: skip
+        settings = Settings(
+            home=tmp_path / "home",
+            lake_uri=f"s3://{make_bucket(endpoint)}/lake",
+            s3_endpoint=endpoint,
+            cnn_max_minutes=0.1,
+            gan_max_minutes=0.05,
+            report_users=2,
+            test_days=1,
+        )
         lake = Lake.from_settings(settings)
         generate_shop(ShopConfig(users=120, items=80, days=2, seed=9), lake)
         ingest_day(settings, D1, lake=lake, spark=spark)
@@ -296,8 +371,12 @@ def test_forget_removes_a_user_everywhere_and_for_good(nightly):
     user = next(p["user_id"] for p in photos if p["user_id"] in set(events["user_id"]))  # events and photos
 
     def leftovers() -> list[str]:
-        found = [key for spec in all_specs() for key in lake.list_keys(spec.path)
-                 if key.endswith(".parquet") and file_mentions(lake, key, user)]  # fmt: skip
+        found = [
+            key
+            for spec in all_specs()
+            for key in lake.list_keys(spec.path)
+            if key.endswith(".parquet") and file_mentions(lake, key, user)
+        ]
         found += [k for k in lake.list_keys("raw/events") if f'"{user}"'.encode() in lake.get_bytes(k)]
         found += [
             k for k in lake.list_keys("raw/user_images") + lake.list_keys("private") if f"/{user}/" in k
@@ -313,9 +392,21 @@ def test_forget_removes_a_user_everywhere_and_for_good(nightly):
     assert {"events", "interactions", "recommendations"} <= set(report.rows_removed)
     assert leftovers() == []
     # Later runs do not bring the user back, even when a day's log mentions them again.
-    lake.put_bytes(f"raw/events/dt={D2}/late.jsonl",
-                   (json.dumps({"user_id": user, "item_id": events["item_id"].iloc[0], "event_type": "view",
-                                "ts": f"{D2}T12:00:00Z", "event_id": "late-1"}) + "\n").encode())  # fmt: skip
+    lake.put_bytes(
+        f"raw/events/dt={D2}/late.jsonl",
+        (
+            json.dumps(
+                {
+                    "user_id": user,
+                    "item_id": events["item_id"].iloc[0],
+                    "event_type": "view",
+                    "ts": f"{D2}T12:00:00Z",
+                    "event_id": "late-1",
+                }
+            )
+            + "\n"
+        ).encode(),
+    )
     assert ingest_events(D2, settings)["valid"] > 0
     ingest_user_photos(D2, settings)
     assert leftovers() == [f"raw/events/dt={D2}/late.jsonl"]  # only the new upstream file itself

@@ -57,10 +57,19 @@ def shop(tmp_path_factory):
     catalog = pd.read_csv(io.BytesIO(lake.get_bytes("raw/catalog/items.csv")), dtype=str)
     item_ids = sorted(catalog["item_id"])
     emb = visual_features(lake, item_ids)
-    lake.write_table("item_embeddings", LAST, pa.table({
-        "item_id": item_ids,
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), emb.shape[1]),
-        "model_version": ["truth-features"] * len(item_ids)}))  # fmt: skip
+    lake.write_table(
+        "item_embeddings",
+        LAST,
+        pa.table(
+            {
+                "item_id": item_ids,
+                "embedding": pa.FixedSizeListArray.from_arrays(
+                    pa.array(emb.ravel(), pa.float32()), emb.shape[1]
+                ),
+                "model_version": ["truth-features"] * len(item_ids),
+            }
+        ),
+    )
     return settings, lake, build_split(settings, lake, LAST)
 
 
@@ -271,21 +280,51 @@ def test_generated_looks_widen_the_last_places_of_recommender_lists():
     model.item_vectors = np.arange(8, 0, -1, dtype=np.float32)[:, None]
     data = TrainData(sp.csr_matrix((2, 8), dtype=np.float32), None, None, ["a", "b"], items)
     purchased = sp.csr_matrix(([1.0], ([0], [6])), shape=(2, 8))  # a bought i6
-    recs = pa.table({"user_id": ["a"] * 4 + ["b"] * 4, "rank": pa.array([1, 2, 3, 4] * 2, pa.int16()),
-                     "item_id": ["i0", "i1", "i2", "i3"] * 2, "score": pa.array([8, 7, 6, 5] * 2, pa.float32()),
-                     "source": ["mf"] * 8, "model_version": ["m"] * 8}, schema=RECOMMENDATIONS)  # fmt: skip
+    recs = pa.table(
+        {
+            "user_id": ["a"] * 4 + ["b"] * 4,
+            "rank": pa.array([1, 2, 3, 4] * 2, pa.int16()),
+            "item_id": ["i0", "i1", "i2", "i3"] * 2,
+            "score": pa.array([8, 7, 6, 5] * 2, pa.float32()),
+            "source": ["mf"] * 8,
+            "model_version": ["m"] * 8,
+        },
+        schema=RECOMMENDATIONS,
+    )
     # a's looks: the first look's nearest are i0 (listed: stays listed) and i6 (bought), the second's i7, i5.
-    looks = pa.table({"user_id": ["a", "a"], "rank": pa.array([1, 2], pa.int16()), "image_uri": ["x", "y"],
-                      "category": ["c", "c"], "preference_score": pa.array([1, 1], pa.float32()),
-                      "nearest_item_ids": [["i0", "i6"], ["i7", "i5"]],
-                      "nearest_scores": [[0.9, 0.8], [0.9, 0.8]]}, schema=GENERATED_LOOKS)  # fmt: skip
-    out = add_generated_candidates(recs, looks, model, data, purchased, ["c"] * 8, slots=2,
-                                   max_per_category=None, exclude={"i5"}, version="m+gan")  # fmt: skip
+    looks = pa.table(
+        {
+            "user_id": ["a", "a"],
+            "rank": pa.array([1, 2], pa.int16()),
+            "image_uri": ["x", "y"],
+            "category": ["c", "c"],
+            "preference_score": pa.array([1, 1], pa.float32()),
+            "nearest_item_ids": [["i0", "i6"], ["i7", "i5"]],
+            "nearest_scores": [[0.9, 0.8], [0.9, 0.8]],
+        },
+        schema=GENERATED_LOOKS,
+    )
+    out = add_generated_candidates(
+        recs,
+        looks,
+        model,
+        data,
+        purchased,
+        ["c"] * 8,
+        slots=2,
+        max_per_category=None,
+        exclude={"i5"},
+        version="m+gan",
+    )
     a = [r for r in out.to_pylist() if r["user_id"] == "a"]
     # i2 and i3 gave their places; i6 (bought) and i5 (excluded) were skipped, so only i7 came in, and
     # i2 stays. Sorted by the model's score: i7 (1) last.
     assert [(r["rank"], r["item_id"], r["source"]) for r in a] == [
-        (1, "i0", "mf"), (2, "i1", "mf"), (3, "i2", "mf"), (4, "i7", "generated")]  # fmt: skip
+        (1, "i0", "mf"),
+        (2, "i1", "mf"),
+        (3, "i2", "mf"),
+        (4, "i7", "generated"),
+    ]
     assert a[3]["model_version"] == "m+gan" and a[3]["score"] == 1.0
     assert [r for r in out.to_pylist() if r["user_id"] == "b"] == [
         r for r in recs.to_pylist() if r["user_id"] == "b"

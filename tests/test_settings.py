@@ -29,7 +29,11 @@ def test_environment_overrides(tmp_path: Path):
         }
     )
     assert (s.lake_uri, s.s3_endpoint, s.seed, s.error_budget) == (
-        "s3://bucket/prefix", "http://127.0.0.1:9000", 7, 0.1)  # fmt: skip
+        "s3://bucket/prefix",
+        "http://127.0.0.1:9000",
+        7,
+        0.1,
+    )
     assert s.mlflow_tracking_uri == "http://mlflow:5000"
 
 
@@ -56,8 +60,16 @@ def test_event_weights_parse():
 
 def test_to_env_round_trips(tmp_path: Path):
     # A child process (Airflow's tasks) must see exactly the caller's settings.
-    s = Settings(home=tmp_path, lake_uri="s3://bucket/x", s3_endpoint="http://127.0.0.1:9", seed=3,
-                 cnn_max_minutes=0.5, report_users=2, test_days=1, retrain=True)  # fmt: skip
+    s = Settings(
+        home=tmp_path,
+        lake_uri="s3://bucket/x",
+        s3_endpoint="http://127.0.0.1:9",
+        seed=3,
+        cnn_max_minutes=0.5,
+        report_users=2,
+        test_days=1,
+        retrain=True,
+    )
     assert Settings.from_env(s.to_env()) == s
 
 

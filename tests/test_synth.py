@@ -93,8 +93,10 @@ def test_no_purchase_without_an_earlier_view(clean_shop: Lake):
 
 
 def test_items_arrive_over_time_and_some_are_cold(clean_shop: Lake):
-    items = {r["item_id"]: r for r in csv.DictReader(
-        io.StringIO(clean_shop.get_bytes("raw/catalog/items.csv").decode()))}  # fmt: skip
+    items = {
+        r["item_id"]: r
+        for r in csv.DictReader(io.StringIO(clean_shop.get_bytes("raw/catalog/items.csv").decode()))
+    }
     days = sorted({r["added_date"] for r in items.values()})
     assert len(days) >= 4  # new items on most days
     first_event: dict[str, str] = {}

@@ -29,6 +29,6 @@ def test_unshuffled_keeps_order_and_drop_remainder_drops_the_short_batch():
 
 def test_autotuning_is_off():
     # An autotuned pipeline's iterator waits tens of seconds for its tuning thread when Keras
-    # destroys it at the end of each epoch (see visrec.tfdata).
+    # destroys it at the end of each epoch (see visrec.models.tfdata).
     ds = in_memory_batches(np.arange(10), 4, shuffle_seed=0)
     assert ds.options().autotune.enabled is False

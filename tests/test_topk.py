@@ -21,8 +21,9 @@ def test_topk_matches_brute_force_with_every_filter(n_items, chunk):
     biases = rng.normal(size=n_items).astype(np.float32)
     liked = sp.random(150, n_items, density=0.02, format="csr", random_state=2)
     banned = np.array([3, 7, 11])
-    idx, scores = topk(items, query, 7, item_biases=biases, filter_query_items=liked, filter_items=banned,
-                       chunk=chunk)  # fmt: skip
+    idx, scores = topk(
+        items, query, 7, item_biases=biases, filter_query_items=liked, filter_items=banned, chunk=chunk
+    )
     brute = query @ items.T + biases
     brute[liked.nonzero()] = -np.inf
     brute[:, banned] = -np.inf

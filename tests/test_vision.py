@@ -269,17 +269,22 @@ def test_held_out_scoring_starts_late_and_the_best_scored_epoch_is_kept():
     wrong = [np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)]
     held_out = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
     budget = TimeBudget(None)
-    early = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=10, restore_best_weights=True)
-    callbacks = keras.callbacks.CallbackList([budget, LateValidation(held_out, 4, budget, 0.6), early], model=model)
+    early = keras.callbacks.EarlyStopping(
+        monitor="val_accuracy", mode="max", patience=10, restore_best_weights=True
+    )
+    seen = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: scored.append(logs.get("val_accuracy"))
+    )
+    callbacks = keras.callbacks.CallbackList(
+        [budget, LateValidation(held_out, 4, budget, 0.6), early, seen], model=model
+    )
     model.stop_training = False
     callbacks.on_train_begin()
     scored = []
     for epoch, weights in enumerate([right, right, right, wrong]):  # "training" sets the weights
         callbacks.on_epoch_begin(epoch)
         model.set_weights(weights)
-        logs = {"loss": 1.0}
-        callbacks.on_epoch_end(epoch, logs)
-        scored.append(logs.get("val_accuracy"))
+        callbacks.on_epoch_end(epoch, {"loss": 1.0})
     callbacks.on_train_end()
     # Epochs 1-2 end before 60% of the schedule: not scored. Epoch 3 scores 1.0, epoch 4 0.0, and
     # the model ends with epoch 3's weights, not the last ones.

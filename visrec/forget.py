@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from visrec.errors import VisrecError
+from visrec.ingest.user_photos import RAW_PREFIX, STORE_PREFIX
+from visrec.publish import read_release, refresh_warehouse
 from visrec.settings import Settings
 from visrec.store.forgotten import FORGOTTEN_KEY, _mentions, _token, forgotten_users
 from visrec.store.lake import RELEASE_KEY, Lake
@@ -49,8 +52,6 @@ def all_specs() -> list[TableSpec]:
 
 def forget_user(settings: Settings, user_id: str, *, lake: Lake | None = None) -> ForgetReport:
     """Remove ``user_id`` from the lake and the warehouse, and from every later run."""
-    from visrec.errors import VisrecError
-    from visrec.ingest.user_photos import RAW_PREFIX, STORE_PREFIX
 
     lake = lake or Lake.from_settings(settings)
     if not user_id or "/" in user_id or user_id.strip() != user_id:
@@ -84,8 +85,6 @@ def forget_user(settings: Settings, user_id: str, *, lake: Lake | None = None) -
                 rewritten.append((spec, ds))
 
     if lake.exists(RELEASE_KEY):
-        from visrec.publish import read_release, refresh_warehouse
-
         release = read_release(lake)
         for spec, ds in rewritten:
             if ds in release["tables"].get(spec.name, {}):

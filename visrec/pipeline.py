@@ -92,12 +92,22 @@ def ingest_images(ds: str, settings: Settings | None = None) -> Summary:
         return ingest(settings, lake, ds, validator, catalog=catalog)
 
     counts, reasons = _validated(ds, "ingest_images", lake, run)
-    return record(lake, ds, "ingest_images", {
-        "table": lake.url(f"staging/images/ds={ds}"), "files": counts.files, "accepted": counts.accepted,
-        "reused": counts.reused, "quarantined": counts.quarantined, "reasons": reasons,
-        "warnings": counts.warnings, "catalog_rows": catalog.num_rows,
-        "catalog_quarantined": catalog_bad.num_rows,
-    })  # fmt: skip
+    return record(
+        lake,
+        ds,
+        "ingest_images",
+        {
+            "table": lake.url(f"staging/images/ds={ds}"),
+            "files": counts.files,
+            "accepted": counts.accepted,
+            "reused": counts.reused,
+            "quarantined": counts.quarantined,
+            "reasons": reasons,
+            "warnings": counts.warnings,
+            "catalog_rows": catalog.num_rows,
+            "catalog_quarantined": catalog_bad.num_rows,
+        },
+    )
 
 
 def _spark_step(ds: str, settings: Settings | None, step: str, job: Callable) -> tuple[Lake, Any]:
@@ -113,10 +123,19 @@ def ingest_events(ds: str, settings: Settings | None = None) -> Summary:
     from visrec.ingest.events import ingest_events as job
 
     lake, (counts, reasons) = _spark_step(ds, settings, "ingest_events", job)
-    return record(lake, ds, "ingest_events", {
-        "table": lake.url(f"features/events/ds={ds}"), "raw": counts.raw, "valid": counts.valid,
-        "quarantined": counts.quarantined, "duplicates": counts.duplicates, "reasons": reasons,
-    })  # fmt: skip
+    return record(
+        lake,
+        ds,
+        "ingest_events",
+        {
+            "table": lake.url(f"features/events/ds={ds}"),
+            "raw": counts.raw,
+            "valid": counts.valid,
+            "quarantined": counts.quarantined,
+            "duplicates": counts.duplicates,
+            "reasons": reasons,
+        },
+    )
 
 
 def build_features(ds: str, settings: Settings | None = None, events: Upstream = None) -> Summary:
@@ -135,10 +154,18 @@ def ingest_user_photos(ds: str, settings: Settings | None = None) -> Summary:
     counts, reasons = _validated(
         ds, "ingest_user_photos", lake, lambda validator: ingest(settings, lake, ds, validator)
     )
-    return record(lake, ds, "ingest_user_photos", {
-        "files": counts.files, "accepted": counts.accepted, "quarantined": counts.quarantined,
-        "forgotten": counts.forgotten, "reasons": reasons,
-    })  # fmt: skip
+    return record(
+        lake,
+        ds,
+        "ingest_user_photos",
+        {
+            "files": counts.files,
+            "accepted": counts.accepted,
+            "quarantined": counts.quarantined,
+            "forgotten": counts.forgotten,
+            "reasons": reasons,
+        },
+    )
 
 
 def ingest(ds: str, settings: Settings | None = None) -> dict[str, Summary]:
@@ -161,11 +188,22 @@ def train_cnn(
     settings, lake = _open(settings, ds)
     if (done := _trained_already(settings, lake, ds, "train_cnn")) is not None:
         return done
-    result = train(settings, ds, lake=lake, config=CNNConfig(max_minutes=settings.cnn_max_minutes, **(config or {})))
-    return record(lake, ds, "train_cnn", {
-        "version": result.version, "promoted": result.promoted, "reason": result.reason,
-        "champion": _champion(MODEL_NAME), "fine_tuned_from": result.fine_tuned_from, "metrics": result.metrics,
-    })  # fmt: skip
+    result = train(
+        settings, ds, lake=lake, config=CNNConfig(max_minutes=settings.cnn_max_minutes, **(config or {}))
+    )
+    return record(
+        lake,
+        ds,
+        "train_cnn",
+        {
+            "version": result.version,
+            "promoted": result.promoted,
+            "reason": result.reason,
+            "champion": _champion(MODEL_NAME),
+            "fine_tuned_from": result.fine_tuned_from,
+            "metrics": result.metrics,
+        },
+    )
 
 
 def embed_items(ds: str, settings: Settings | None = None, cnn: Upstream = None) -> Summary:
@@ -179,10 +217,17 @@ def embed_items(ds: str, settings: Settings | None = None, cnn: Upstream = None)
     model, version = load_cnn(_from(cnn, "champion"))
     embeddings = embed(settings, ds, lake, model, version)
     similar = build_similar_items(lake, ds, k=settings.similar_k)
-    return record(lake, ds, "embed_items", {
-        "model_version": version, "item_embeddings": embeddings.num_rows, "similar_items": similar.num_rows,
-        "table": lake.url(f"features/item_embeddings/ds={ds}"),
-    })  # fmt: skip
+    return record(
+        lake,
+        ds,
+        "embed_items",
+        {
+            "model_version": version,
+            "item_embeddings": embeddings.num_rows,
+            "similar_items": similar.num_rows,
+            "table": lake.url(f"features/item_embeddings/ds={ds}"),
+        },
+    )
 
 
 def recognise_user_photos(
@@ -198,15 +243,25 @@ def recognise_user_photos(
     use_tracking(settings)
     model, version = load_cnn(_from(embeddings, "model_version"))
     recognised, recs = recognise(settings, lake, ds, model, version)
-    return record(lake, ds, "recognise_user_photos", {
-        "model_version": version, "user_photos": recognised.num_rows, "photo_recommendations": recs.num_rows,
-    })  # fmt: skip
+    return record(
+        lake,
+        ds,
+        "recognise_user_photos",
+        {
+            "model_version": version,
+            "user_photos": recognised.num_rows,
+            "photo_recommendations": recs.num_rows,
+        },
+    )
 
 
 def train_mf(
-    ds: str, settings: Settings | None = None, features: Upstream = None, embeddings: Upstream = None,
+    ds: str,
+    settings: Settings | None = None,
+    features: Upstream = None,
+    embeddings: Upstream = None,
     config: dict | None = None,
-) -> Summary:  # fmt: skip
+) -> Summary:
     """Evaluate popularity, the champion and a new VBPR on the same window; register behind the gate.
     ``config``: :class:`visrec.recsys.train.MFConfig` fields to change."""
     from visrec.recsys.train import MODEL_NAME, MFConfig
@@ -216,10 +271,18 @@ def train_mf(
     if (done := _trained_already(settings, lake, ds, "train_mf")) is not None:
         return done
     result = train(settings, ds, lake=lake, config=MFConfig(**(config or {})))
-    return record(lake, ds, "train_mf", {
-        "version": result.version, "promoted": result.promoted, "reason": result.reason,
-        "champion": _champion(MODEL_NAME), "metrics": result.metrics,
-    })  # fmt: skip
+    return record(
+        lake,
+        ds,
+        "train_mf",
+        {
+            "version": result.version,
+            "promoted": result.promoted,
+            "reason": result.reason,
+            "champion": _champion(MODEL_NAME),
+            "metrics": result.metrics,
+        },
+    )
 
 
 def train_gan(
@@ -243,18 +306,38 @@ def train_gan(
         log.info("train_gan %s: not due (%s); generating with %s", ds, why, version)
         return {"trained": False, "reason": why, "champion": version}
     cnn, _ = load_cnn(_from(embeddings, "model_version"))
-    result = train(settings, ds, lake=lake, config=GANConfig(max_minutes=settings.gan_max_minutes, **(config or {})), cnn=cnn)
+    result = train(
+        settings,
+        ds,
+        lake=lake,
+        config=GANConfig(max_minutes=settings.gan_max_minutes, **(config or {})),
+        cnn=cnn,
+    )
     items = lake.read_table("staging_images", ds).column("item_id").to_pylist()
-    return record(lake, ds, "train_gan", {
-        "trained": True, "due_because": why, "version": result.version, "promoted": result.promoted,
-        "reason": result.reason, "champion": _champion(MODEL_NAME), "metrics": result.metrics, "items": items,
-    })  # fmt: skip
+    return record(
+        lake,
+        ds,
+        "train_gan",
+        {
+            "trained": True,
+            "due_because": why,
+            "version": result.version,
+            "promoted": result.promoted,
+            "reason": result.reason,
+            "champion": _champion(MODEL_NAME),
+            "metrics": result.metrics,
+            "items": items,
+        },
+    )
 
 
 def generate_looks(
-    ds: str, settings: Settings | None = None, gan: Upstream = None, mf: Upstream = None,
+    ds: str,
+    settings: Settings | None = None,
+    gan: Upstream = None,
+    mf: Upstream = None,
     embeddings: Upstream = None,
-) -> Summary:  # fmt: skip
+) -> Summary:
     """Generated looks for the most active users of each segment, with the champion GAN."""
     from visrec.generation.looks import generate_looks as generate
     from visrec.generation.train import MODEL_NAME, load_gan
@@ -271,15 +354,26 @@ def generate_looks(
     cnn, _ = load_cnn(_from(embeddings, "model_version"))
     scorer = champion_scorer(settings, version=_from(mf, "champion"))
     table = generate(settings, lake, ds, generator, cnn, gan_version, scorer=scorer)
-    return record(lake, ds, "generate_looks", {
-        "gan_version": gan_version, "looks": table.num_rows, "users": len(set(table.column("user_id").to_pylist())),
-    })  # fmt: skip
+    return record(
+        lake,
+        ds,
+        "generate_looks",
+        {
+            "gan_version": gan_version,
+            "looks": table.num_rows,
+            "users": len(set(table.column("user_id").to_pylist())),
+        },
+    )
 
 
 def score(
-    ds: str, settings: Settings | None = None, mf: Upstream = None, photos: Upstream = None,
-    looks: Upstream = None, exclude: list[str] | None = None,
-) -> Summary:  # fmt: skip
+    ds: str,
+    settings: Settings | None = None,
+    mf: Upstream = None,
+    photos: Upstream = None,
+    looks: Upstream = None,
+    exclude: list[str] | None = None,
+) -> Summary:
     """Top-K for every user with the champion recommender (the one ``mf`` names) -> ``recommendations``."""
     from collections import Counter
 
@@ -290,14 +384,27 @@ def score(
     if looks is None:
         looks = run_summary(lake, ds, "generate_looks")
     scorer = champion_scorer(settings, version=_from(mf, "champion"))
-    table = score_users(settings, ds, lake=lake, scorer=scorer, exclude=exclude,
-                        looks_version=_from(looks, "gan_version") or "visrec-gan")  # fmt: skip
-    return record(lake, ds, "score", {
-        "rows": table.num_rows, "users": len(set(table.column("user_id").to_pylist())), "k": settings.top_k,
-        "sources": dict(Counter(table.column("source").to_pylist())),
-        "model_versions": sorted(set(table.column("model_version").to_pylist())),
-        "table": lake.url(f"published/recommendations/ds={ds}"),
-    })  # fmt: skip
+    table = score_users(
+        settings,
+        ds,
+        lake=lake,
+        scorer=scorer,
+        exclude=exclude,
+        looks_version=_from(looks, "gan_version") or "visrec-gan",
+    )
+    return record(
+        lake,
+        ds,
+        "score",
+        {
+            "rows": table.num_rows,
+            "users": len(set(table.column("user_id").to_pylist())),
+            "k": settings.top_k,
+            "sources": dict(Counter(table.column("source").to_pylist())),
+            "model_versions": sorted(set(table.column("model_version").to_pylist())),
+            "table": lake.url(f"published/recommendations/ds={ds}"),
+        },
+    )
 
 
 def publish(
@@ -310,9 +417,16 @@ def publish(
     settings, lake = _open(settings, ds)
     scored = recommendations or run_summary(lake, ds, "score") or {}
     result = publishing.publish(settings, ds, lake=lake, k=scored.get("k", settings.top_k))
-    return record(lake, ds, "publish", {
-        "rows": result.rows, "warehouse": result.warehouse, "published_at": result.published_at,
-    })  # fmt: skip
+    return record(
+        lake,
+        ds,
+        "publish",
+        {
+            "rows": result.rows,
+            "warehouse": result.warehouse,
+            "published_at": result.published_at,
+        },
+    )
 
 
 def report(ds: str, settings: Settings | None = None, published: Upstream = None) -> Summary:
@@ -324,10 +438,16 @@ def report(ds: str, settings: Settings | None = None, published: Upstream = None
 
 
 def find_similar(
-    settings: Settings, photo: bytes, name: str, *, k: int = 10, ds: str | None = None,
-    user: str | None = None, lake: Lake | None = None,
-) -> tuple[list, dict]:  # fmt: skip
-    """"Products like this photo": the nearest catalog items, re-ranked for ``user`` when given (the
+    settings: Settings,
+    photo: bytes,
+    name: str,
+    *,
+    k: int = 10,
+    ds: str | None = None,
+    user: str | None = None,
+    lake: Lake | None = None,
+) -> tuple[list, dict]:
+    """ "Products like this photo": the nearest catalog items, re-ranked for ``user`` when given (the
     photo says what to look for, the user's history which of those they prefer; see
     :func:`visrec.recsys.score.rerank_for_user`)."""
     from visrec.recsys.score import rerank_for_user
@@ -351,14 +471,17 @@ STEPS: dict[str, tuple[Callable[..., Summary], dict[str, str]]] = {
     "ingest_user_photos": (ingest_user_photos, {}),
     "train_cnn": (train_cnn, {"images": "ingest_images"}),
     "embed_items": (embed_items, {"cnn": "train_cnn"}),
-    "recognise_user_photos": (recognise_user_photos, {"uploads": "ingest_user_photos", "embeddings": "embed_items"}),
+    "recognise_user_photos": (
+        recognise_user_photos,
+        {"uploads": "ingest_user_photos", "embeddings": "embed_items"},
+    ),
     "train_mf": (train_mf, {"features": "build_features", "embeddings": "embed_items"}),
     "train_gan": (train_gan, {"embeddings": "embed_items"}),
     "generate_looks": (generate_looks, {"gan": "train_gan", "mf": "train_mf", "embeddings": "embed_items"}),
     "score": (score, {"mf": "train_mf", "photos": "recognise_user_photos", "looks": "generate_looks"}),
     "publish": (publish, {"recommendations": "score", "looks": "generate_looks"}),
     "report": (report, {"published": "publish"}),
-}  # fmt: skip
+}
 
 
 def run_step(name: str, ds: str, settings: Settings | None = None, **upstream: Upstream) -> Summary:

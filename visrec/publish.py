@@ -1,7 +1,7 @@
 """Publishing: validate a date's output tables, switch what readers see in one step, refresh DuckDB.
 
 The pipeline's tasks write their outputs into the lake as they go (each partition atomically, see
-:mod:`visrec.lake`), but consumers do not read those working partitions. They read the *release*:
+:mod:`visrec.store.lake`), but consumers do not read those working partitions. They read the *release*:
 one small object, ``published/_RELEASE.json``, that lists for every published table the exact
 Parquet files of every published date. :func:`publish` validates today's outputs, then replaces the
 release with a single write (a rename on disk, one PUT on S3), then rebuilds the DuckDB warehouse's
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -21,8 +22,10 @@ from typing import TYPE_CHECKING
 from visrec.errors import VisrecError
 from visrec.mlops.validation import TableValidator, ValidationFailed
 from visrec.settings import Settings
+from visrec.store.catalog import read_catalog
 from visrec.store.lake import RELEASE_KEY, Lake, check_ds
 from visrec.store.schemas import spec_for
+from visrec.store.tables import load_events
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,6 +48,18 @@ _RANKED = {
     "similar_items": (["item_id"], "similar_item_id"),
     "photo_recommendations": (["user_id", "photo_id"], "item_id"),
 }
+
+
+# Fault-injection points, for tests: ``HOOKS["before_switch"]`` runs just before the release is
+# replaced, ``HOOKS["before_warehouse"]`` just before the warehouse is refreshed. A test's child process
+# sets one to announce it got there and wait, so that its SIGKILL lands exactly at that point.
+HOOKS: dict[str, Callable[[], None]] = {}
+
+
+def _reached(point: str) -> None:
+    hook = HOOKS.get(point)
+    if hook is not None:
+        hook()
 
 
 @dataclass
@@ -96,7 +111,6 @@ def validate_outputs(
 ) -> dict[str, int]:
     """Validate ``ds``'s partitions of ``tables`` (Great Expectations suites plus the ranking, catalog
     and already-purchased checks); raise :class:`ValidationFailed` naming every problem."""
-    from visrec.store.catalog import read_catalog
 
     catalog, _ = read_catalog(lake)
     catalog_ids = set(catalog.column("item_id").to_pylist())
@@ -137,14 +151,15 @@ def validate_outputs(
 
 
 def _purchased_problems(lake: Lake, ds: str, recs: pd.DataFrame) -> list[str]:
-    from visrec.store.tables import load_events
 
     events = load_events(lake, ds)
     bought = events.loc[events["event_type"] == "purchase", ["user_id", "item_id"]].drop_duplicates()
     clash = recs.merge(bought, on=["user_id", "item_id"])
     if len(clash):
-        return [f"{len(clash)} recommendations of an item the user already bought, e.g. "
-                f"{clash[['user_id', 'item_id']].head(3).to_dict('records')}"]  # fmt: skip
+        return [
+            f"{len(clash)} recommendations of an item the user already bought, e.g. "
+            f"{clash[['user_id', 'item_id']].head(3).to_dict('records')}"
+        ]
     return []
 
 
@@ -167,8 +182,10 @@ def publish(settings: Settings, ds: str, *, lake: Lake | None = None, k: int | N
     release["ds"] = max(d for parts in release["tables"].values() for d in parts)
     release["published_at"] = datetime.now(UTC).isoformat()
     # The switch: one object replaced in one step.
+    _reached("before_switch")
     lake.put_bytes(RELEASE_KEY, json.dumps(release, indent=1, sort_keys=True).encode())
     log.info("published ds=%s: %s", ds, rows)
+    _reached("before_warehouse")
     refresh_warehouse(settings, lake, release)
     return PublishResult(ds, rows, str(settings.warehouse_path), release["published_at"])
 

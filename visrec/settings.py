@@ -47,7 +47,9 @@ class Settings(BaseSettings):
         Path(""), validation_alias=_env("VISREC_WAREHOUSE", "warehouse_path"), description="DuckDB file"
     )
     seed: int = Field(42, ge=0)
-    error_budget: float = Field(0.05, ge=0.0, le=1.0, description="share of a day's input that may be rejected")
+    error_budget: float = Field(
+        0.05, ge=0.0, le=1.0, description="share of a day's input that may be rejected"
+    )
     spark_master: str = "local[2]"
     image_size: int = Field(64, ge=16, le=1024, description="side of the staged images, pixels")
     # Implicit-feedback confidence: each event counts its type's weight, halved every half-life days.
@@ -58,18 +60,24 @@ class Settings(BaseSettings):
     top_k: int = Field(20, ge=1, le=1000, description="recommendations per user")
     similar_k: int = Field(10, ge=1, le=1000, description="neighbours per item in similar_items")
     cnn_max_minutes: float = Field(
-        20.0, gt=0, validation_alias=_env("VISREC_CNN_MINUTES", "cnn_max_minutes"),
+        20.0,
+        gt=0,
+        validation_alias=_env("VISREC_CNN_MINUTES", "cnn_max_minutes"),
         description="the image model's training budget per run",
-    )  # fmt: skip
+    )
     report_users: int = Field(6, ge=1, description="sample users shown in each run's HTML report")
     photo_retention_days: int = Field(30, ge=1, description="user photos older than this are deleted")
     photo_weight: float = Field(0.5, ge=0.0, description="photo evidence beside behaviour when scoring")
     gan_every_days: int = Field(7, ge=1, description="train the GAN when its last training is this old...")
-    gan_catalog_change: float = Field(0.2, ge=0.0, le=1.0, description="...or this share of the catalog is new")
+    gan_catalog_change: float = Field(
+        0.2, ge=0.0, le=1.0, description="...or this share of the catalog is new"
+    )
     gan_max_minutes: float = Field(
-        10.0, gt=0, validation_alias=_env("VISREC_GAN_MINUTES", "gan_max_minutes"),
+        10.0,
+        gt=0,
+        validation_alias=_env("VISREC_GAN_MINUTES", "gan_max_minutes"),
         description="the GAN's training budget when it trains",
-    )  # fmt: skip
+    )
     generated_slots: int = Field(2, ge=0, description="places per list for items nearest generated looks")
     retrain: bool = Field(False, description="a rerun of a date trains new models instead of reusing them")
 
@@ -97,7 +105,9 @@ class Settings(BaseSettings):
             object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{home / 'mlflow.db'}")
         if not self.mlflow_artifact_uri:
             object.__setattr__(self, "mlflow_artifact_uri", (home / "mlartifacts").as_uri())
-        warehouse = home / "warehouse.duckdb" if str(self.warehouse_path) in ("", ".") else self.warehouse_path
+        warehouse = (
+            home / "warehouse.duckdb" if str(self.warehouse_path) in ("", ".") else self.warehouse_path
+        )
         object.__setattr__(self, "warehouse_path", Path(warehouse).resolve())
         return self
 

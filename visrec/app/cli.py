@@ -24,9 +24,20 @@ log = logging.getLogger("visrec")
 
 # Step names, for `visrec step` (kept here so that `--help` does not import the pipeline's libraries).
 STEP_NAMES = (
-    "ingest_images", "ingest_events", "build_features", "ingest_user_photos", "train_cnn", "embed_items",
-    "recognise_user_photos", "train_mf", "train_gan", "generate_looks", "score", "publish", "report",
-)  # fmt: skip
+    "ingest_images",
+    "ingest_events",
+    "build_features",
+    "ingest_user_photos",
+    "train_cnn",
+    "embed_items",
+    "recognise_user_photos",
+    "train_mf",
+    "train_gan",
+    "generate_looks",
+    "score",
+    "publish",
+    "report",
+)
 
 
 def _progress(enabled: bool) -> Callable[[str, int, int], None]:
@@ -131,10 +142,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.model == "gan":
         summary = pipeline.train_gan(ds, settings, config=config)
         m = summary["metrics"]
-        print(f"gan {ds}: Frechet ratio {m['frechet_ratio']:.2f} (generated vs real {m['frechet_distance']:.4f}, "
-              f"real vs real {m['frechet_real_vs_real']:.4f}); class consistency {m['class_consistency']:.3f} vs the "
-              f"image model's {m['cnn_accuracy_on_real']:.3f} on real images; {m['epochs_run']:.0f} epochs in "
-              f"{m['train_seconds']:.0f}s")  # fmt: skip
+        print(
+            f"gan {ds}: Frechet ratio {m['frechet_ratio']:.2f} (generated vs real {m['frechet_distance']:.4f}, "
+            f"real vs real {m['frechet_real_vs_real']:.4f}); class consistency {m['class_consistency']:.3f} vs the "
+            f"image model's {m['cnn_accuracy_on_real']:.3f} on real images; {m['epochs_run']:.0f} epochs in "
+            f"{m['train_seconds']:.0f}s"
+        )
         print(f"registered {summary['version']}: {summary['reason']}")
         return 0
     config.update({"fine_tune": False} if args.from_scratch else {})
@@ -144,7 +157,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"cnn {ds}: held-out accuracy {m['held_out_accuracy']:.4f} (top-5 {m['held_out_top5_accuracy']:.4f}, "
         f"majority class {m['majority_class_accuracy']:.4f}), {m['epochs_run']:.0f} epochs in "
-        f"{m['train_seconds']:.0f}s" + (f", fine-tuned from {cnn['fine_tuned_from']}" if cnn["fine_tuned_from"] else "")
+        f"{m['train_seconds']:.0f}s"
+        + (f", fine-tuned from {cnn['fine_tuned_from']}" if cnn["fine_tuned_from"] else "")
     )
     print(f"registered {cnn['version']}: {cnn['reason']}")
     embedded = pipeline.embed_items(ds, settings, cnn)
@@ -156,8 +170,15 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_mf(ds: str, settings: Settings, summary: dict) -> int:
-    keys = ["recall_at_20", "ndcg_at_20", "map_at_20", "cold_recall_at_20", "coverage", "intra_list_diversity",
-            "novelty"]  # fmt: skip
+    keys = [
+        "recall_at_20",
+        "ndcg_at_20",
+        "map_at_20",
+        "cold_recall_at_20",
+        "coverage",
+        "intra_list_diversity",
+        "novelty",
+    ]
     print(f"mf {ds}, evaluated on the last {settings.test_days} days:")
     print(f"{'model':<12}" + "".join(f"{k:>22}" for k in keys))
     for name, metrics in summary["metrics"].items():
@@ -171,8 +192,10 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
 
     exclude = Path(args.exclude).read_text().split() if args.exclude else None
     summary = pipeline.score(args.ds, settings.with_overrides(top_k=args.k), exclude=exclude)
-    print(f"recommendations {args.ds}: {summary['rows']} rows for {summary['users']} users "
-          f"(K={summary['k']}); by source {summary['sources']}")  # fmt: skip
+    print(
+        f"recommendations {args.ds}: {summary['rows']} rows for {summary['users']} users "
+        f"(K={summary['k']}); by source {summary['sources']}"
+    )
     return 0
 
 
@@ -256,8 +279,12 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
         from visrec.report.html import similar_page
 
         staged = lake.read_table("staging_images", context["ds"])
-        pngs = dict(zip(staged.column("item_id").to_pylist(), staged.column("image_png").to_pylist(), strict=True))
-        Path(args.html).write_text(similar_page(photo.name, photo.read_bytes(), guesses, matches, pngs, context))
+        pngs = dict(
+            zip(staged.column("item_id").to_pylist(), staged.column("image_png").to_pylist(), strict=True)
+        )
+        Path(args.html).write_text(
+            similar_page(photo.name, photo.read_bytes(), guesses, matches, pngs, context)
+        )
         print(f"html: {Path(args.html).resolve()}")
     return 0
 
@@ -277,10 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    synth = command("synth", cmd_synth, "generate a synthetic shop into the raw zone",
-                    "Generate a synthetic shop (catalog, rendered product images, event logs, user photos) in "
-                    "the raw layout, plus its ground truth under truth/. Deterministic per seed. Omitted "
-                    "flags take visrec.devdata.synth.ShopConfig's defaults (the demo's scale).")  # fmt: skip
+    synth = command(
+        "synth",
+        cmd_synth,
+        "generate a synthetic shop into the raw zone",
+        "Generate a synthetic shop (catalog, rendered product images, event logs, user photos) in "
+        "the raw layout, plus its ground truth under truth/. Deterministic per seed. Omitted "
+        "flags take visrec.devdata.synth.ShopConfig's defaults (the demo's scale).",
+    )
     synth.add_argument("--users", type=int, help="number of users (default 2000)")
     synth.add_argument("--items", type=int, help="number of items (default 1000)")
     synth.add_argument("--days", type=int, help="days of events (default 10)")
@@ -291,85 +322,129 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", help="output root URI (default: the lake)")
     synth.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
-    imp = command("import", cmd_import, "map an external layout onto the raw contract",
-                  "Map an external data layout onto visrec's raw contract. Layouts: hm "
-                  "(articles.csv, transactions.csv, images/<article_id>.jpg).")  # fmt: skip
+    imp = command(
+        "import",
+        cmd_import,
+        "map an external layout onto the raw contract",
+        "Map an external data layout onto visrec's raw contract. Layouts: hm "
+        "(articles.csv, transactions.csv, images/<article_id>.jpg).",
+    )
     imp.add_argument("layout", choices=["hm"], help="the source layout")
     imp.add_argument("source", help="the source folder")
     imp.add_argument("--out", help="output root URI (default: the lake)")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
-    ing = command("ingest", cmd_ingest, "the ingestion steps for a date: images, events, features, user photos",
-                  "Ingest one or more dates: catalog images into staging/images, the day's event logs (Spark) "
-                  "into clean events and quarantine, interactions / user profiles / item statistics as of "
-                  "that day, the day's user photos; each table checked with Great Expectations.")  # fmt: skip
+    ing = command(
+        "ingest",
+        cmd_ingest,
+        "the ingestion steps for a date: images, events, features, user photos",
+        "Ingest one or more dates: catalog images into staging/images, the day's event logs (Spark) "
+        "into clean events and quarantine, interactions / user profiles / item statistics as of "
+        "that day, the day's user photos; each table checked with Great Expectations.",
+    )
     ing.add_argument("--ds", required=True, nargs="+", help="the date(s), YYYY-MM-DD")
     ing.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
-    train = command("train", cmd_train, "train one model for a date: cnn | mf | gan",
-                    "Train a model on a date's tables, track it in MLflow and register it (champion only if "
-                    "it passes the promotion gate). cnn: the image classifier / embedder (fine-tunes the "
-                    "champion when the categories are unchanged), then embeds the catalog with the champion "
-                    "and builds similar_items. mf: the visual recommender (VBPR), compared with popularity "
-                    "and the champion on a time split. gan: the category-conditioned image generator, judged "
-                    "by the champion image model.")  # fmt: skip
+    train = command(
+        "train",
+        cmd_train,
+        "train one model for a date: cnn | mf | gan",
+        "Train a model on a date's tables, track it in MLflow and register it (champion only if "
+        "it passes the promotion gate). cnn: the image classifier / embedder (fine-tunes the "
+        "champion when the categories are unchanged), then embeds the catalog with the champion "
+        "and builds similar_items. mf: the visual recommender (VBPR), compared with popularity "
+        "and the champion on a time split. gan: the category-conditioned image generator, judged "
+        "by the champion image model.",
+    )
     train.add_argument("model", choices=["cnn", "mf", "gan"], help="which model")
     train.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
-    train.add_argument("--max-minutes", type=float,
-                       help="training budget (default VISREC_CNN_MINUTES / VISREC_GAN_MINUTES)")  # fmt: skip
+    train.add_argument(
+        "--max-minutes", type=float, help="training budget (default VISREC_CNN_MINUTES / VISREC_GAN_MINUTES)"
+    )
     train.add_argument("-k", type=int, help="neighbours per item in similar_items (default VISREC_SIMILAR_K)")
-    train.add_argument("--epochs", type=int, help="maximum epochs (default: the model config's, cnn 30, mf 20, gan 60)")
+    train.add_argument(
+        "--epochs", type=int, help="maximum epochs (default: the model config's, cnn 30, mf 20, gan 60)"
+    )
     train.add_argument("--from-scratch", action="store_true", help="cnn: do not fine-tune the champion")
     train.add_argument("--backbone", help="cnn: compact (default) or a keras.applications name")
     train.add_argument("--backbone-weights", help="cnn: local weights file for --backbone")
     train.add_argument("--mixed-precision", action="store_true", help="cnn: float16 compute (for GPUs)")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
-    score = command("score", cmd_score, "score all users for a date into the recommendations table",
-                    "Top-K recommendations for every user with the champion recommender: already bought "
-                    "items and an optional exclude list filtered, at most 8 items of one category per list; "
-                    "users the champion does not know get what is popular.")  # fmt: skip
+    score = command(
+        "score",
+        cmd_score,
+        "score all users for a date into the recommendations table",
+        "Top-K recommendations for every user with the champion recommender: already bought "
+        "items and an optional exclude list filtered, at most 8 items of one category per list; "
+        "users the champion does not know get what is popular.",
+    )
     score.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
     score.add_argument("-k", type=int, help="recommendations per user (default VISREC_TOP_K)")
     score.add_argument("--exclude", help="file of item ids never to recommend (one per line)")
 
-    pub = command("publish", cmd_publish, "validate a date's output tables and publish them atomically",
-                  "Validate the date's output tables (Great Expectations, ranks 1..K with the K that score "
-                  "used, scores non-increasing, nothing already bought, every item in the catalog), then "
-                  "switch the release and refresh the DuckDB warehouse's views in one step. On failure "
-                  "nothing readers see changes.")  # fmt: skip
+    pub = command(
+        "publish",
+        cmd_publish,
+        "validate a date's output tables and publish them atomically",
+        "Validate the date's output tables (Great Expectations, ranks 1..K with the K that score "
+        "used, scores non-increasing, nothing already bought, every item in the catalog), then "
+        "switch the release and refresh the DuckDB warehouse's views in one step. On failure "
+        "nothing readers see changes.",
+    )
     pub.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
 
-    rep = command("report", cmd_report, "build the HTML report of a run",
-                  "Write reports/ds=<ds>/index.html into the lake and log it to MLflow.")  # fmt: skip
+    rep = command(
+        "report",
+        cmd_report,
+        "build the HTML report of a run",
+        "Write reports/ds=<ds>/index.html into the lake and log it to MLflow.",
+    )
     rep.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
 
-    step = command("step", cmd_step, "run any single step of the nightly DAG for a date",
-                   "Run one step of the nightly DAG for a date, as its Airflow task does (upstream results "
-                   "come from the registry's champions and the date's run records). Steps: "
-                   + ", ".join(STEP_NAMES) + ".")  # fmt: skip
+    step = command(
+        "step",
+        cmd_step,
+        "run any single step of the nightly DAG for a date",
+        "Run one step of the nightly DAG for a date, as its Airflow task does (upstream results "
+        "come from the registry's champions and the date's run records). Steps: "
+        + ", ".join(STEP_NAMES)
+        + ".",
+    )
     step.add_argument("name", choices=STEP_NAMES, metavar="NAME", help="the step")
     step.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
 
-    fgt = command("forget", cmd_forget, "remove one user's photos, events and derived rows",
-                  "Remove a user from the lake and the warehouse: uploaded and stored photos, their lines in "
-                  "the raw event logs, every table row that mentions them (old versions included), and keep "
-                  "them out of every later run. Models drop them at their next training.")  # fmt: skip
+    fgt = command(
+        "forget",
+        cmd_forget,
+        "remove one user's photos, events and derived rows",
+        "Remove a user from the lake and the warehouse: uploaded and stored photos, their lines in "
+        "the raw event logs, every table row that mentions them (old versions included), and keep "
+        "them out of every later run. Models drop them at their next training.",
+    )
     fgt.add_argument("user_id", help="the user's id")
 
-    run = command("run", cmd_run, "the whole nightly DAG for one or more dates (through Airflow)",
-                  "Run the visrec_nightly DAG for each date in order with `airflow dags test` (metadata in "
-                  "SQLite under VISREC_HOME/airflow, logs under VISREC_HOME/logs). Stops at the first failed "
-                  "date; yesterday's published tables stay as they were.")  # fmt: skip
+    run = command(
+        "run",
+        cmd_run,
+        "the whole nightly DAG for one or more dates (through Airflow)",
+        "Run the visrec_nightly DAG for each date in order with `airflow dags test` (metadata in "
+        "SQLite under VISREC_HOME/airflow, logs under VISREC_HOME/logs). Stops at the first failed "
+        "date; yesterday's published tables stay as they were.",
+    )
     run.add_argument("--ds", nargs="+", help="the date(s), YYYY-MM-DD")
     run.add_argument("--start", help="first date of a range")
     run.add_argument("--end", help="last date of a range")
     run.add_argument("--no-airflow", action="store_true", help="run the same steps in this process")
 
-    sim = command("similar", cmd_similar, '"find products like this photo"',
-                  "Embed a photo (any common format and size) with the champion image model and list the "
-                  "nearest catalog items; with --user, re-rank them by that user's taste (VISREC_PHOTO_WEIGHT "
-                  "weighs the photo beside the recommender, as in scoring).")  # fmt: skip
+    sim = command(
+        "similar",
+        cmd_similar,
+        '"find products like this photo"',
+        "Embed a photo (any common format and size) with the champion image model and list the "
+        "nearest catalog items; with --user, re-rank them by that user's taste (VISREC_PHOTO_WEIGHT "
+        "weighs the photo beside the recommender, as in scoring).",
+    )
     sim.add_argument("photo", help="path of the photo")
     sim.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     sim.add_argument("--user", help="re-rank the look-alikes by this user's taste (visrec-mf)")

@@ -63,10 +63,19 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         lake = Lake.from_settings(settings)
         shop = generate_shop(
-            ShopConfig(users=args.users, items=args.items, days=args.days, seed=settings.seed,
-                       corrupt_rate=args.corrupt_rate), lake)  # fmt: skip
-        print(f"[demo] synthetic shop: {shop.items} items, {shop.users} users, {shop.events} events, "
-              f"{shop.days} days")  # fmt: skip
+            ShopConfig(
+                users=args.users,
+                items=args.items,
+                days=args.days,
+                seed=settings.seed,
+                corrupt_rate=args.corrupt_rate,
+            ),
+            lake,
+        )
+        print(
+            f"[demo] synthetic shop: {shop.items} items, {shop.users} users, {shop.events} events, "
+            f"{shop.days} days"
+        )
         first = date.fromisoformat(shop.first_ds)
         days = [(first + timedelta(days=d)).isoformat() for d in range(shop.days)]
         dag_days = days[-max(1, min(args.dag_days, len(days))) :]
@@ -78,11 +87,15 @@ def main(argv: list[str] | None = None) -> int:
             for ds in history:
                 report = ingest_day(settings, ds, lake=lake, spark=spark)
                 ingest_user_photos(settings, lake, ds)
-                print(f"[demo] history {ds}: {report.events.valid} events, {report.events.quarantined} "
-                      f"quarantined, {report.images.accepted} images")  # fmt: skip
+                print(
+                    f"[demo] history {ds}: {report.events.valid} events, {report.events.quarantined} "
+                    f"quarantined, {report.images.accepted} images"
+                )
             spark.stop()  # the DAG's tasks start their own
-        print(f"[demo] running the visrec_nightly DAG for {', '.join(dag_days)}"
-              + (" in this process" if args.no_airflow else " with `airflow dags test`"))  # fmt: skip
+        print(
+            f"[demo] running the visrec_nightly DAG for {', '.join(dag_days)}"
+            + (" in this process" if args.no_airflow else " with `airflow dags test`")
+        )
         runs = run_dates(dag_days, settings, airflow=not args.no_airflow)
     except VisrecError as exc:
         print(f"visrec demo: error: {exc}", file=sys.stderr)
@@ -106,21 +119,27 @@ def main(argv: list[str] | None = None) -> int:
     cnn = summaries.get("train_cnn", {})
     if cnn:
         m = cnn["metrics"]
-        print(f"image model:  {cnn['version']} held-out accuracy {m['held_out_accuracy']:.3f} "
-              f"(majority class {m['majority_class_accuracy']:.3f}); {cnn['reason']}")  # fmt: skip
+        print(
+            f"image model:  {cnn['version']} held-out accuracy {m['held_out_accuracy']:.3f} "
+            f"(majority class {m['majority_class_accuracy']:.3f}); {cnn['reason']}"
+        )
     mf = summaries.get("train_mf", {})
     for name, m in mf.get("metrics", {}).items():
-        print(f"recommender:  {name:<10} recall@20 {m['recall_at_20']:.3f}  ndcg@20 {m['ndcg_at_20']:.3f}  "
-              f"cold recall@20 {m['cold_recall_at_20']:.3f}  coverage {m['coverage']:.3f}")  # fmt: skip
+        print(
+            f"recommender:  {name:<10} recall@20 {m['recall_at_20']:.3f}  ndcg@20 {m['ndcg_at_20']:.3f}  "
+            f"cold recall@20 {m['cold_recall_at_20']:.3f}  coverage {m['coverage']:.3f}"
+        )
     if mf:
         print(f"              {mf['version']}: {mf['reason']}")
     gans = [run_summaries(lake, d).get("train_gan") for d in dag_days]
     gan = next((g for g in reversed(gans) if g and g.get("trained")), None)
     if gan:
         m = gan["metrics"]
-        print(f"GAN:          {gan['version']} Frechet ratio {m['frechet_ratio']:.2f} (generated vs real / real vs real), "
-              f"class consistency {m['class_consistency']:.3f} vs the image model's {m['cnn_accuracy_on_real']:.3f} on "
-              f"real images; trained {sum(bool(g and g.get('trained')) for g in gans)} of {len(dag_days)} nights")  # fmt: skip
+        print(
+            f"GAN:          {gan['version']} Frechet ratio {m['frechet_ratio']:.2f} (generated vs real / real vs real), "
+            f"class consistency {m['class_consistency']:.3f} vs the image model's {m['cnn_accuracy_on_real']:.3f} on "
+            f"real images; trained {sum(bool(g and g.get('trained')) for g in gans)} of {len(dag_days)} nights"
+        )
     photos = summaries.get("recognise_user_photos", {})
     if photos:
         print(

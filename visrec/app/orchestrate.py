@@ -78,8 +78,9 @@ def prepare_airflow(settings: Settings) -> dict[str, str]:
 def _call(cmd: list[str], env: dict[str, str], what: str, log_path: Path | None = None) -> None:
     out = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
-        result = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if log_path else subprocess.PIPE,
-                                text=True)  # fmt: skip
+        result = subprocess.run(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT if log_path else subprocess.PIPE, text=True
+        )
     finally:
         if log_path:
             out.close()
@@ -123,11 +124,19 @@ def task_durations(ds: str, env: dict[str, str]) -> dict[str, float]:
     import json
     from datetime import datetime
 
-    result = subprocess.run([_airflow_bin(), "tasks", "states-for-dag-run", DAG_ID, ds, "-o", "json"],
-                            env=env, capture_output=True, text=True)  # fmt: skip
-    rows = next((json.loads(line) for line in reversed(result.stdout.splitlines()) if line.startswith("[")), None)
+    result = subprocess.run(
+        [_airflow_bin(), "tasks", "states-for-dag-run", DAG_ID, ds, "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    rows = next(
+        (json.loads(line) for line in reversed(result.stdout.splitlines()) if line.startswith("[")), None
+    )
     if result.returncode != 0 or rows is None:
-        log.warning("could not read the task instances of %s %s: %s", DAG_ID, ds, result.stderr.strip()[-300:])
+        log.warning(
+            "could not read the task instances of %s %s: %s", DAG_ID, ds, result.stderr.strip()[-300:]
+        )
         return {}
     seconds = {}
     for row in sorted(rows, key=lambda r: r.get("start_date") or ""):

@@ -97,8 +97,16 @@ def import_hm(
                 continue
             photo_items.append(item)
             price = f"{price_sum[item] / price_n[item]:.6f}" if price_n[item] else ""
-            writer.writerow([item, row["product_type_name"], row["product_group_name"],
-                             row["colour_group_name"], row["graphical_appearance_name"], price])  # fmt: skip
+            writer.writerow(
+                [
+                    item,
+                    row["product_type_name"],
+                    row["product_group_name"],
+                    row["colour_group_name"],
+                    row["graphical_appearance_name"],
+                    price,
+                ]
+            )
     out.put_bytes("raw/catalog/items.csv", catalog.getvalue().encode())
 
     def copy(item: str) -> None:

@@ -38,8 +38,15 @@ from visrec.store.lake import Lake
 from visrec.store.schemas import EVENT_TYPES
 
 CATEGORIES: tuple[str, ...] = (
-    "tshirt", "jacket", "dress", "trousers", "skirt", "shoe", "bag", "hat",
-)  # fmt: skip
+    "tshirt",
+    "jacket",
+    "dress",
+    "trousers",
+    "skirt",
+    "shoe",
+    "bag",
+    "hat",
+)
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (200, 30, 40),
     "orange": (240, 130, 20),
@@ -54,11 +61,20 @@ PATTERNS: tuple[str, ...] = ("solid", "stripes", "dots", "checks", "diagonal")
 # Kinds of injected bad input, named by the quarantine reason ingestion must give them (a duplicate is
 # dropped, not quarantined).
 IMAGE_BAD_KINDS: tuple[str, ...] = (
-    "truncated", "empty_file", "not_an_image", "wrong_extension", "decompression_bomb",
-)  # fmt: skip
+    "truncated",
+    "empty_file",
+    "not_an_image",
+    "wrong_extension",
+    "decompression_bomb",
+)
 EVENT_BAD_KINDS: tuple[str, ...] = (
-    "malformed", "missing_field", "unknown_item", "unknown_event_type", "duplicate", "future_timestamp",
-)  # fmt: skip
+    "malformed",
+    "missing_field",
+    "unknown_item",
+    "unknown_event_type",
+    "duplicate",
+    "future_timestamp",
+)
 
 
 def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: int = 16):
@@ -68,22 +84,59 @@ def _arc(cx: float, cy: float, rx: float, ry: float, a0: float, a1: float, n: in
 
 # Silhouettes in unit coordinates (x right, y down, [-1, 1]); a category may have several polygons.
 SHAPES: dict[str, list[list[tuple[float, float]]]] = {
-    "tshirt": [[(-0.35, -0.8), (0.35, -0.8), (0.9, -0.45), (0.7, -0.15), (0.45, -0.3),
-                (0.45, 0.85), (-0.45, 0.85), (-0.45, -0.3), (-0.7, -0.15), (-0.9, -0.45)]],
-    "jacket": [[(-0.35, -0.85), (0.35, -0.85), (0.75, -0.6), (0.95, 0.6), (0.7, 0.65),
-                (0.5, -0.1), (0.5, 0.9), (-0.5, 0.9), (-0.5, -0.1), (-0.7, 0.65),
-                (-0.95, 0.6), (-0.75, -0.6)]],
-    "dress": [[(-0.25, -0.9), (0.25, -0.9), (0.3, -0.3), (0.75, 0.9), (-0.75, 0.9),
-               (-0.3, -0.3)]],
-    "trousers": [[(-0.5, -0.9), (0.5, -0.9), (0.55, 0.9), (0.12, 0.9), (0.0, -0.2),
-                  (-0.12, 0.9), (-0.55, 0.9)]],
+    "tshirt": [
+        [
+            (-0.35, -0.8),
+            (0.35, -0.8),
+            (0.9, -0.45),
+            (0.7, -0.15),
+            (0.45, -0.3),
+            (0.45, 0.85),
+            (-0.45, 0.85),
+            (-0.45, -0.3),
+            (-0.7, -0.15),
+            (-0.9, -0.45),
+        ]
+    ],
+    "jacket": [
+        [
+            (-0.35, -0.85),
+            (0.35, -0.85),
+            (0.75, -0.6),
+            (0.95, 0.6),
+            (0.7, 0.65),
+            (0.5, -0.1),
+            (0.5, 0.9),
+            (-0.5, 0.9),
+            (-0.5, -0.1),
+            (-0.7, 0.65),
+            (-0.95, 0.6),
+            (-0.75, -0.6),
+        ]
+    ],
+    "dress": [[(-0.25, -0.9), (0.25, -0.9), (0.3, -0.3), (0.75, 0.9), (-0.75, 0.9), (-0.3, -0.3)]],
+    "trousers": [
+        [(-0.5, -0.9), (0.5, -0.9), (0.55, 0.9), (0.12, 0.9), (0.0, -0.2), (-0.12, 0.9), (-0.55, 0.9)]
+    ],
     "skirt": [[(-0.4, -0.45), (0.4, -0.45), (0.8, 0.5), (-0.8, 0.5)]],
-    "shoe": [[(-0.9, 0.1), (-0.3, 0.1), (-0.3, -0.35), (0.05, -0.35), (0.2, 0.0), (0.9, 0.2),
-              (0.9, 0.45), (-0.9, 0.45)]],
-    "bag": [[(-0.6, -0.2), (0.6, -0.2), (0.7, 0.75), (-0.7, 0.75)],
-            _arc(0, -0.2, 0.45, 0.55, 180, 360) + _arc(0, -0.2, 0.3, 0.4, 360, 180)],
+    "shoe": [
+        [
+            (-0.9, 0.1),
+            (-0.3, 0.1),
+            (-0.3, -0.35),
+            (0.05, -0.35),
+            (0.2, 0.0),
+            (0.9, 0.2),
+            (0.9, 0.45),
+            (-0.9, 0.45),
+        ]
+    ],
+    "bag": [
+        [(-0.6, -0.2), (0.6, -0.2), (0.7, 0.75), (-0.7, 0.75)],
+        _arc(0, -0.2, 0.45, 0.55, 180, 360) + _arc(0, -0.2, 0.3, 0.4, 360, 180),
+    ],
     "hat": [_arc(0, 0.2, 0.55, 0.7, 180, 360), _arc(0, 0.2, 0.95, 0.18, 0, 360, 24)],
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -280,8 +333,15 @@ def _encode_upload(pixels: np.ndarray, rng: np.random.Generator) -> tuple[bytes,
     return buf.getvalue(), str(fmt) if fmt != "jpeg" else "jpg"
 
 
-def _user_photos(config: ShopConfig, users: dict, items: dict, item_pixels: list[np.ndarray],
-                 rng: np.random.Generator, out: Lake, bad: list[dict]) -> tuple[int, int]:  # fmt: skip
+def _user_photos(
+    config: ShopConfig,
+    users: dict,
+    items: dict,
+    item_pixels: list[np.ndarray],
+    rng: np.random.Generator,
+    out: Lake,
+    bad: list[dict],
+) -> tuple[int, int]:
     """Uploads of shoppers (some existing users, plus upload-only users) -> raw/user_images/; truth."""
     colour_names = list(COLOURS)
     n_extra = round(config.upload_only_share * config.users)
@@ -304,13 +364,20 @@ def _user_photos(config: ShopConfig, users: dict, items: dict, item_pixels: list
             on_sale = np.flatnonzero(items["arrival"] <= config.days - 1)
             p = np.exp(2.0 * (weights[on_sale] - weights[on_sale].max()))
             would_buy = rng.choice(on_sale, size=min(10, len(on_sale)), replace=False, p=p / p.sum())
-            only.append({"user_id": user_id(u), "would_buy": [item_id(int(i)) for i in would_buy],
-                         "taste_rank": [item_id(int(i)) for i in on_sale[np.argsort(-weights[on_sale])]]})  # fmt: skip
+            only.append(
+                {
+                    "user_id": user_id(u),
+                    "would_buy": [item_id(int(i)) for i in would_buy],
+                    "taste_rank": [item_id(int(i)) for i in on_sale[np.argsort(-weights[on_sale])]],
+                }
+            )
     n_bad = 0
     if config.corrupt_rate > 0 and photos:
         n_bad = max(1, round(config.corrupt_rate * len(photos)))
-    bad_at = {int(k): PHOTO_BAD_KINDS[n % len(PHOTO_BAD_KINDS)]
-              for n, k in enumerate(rng.choice(len(photos), min(n_bad, len(photos)), replace=False))}  # fmt: skip
+    bad_at = {
+        int(k): PHOTO_BAD_KINDS[n % len(PHOTO_BAD_KINDS)]
+        for n, k in enumerate(rng.choice(len(photos), min(n_bad, len(photos)), replace=False))
+    }
     for n, (d, u, i) in enumerate(photos):
         data, ext = _encode_upload(shopper_photo(item_pixels[i], rng), rng)
         photo = f"p{n + 1:06d}"
@@ -321,10 +388,19 @@ def _user_photos(config: ShopConfig, users: dict, items: dict, item_pixels: list
         if n in bad_at:
             bad.append({"kind": bad_at[n], "where": key, "user_id": user_id(u)})
         out.put_bytes(key, data)
-        truth.append({"ds": _day(config, d), "user_id": user_id(u), "photo_id": photo, "key": key,
-                      "item_id": item_id(i), "category": CATEGORIES[items["cat"][i]],
-                      "colour": colour_names[items["col"][i]], "pattern": PATTERNS[items["pat"][i]],
-                      "corrupt": n in bad_at})  # fmt: skip
+        truth.append(
+            {
+                "ds": _day(config, d),
+                "user_id": user_id(u),
+                "photo_id": photo,
+                "key": key,
+                "item_id": item_id(i),
+                "category": CATEGORIES[items["cat"][i]],
+                "colour": colour_names[items["col"][i]],
+                "pattern": PATTERNS[items["pat"][i]],
+                "corrupt": n in bad_at,
+            }
+        )
     out.put_bytes("truth/user_photos.jsonl", "".join(json.dumps(t) + "\n" for t in truth).encode())
     out.put_bytes("truth/upload_only_users.jsonl", "".join(json.dumps(t) + "\n" for t in only).encode())
     return len(photos), len(bad_at)
@@ -343,8 +419,15 @@ def _make_items(config: ShopConfig, rng: np.random.Generator) -> dict[str, np.nd
     price_base = np.array([15, 60, 45, 40, 30, 55, 35, 20], np.float64)[cat]
     price = np.round(price_base * rng.lognormal(0, 0.35, n), 2)
     fmt = rng.choice(["jpeg", "cmyk", "palette", "rgba"], n, p=[0.85, 0.05, 0.05, 0.05])
-    return {"cat": cat, "col": col, "pat": pat, "popularity": popularity, "arrival": arrival,
-            "price": price, "fmt": fmt}  # fmt: skip
+    return {
+        "cat": cat,
+        "col": col,
+        "pat": pat,
+        "popularity": popularity,
+        "arrival": arrival,
+        "price": price,
+        "fmt": fmt,
+    }
 
 
 def _make_users(config: ShopConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -363,8 +446,13 @@ def _make_users(config: ShopConfig, rng: np.random.Generator) -> dict[str, np.nd
     w_pat[rows, rng.integers(0, n_pat, n)] += 1.8
     activity = np.clip(rng.lognormal(math.log(0.6), 0.9, n), 0.02, 8.0)  # funnels per day
     pop_bias = rng.uniform(0.05, 0.4, n)  # share of visits driven by what is popular
-    return {"w_cat": w_cat.astype(np.float32), "w_col": w_col.astype(np.float32),
-            "w_pat": w_pat.astype(np.float32), "activity": activity, "pop_bias": pop_bias}  # fmt: skip
+    return {
+        "w_cat": w_cat.astype(np.float32),
+        "w_col": w_col.astype(np.float32),
+        "w_pat": w_pat.astype(np.float32),
+        "activity": activity,
+        "pop_bias": pop_bias,
+    }
 
 
 def affinity(users: dict[str, np.ndarray], items: dict[str, np.ndarray]) -> np.ndarray:
@@ -506,8 +594,7 @@ def _corrupt_events(config: ShopConfig, day_lines: list[list[str]], rng: np.rand
             line = json.dumps(record)
         pos = int(rng.integers(0, len(day_lines[d]) + 1))
         inserts[d].append((pos, line))
-        bad.append({"kind": kind, "where": f"raw/events/dt={_day(config, d)}/events.jsonl",
-                    "line": line})  # fmt: skip
+        bad.append({"kind": kind, "where": f"raw/events/dt={_day(config, d)}/events.jsonl", "line": line})
     for d, ins in enumerate(inserts):
         for pos, line in sorted(ins, key=lambda x: -x[0]):
             day_lines[d].insert(pos, line)

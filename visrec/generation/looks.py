@@ -13,35 +13,59 @@ import numpy as np
 import pyarrow as pa
 
 from visrec.generation.train import resize, to_pixels
+from visrec.models.topk import topk
 from visrec.settings import Settings
 from visrec.store.lake import Lake
+from visrec.store.tables import item_embeddings
+from visrec.vision.embed import embed_pixels
 
 log = logging.getLogger(__name__)
 
 
-def generate_looks(settings: Settings, lake: Lake, ds: str, gan, cnn, gan_version: str, *,
-                   scorer=None, users_per_segment: int = 5, candidates: int = 16, keep: int = 3,
-                   nearest: int = 5) -> pa.Table:  # fmt: skip
+def generate_looks(
+    settings: Settings,
+    lake: Lake,
+    ds: str,
+    gan,
+    cnn,
+    gan_version: str,
+    *,
+    scorer=None,
+    users_per_segment: int = 5,
+    candidates: int = 16,
+    keep: int = 3,
+    nearest: int = 5,
+) -> pa.Table:
     """Generated looks for the most active users of each segment -> images under
     ``published/looks/ds=<ds>/`` and the ``generated_looks`` table. ``scorer``: the recommender whose
     visual factors say what each user likes (the champion when not given)."""
-    from visrec.models.topk import topk
     from visrec.recsys.train import champion_scorer
-    from visrec.store.tables import item_embeddings
-    from visrec.vision.embed import embed_pixels
 
     profiles = lake.read_table("user_profiles", ds).to_pandas()
     profiles["activity"] = profiles[["n_view", "n_click", "n_add_to_cart", "n_purchase"]].sum(axis=1)
-    chosen = (profiles.sort_values(["activity", "user_id"], ascending=[False, True])
-              .groupby("segment", sort=True).head(users_per_segment))  # fmt: skip
+    chosen = (
+        profiles.sort_values(["activity", "user_id"], ascending=[False, True])
+        .groupby("segment", sort=True)
+        .head(users_per_segment)
+    )
     item_ids, item_matrix, _ = item_embeddings(lake, ds)
     scorer = scorer or champion_scorer(settings)
     preference = _visual_preferences(scorer, lake, ds, list(chosen["user_id"]), item_ids, item_matrix)
     names = list(gan.class_names)
     lake.delete(f"published/looks/ds={ds}")
     rng_seed = settings.seed
-    out: dict[str, list] = {k: [] for k in ("user_id", "rank", "image_uri", "category", "preference_score",
-                                            "nearest_item_ids", "nearest_scores")}  # fmt: skip
+    out: dict[str, list] = {
+        k: []
+        for k in (
+            "user_id",
+            "rank",
+            "image_uri",
+            "category",
+            "preference_score",
+            "nearest_item_ids",
+            "nearest_scores",
+        )
+    }
     for n, row in enumerate(chosen.itertuples()):
         top = [] if row.top_categories is None else list(row.top_categories)
         favourites = [c["category"] for c in top if c["category"] in names][:2]
@@ -56,13 +80,28 @@ def generate_looks(settings: Settings, lake: Lake, ds: str, gan, cnn, gan_versio
         for rank, b in enumerate(best, 1):
             key = f"published/looks/ds={ds}/{row.user_id}/{rank}.png"
             lake.put_bytes(key, _png(pixels[b]))
-            for name, value in zip(out, (row.user_id, rank, lake.url(key), names[labels[b]], float(scores[b]),
-                                         [item_ids[j] for j in idx[rank - 1]],
-                                         [float(s) for s in sims[rank - 1]]), strict=True):  # fmt: skip
+            for name, value in zip(
+                out,
+                (
+                    row.user_id,
+                    rank,
+                    lake.url(key),
+                    names[labels[b]],
+                    float(scores[b]),
+                    [item_ids[j] for j in idx[rank - 1]],
+                    [float(s) for s in sims[rank - 1]],
+                ),
+                strict=True,
+            ):
                 out[name].append(value)
-    table = pa.table({**out, "rank": pa.array(out["rank"], pa.int16()),
-                      "preference_score": pa.array(out["preference_score"], pa.float32()),
-                      "nearest_scores": pa.array(out["nearest_scores"], pa.list_(pa.float32()))})  # fmt: skip
+    table = pa.table(
+        {
+            **out,
+            "rank": pa.array(out["rank"], pa.int16()),
+            "preference_score": pa.array(out["preference_score"], pa.float32()),
+            "nearest_scores": pa.array(out["nearest_scores"], pa.list_(pa.float32())),
+        }
+    )
     lake.write_table("generated_looks", ds, table)
     log.info(
         "generated looks %s with %s: %d users, %d looks",
@@ -82,8 +121,9 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _visual_preferences(scorer, lake: Lake, ds: str, users: list[str], item_ids: list[str],
-                        item_matrix: np.ndarray) -> dict[str, np.ndarray]:  # fmt: skip
+def _visual_preferences(
+    scorer, lake: Lake, ds: str, users: list[str], item_ids: list[str], item_matrix: np.ndarray
+) -> dict[str, np.ndarray]:
     """Each user's visual preference as a direction in embedding space: the champion recommender's
     visual factors mapped back through its projection (VBPR: theta_u E + beta'), or, for a user it does
     not know, the mean embedding of the items they interacted with."""

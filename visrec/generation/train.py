@@ -19,10 +19,14 @@ from datetime import date
 
 import numpy as np
 
+from visrec.mlops import registry
+from visrec.mlops.registry import load_keras, model_uri
 from visrec.models.tfdata import in_memory_batches
 from visrec.settings import Settings
 from visrec.store.lake import Lake, check_ds
 from visrec.store.runs import run_dates, run_summary
+from visrec.store.tables import load_staged_images
+from visrec.vision.embed import embed_pixels, load_cnn
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +104,6 @@ def gan_quality(
     """Frechet distances and class consistency of ``gan`` judged by the image model ``cnn``, and the
     consistency per category (categories requested at least ``MIN_PER_CLASS`` times): one overall
     figure hides a category the generator draws as another one."""
-    from visrec.vision.embed import embed_pixels
 
     rng = np.random.default_rng(seed)
     size = cnn.image_size
@@ -160,25 +163,23 @@ def load_gan(version: str | None = None):
     """Load a registered GAN (``version`` like ``visrec-gan/2``, the champion without one); returns
     ``(gan, version)``."""
     import visrec.models.gan  # noqa: F401  (registers the custom classes with Keras)
-    from visrec.mlops.registry import load_keras, model_uri
 
     return load_keras(model_uri(MODEL_NAME, version))
 
-def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: GANConfig | None = None,
-              cnn=None) -> GANResult:  # fmt: skip
+
+def train_gan(
+    settings: Settings, ds: str, *, lake: Lake | None = None, config: GANConfig | None = None, cnn=None
+) -> GANResult:
     """Train the conditional GAN on ``ds``'s staged images; measure it with the image model (the
     champion unless ``cnn`` is given); log losses, a sample grid and the quality to MLflow; register
     it as ``visrec-gan`` (champion only if its Frechet ratio is no worse than the champion's)."""
     import keras
 
     import mlflow
-    from visrec.mlops import registry
     from visrec.mlops.callbacks import EpochReport
     from visrec.mlops.tracking import tracked_run, use_tracking
     from visrec.models.callbacks import TimeBudget
     from visrec.models.gan import ConditionalGAN
-    from visrec.store.tables import load_staged_images
-    from visrec.vision.embed import load_cnn
 
     config = config or GANConfig()
     lake = lake or Lake.from_settings(settings)
@@ -191,10 +192,17 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
     if cnn is None:
         cnn, _ = load_cnn()
     pixels = resize(images.pixels, config.resolution)
-    gan = ConditionalGAN(class_names, latent_dim=config.latent_dim, resolution=config.resolution,
-                         width=config.width, label_smoothing=config.label_smoothing,
-                         class_weight=config.class_weight, augment=config.augment, seed=settings.seed,
-                         minibatch_kernels=config.minibatch_kernels)  # fmt: skip
+    gan = ConditionalGAN(
+        class_names,
+        latent_dim=config.latent_dim,
+        resolution=config.resolution,
+        width=config.width,
+        label_smoothing=config.label_smoothing,
+        class_weight=config.class_weight,
+        augment=config.augment,
+        seed=settings.seed,
+        minibatch_kernels=config.minibatch_kernels,
+    )
     gan.build()
     gan.compile()
     data = in_memory_batches(
@@ -210,7 +218,9 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
             mlflow.log_params({**asdict(config), "n_images": len(labels), "n_classes": len(class_names)})
         started = time.perf_counter()
         report = EpochReport("gan", config.epochs)
-        gan.fit(data, epochs=config.epochs, verbose=0, callbacks=[TimeBudget(config.max_minutes, "gan"), report])
+        gan.fit(
+            data, epochs=config.epochs, verbose=0, callbacks=[TimeBudget(config.max_minutes, "gan"), report]
+        )
         train_seconds = time.perf_counter() - started
         metrics, by_class = gan_quality(
             gan, cnn, images.pixels, images.categories, config.quality_samples, settings.seed
@@ -228,9 +238,15 @@ def train_gan(settings: Settings, ds: str, *, lake: Lake | None = None, config: 
             champion_ratio = None
             if current is not None:
                 champion_ratio = mlflow.get_run(current.run_id).data.metrics.get("frechet_ratio")
-            registration = registry.register(info.model_uri, MODEL_NAME, metric="frechet_ratio",
-                                             value=metrics["frechet_ratio"], champion_value=champion_ratio,
-                                             higher_is_better=False, tolerance=0.05)  # fmt: skip
+            registration = registry.register(
+                info.model_uri,
+                MODEL_NAME,
+                metric="frechet_ratio",
+                value=metrics["frechet_ratio"],
+                champion_value=champion_ratio,
+                higher_is_better=False,
+                tolerance=0.05,
+            )
             result.version = f"{MODEL_NAME}/{registration.version}"
             result.promoted, result.reason = registration.promoted, registration.reason
     log.info("gan %s: %s", ds, {k: round(v, 4) for k, v in metrics.items()})

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+from PIL import Image
 
 from visrec.ingest.images import content_hash, normalise_many
 from visrec.ingest.quarantine import _check_budget, _reasons
@@ -31,6 +33,7 @@ class ImageCounts:
     accepted: int = 0
     reused: int = 0
     quarantined: int = 0
+    warnings: dict[str, int] = field(default_factory=dict)  # accepted, but worth a look (wrong_extension)
 
 
 def ingest_images(
@@ -97,6 +100,9 @@ def ingest_images(
         if result.png is None:
             reject(result.key, result.reason or "bad_image", result.detail or "")
             continue
+        if result.warning:
+            counts.warnings["wrong_extension"] = counts.warnings.get("wrong_extension", 0) + 1
+            log.warning("images %s: accepted by content: %s", ds, result.warning)
         item = result.key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
         for name, value in (
             ("item_id", item),
@@ -146,8 +152,7 @@ def _previous_images(lake: Lake, ds: str, size: int) -> dict[str, dict]:
     table = lake.read_table("staging_images", earlier[-1])
     out = {}
     for row in table.to_pylist():
-        png = row["image_png"]
-        # PNG IHDR: width and height are the big-endian words at bytes 16..24.
-        if int.from_bytes(png[16:20], "big") == size and int.from_bytes(png[20:24], "big") == size:
+        # Image.open reads the header only; the pixels are never decoded here.
+        if Image.open(io.BytesIO(row["image_png"])).size == (size, size):
             out[row["item_id"]] = row
     return out

@@ -18,6 +18,7 @@ from visrec.ingest.events import ingest_events
 from visrec.ingest.features import build_features
 from visrec.ingest.jobs.events import EventCounts
 from visrec.ingest.quarantine import _reasons
+from visrec.mlops.validation import TableValidator
 from visrec.settings import Settings
 from visrec.store.catalog import read_catalog
 from visrec.store.lake import Lake, check_ds
@@ -48,7 +49,6 @@ def ingest_day(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> IngestReport:
     """All ingestion steps for ``ds``: events, features, images; Data Docs into the lake."""
-    from visrec.mlops.validation import TableValidator
     from visrec.store.spark import get_spark
 
     lake = lake or Lake.from_settings(settings)

@@ -11,6 +11,7 @@ from visrec.ingest.jobs.events import EventCounts, classify_events, read_raw_eve
 from visrec.ingest.quarantine import _check_budget, _reasons
 from visrec.settings import Settings
 from visrec.store.catalog import read_catalog
+from visrec.store.forgotten import drop_forgotten, drop_mentions, forgotten_users
 from visrec.store.lake import Lake, check_ds
 from visrec.store.schemas import QUARANTINE, quarantine_spec
 
@@ -56,7 +57,6 @@ def ingest_events(
     valid = to_arrow(valid_df)
     quarantine = to_arrow(quarantine_df)
     # Users who asked to be forgotten: their lines are dropped here, before anything is stored.
-    from visrec.store.forgotten import drop_forgotten, drop_mentions, forgotten_users
 
     forgotten = forgotten_users(lake)
     valid, forgotten_valid = drop_forgotten(valid, forgotten)

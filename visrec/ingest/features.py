@@ -28,7 +28,7 @@ def build_features(
     catalog: pa.Table | None = None,
 ) -> dict[str, int]:
     """Clean events up to ``ds`` -> ``interactions``, ``user_profiles`` and ``item_stats`` of ``ds``."""
-    from visrec.jobs import features
+    from visrec.ingest.jobs import features
     from visrec.store.spark import read_table, to_arrow
 
     history = [d for d in lake.partitions("events") if d <= ds]

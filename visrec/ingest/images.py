@@ -5,9 +5,10 @@ worker processes; :func:`ingest_images` does the I/O and writes ``staging_images
 
 Reasons: ``missing_image`` (a catalog item with no file), ``empty_file``, ``not_an_image``,
 ``truncated`` (the decoder ran out of data), ``decompression_bomb`` (more pixels than
-``MAX_PIXELS``), ``wrong_extension`` (e.g. PNG bytes named ``.jpg``: an upstream export bug worth
-seeing, so it is not silently accepted), ``duplicate_image`` (a second file for the same item),
-``unknown_item`` (a file whose item is not in the catalog).
+``MAX_PIXELS``), ``duplicate_image`` (a second file for the same item), ``unknown_item`` (a file
+whose item is not in the catalog). A file whose extension names another format than its bytes hold
+(PNG bytes named ``.jpg``) is accepted by content with a ``wrong_extension`` warning, counted and
+logged: the picture is fine, the export that named it is worth a look.
 """
 
 from __future__ import annotations
@@ -23,8 +24,16 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 MAX_PIXELS = 40_000_000  # far above any product photo, far below what would exhaust memory
-EXTENSIONS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP",
-              "tif": "TIFF", "tiff": "TIFF"}  # fmt: skip
+EXTENSIONS = {
+    "jpg": "JPEG",
+    "jpeg": "JPEG",
+    "png": "PNG",
+    "gif": "GIF",
+    "webp": "WEBP",
+    "bmp": "BMP",
+    "tif": "TIFF",
+    "tiff": "TIFF",
+}
 PAD_COLOUR = (255, 255, 255)
 _SIGNATURES = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
 
@@ -93,27 +102,38 @@ def decode_image(data: bytes, name: str = "image") -> Image.Image:
     return img
 
 
-def normalise_image(
-    data: bytes, name: str, size: int, check_extension: bool = True
-) -> tuple[bytes, int, int]:
-    """Raw file bytes -> PNG bytes of an RGB ``size`` x ``size`` image, plus the original size."""
-    img = decode_image(data, name)
+def extension_mismatch(name: str, img: Image.Image) -> str | None:
+    """A warning when the file's extension names another format than its bytes hold (PNG bytes named
+    ``.jpg``: an upstream export bug worth seeing, though the picture itself is fine), else None."""
     ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-    if check_extension and EXTENSIONS.get(ext, img.format) != img.format:
-        raise ImageRejected("wrong_extension", f"{name} holds a {img.format} image")
-    original = img.size
+    if EXTENSIONS.get(ext, img.format) != img.format:
+        return f"{name} holds a {img.format} image"
+    return None
+
+
+def _to_png(img: Image.Image, size: int) -> bytes:
     out = io.BytesIO()
     fit_square(to_rgb(img), size).save(out, "PNG", optimize=False)
-    return out.getvalue(), original[0], original[1]
+    return out.getvalue()
 
 
-def _work(task: tuple[str, bytes, int, bool]) -> tuple[str, bytes | None, int, int, str | None, str | None]:
-    key, data, size, check_extension = task
+def normalise_image(data: bytes, name: str, size: int) -> tuple[bytes, int, int]:
+    """Raw file bytes -> PNG bytes of an RGB ``size`` x ``size`` image, plus the original size.
+    Images are accepted by content, whatever their extension says."""
+    img = decode_image(data, name)
+    return _to_png(img, size), img.size[0], img.size[1]
+
+
+def _work(task: tuple[str, bytes, int]) -> ImageResult:
+    key, data, size = task
+    name = key.rsplit("/", 1)[-1]
     try:
-        png, w, h = normalise_image(data, key.rsplit("/", 1)[-1], size, check_extension)
-        return key, png, w, h, None, None
+        img = decode_image(data, name)
+        return ImageResult(
+            key, _to_png(img, size), img.size[0], img.size[1], None, None, extension_mismatch(name, img)
+        )
     except ImageRejected as exc:
-        return key, None, 0, 0, exc.reason, str(exc)
+        return ImageResult(key, None, 0, 0, exc.reason, str(exc))
 
 
 def content_hash(data: bytes) -> str:
@@ -122,7 +142,8 @@ def content_hash(data: bytes) -> str:
 
 @dataclass
 class ImageResult:
-    """One file's outcome: ``png`` when accepted, ``reason`` and ``detail`` when rejected."""
+    """One file's outcome: ``png`` when accepted (``warning`` when its name misleads), ``reason`` and
+    ``detail`` when rejected."""
 
     key: str
     png: bytes | None
@@ -130,6 +151,7 @@ class ImageResult:
     height: int
     reason: str | None
     detail: str | None
+    warning: str | None = None
 
 
 def normalise_many(
@@ -137,16 +159,15 @@ def normalise_many(
     size: int,
     workers: int,
     progress: Callable[[int, int], None] | None = None,
-    check_extension: bool = True,
 ) -> list[ImageResult]:
     """Normalise many files on ``workers`` threads (Pillow releases the GIL while it decodes,
     resizes and encodes, so threads use every core without the start-up cost of processes).
     The output is re-encoded from pixels alone: no metadata (EXIF, GPS, ICC, text) survives."""
-    tasks = [(key, data, size, check_extension) for key, data in files]
+    tasks = [(key, data, size) for key, data in files]
     results: list[ImageResult] = []
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for n, out in enumerate(pool.map(_work, tasks), 1):
-            results.append(ImageResult(*out))
+            results.append(out)
             if progress and (n % 500 == 0 or n == len(tasks)):
                 progress(n, len(tasks))
     return results

@@ -22,8 +22,9 @@ import pyarrow as pa
 
 from visrec.ingest.images import content_hash, normalise_many
 from visrec.settings import Settings
+from visrec.store.forgotten import forgotten_users
 from visrec.store.lake import Lake, check_ds
-from visrec.store.schemas import QUARANTINE, quarantine_spec
+from visrec.store.schemas import QUARANTINE, quarantine_spec, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ def ingest_user_photos(
 ) -> tuple[PhotoCounts, dict[str, int]]:
     """``ds``'s uploads -> stored, metadata-free PNGs under ``private/user_photos/ds=<ds>/`` and the
     ``staging_user_photos`` partition; bad files quarantined with a reason; then retention applied."""
-    from visrec.store.forgotten import forgotten_users
 
     check_ds(ds)
     forgotten = forgotten_users(lake)
@@ -93,7 +93,7 @@ def ingest_user_photos(
     }
     digests: dict[tuple[str, str], str] = {}
     # Users upload whatever their phone made: accept by content, not by file name.
-    for result in normalise_many(todo, settings.image_size, workers=4, check_extension=False):
+    for result in normalise_many(todo, settings.image_size, workers=4):
         if result.png is None:
             reject(result.key, result.reason or "not_an_image", result.detail or "")
             continue
@@ -142,7 +142,6 @@ def apply_retention(settings: Settings, lake: Lake, ds: str) -> dict[str, int]:
         if name.startswith("ds=") and name[3:] < cutoff:
             lake.delete(f"{STORE_PREFIX}/{name}")
             deleted["photo_days"] = deleted.get("photo_days", 0) + 1
-    from visrec.store.schemas import spec_for
 
     for table in ("staging_user_photos", "user_photos", "photo_recommendations", "quarantine/user_photos"):
         spec = spec_for(table)

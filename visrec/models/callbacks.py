@@ -50,8 +50,12 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.budget.epoch_done()
         if not self.budget.another_fits():
-            log.info("%s: stopping after epoch %d: another would pass the %.1f min budget", self.name, epoch + 1,
-                     self.budget.max_seconds / 60)  # fmt: skip
+            log.info(
+                "%s: stopping after epoch %d: another would pass the %.1f min budget",
+                self.name,
+                epoch + 1,
+                self.budget.max_seconds / 60,
+            )
             self.stopped = True
             self.model.stop_training = True
 

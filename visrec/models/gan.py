@@ -96,16 +96,22 @@ class Generator(keras.Model):
         return self.to_rgb(x)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "n_classes": self.n_classes, "latent_dim": self.latent_dim,
-                "resolution": self.resolution, "width": self.width}  # fmt: skip
+        return {
+            **super().get_config(),
+            "n_classes": self.n_classes,
+            "latent_dim": self.latent_dim,
+            "resolution": self.resolution,
+            "width": self.width,
+        }
 
 
 @keras.saving.register_keras_serializable(package="visrec")
 class Discriminator(keras.Model):
     """(image, category) -> a real/fake logit, with a projection on the category."""
 
-    def __init__(self, n_classes: int, resolution: int = 64, width: int = 32, minibatch_kernels: int = 0,
-                 **kwargs):  # fmt: skip
+    def __init__(
+        self, n_classes: int, resolution: int = 64, width: int = 32, minibatch_kernels: int = 0, **kwargs
+    ):
         super().__init__(**kwargs)
         self.n_classes, self.resolution, self.width = n_classes, resolution, width
         self.minibatch_kernels = minibatch_kernels
@@ -159,8 +165,13 @@ class Discriminator(keras.Model):
         return ops.sum(ops.exp(-distance) * same[:, :, None], axis=1) / (ops.sum(same, axis=1)[:, None] + 1.0)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "n_classes": self.n_classes, "resolution": self.resolution,
-                "width": self.width, "minibatch_kernels": self.minibatch_kernels}  # fmt: skip
+        return {
+            **super().get_config(),
+            "n_classes": self.n_classes,
+            "resolution": self.resolution,
+            "width": self.width,
+            "minibatch_kernels": self.minibatch_kernels,
+        }
 
 
 def diff_augment(images, seed_generator, shift: float = 0.125, cutout: float = 0.5):
@@ -192,9 +203,19 @@ class ConditionalGAN(keras.Model):
 
     ``class_names`` travel with the model so a saved GAN knows what each label means."""
 
-    def __init__(self, class_names: list[str], latent_dim: int = 64, resolution: int = 64, width: int = 32,
-                 label_smoothing: float = 0.1, class_weight: float = 1.0, augment: bool = True, seed: int = 42,
-                 minibatch_kernels: int = 0, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        class_names: list[str],
+        latent_dim: int = 64,
+        resolution: int = 64,
+        width: int = 32,
+        label_smoothing: float = 0.1,
+        class_weight: float = 1.0,
+        augment: bool = True,
+        seed: int = 42,
+        minibatch_kernels: int = 0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.class_names = list(class_names)
         self.latent_dim, self.resolution, self.width = latent_dim, resolution, width
@@ -274,7 +295,15 @@ class ConditionalGAN(keras.Model):
         return {"d_loss": self.d_loss_tracker.result(), "g_loss": self.g_loss_tracker.result()}
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "class_names": self.class_names, "latent_dim": self.latent_dim,
-                "resolution": self.resolution, "width": self.width, "label_smoothing": self.label_smoothing,
-                "class_weight": self.class_weight, "augment": self.augment, "seed": self.seed,
-                "minibatch_kernels": self.minibatch_kernels}  # fmt: skip
+        return {
+            **super().get_config(),
+            "class_names": self.class_names,
+            "latent_dim": self.latent_dim,
+            "resolution": self.resolution,
+            "width": self.width,
+            "label_smoothing": self.label_smoothing,
+            "class_weight": self.class_weight,
+            "augment": self.augment,
+            "seed": self.seed,
+            "minibatch_kernels": self.minibatch_kernels,
+        }

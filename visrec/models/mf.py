@@ -22,8 +22,16 @@ from keras import layers, ops
 class VBPR(keras.Model):
     """The scoring model; call it on (users, pos_items, neg_items) to get x_ui - x_uj."""
 
-    def __init__(self, n_users: int, n_items: int, feature_dim: int = 0, factors: int = 32,
-                 visual_factors: int = 32, l2: float = 1e-4, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        feature_dim: int = 0,
+        factors: int = 32,
+        visual_factors: int = 32,
+        l2: float = 1e-4,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if n_users < 1 or n_items < 2:
             raise ValueError(f"need users >= 1 and items >= 2, got {n_users} and {n_items}")
@@ -41,8 +49,9 @@ class VBPR(keras.Model):
             )
             self.projection = layers.Dense(visual_factors, use_bias=False, name="E")
             self.visual_bias = layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="beta_visual")
-            self.item_features = self.add_weight(shape=(n_items, feature_dim), initializer="zeros",
-                                                 trainable=False, name="item_features")  # fmt: skip
+            self.item_features = self.add_weight(
+                shape=(n_items, feature_dim), initializer="zeros", trainable=False, name="item_features"
+            )
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
     def build(self, input_shape=None) -> None:
@@ -100,6 +109,14 @@ class VBPR(keras.Model):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update({"n_users": self.n_users, "n_items": self.n_items, "feature_dim": self.feature_dim,
-                       "factors": self.factors, "visual_factors": self.visual_factors, "l2": self.l2})  # fmt: skip
+        config.update(
+            {
+                "n_users": self.n_users,
+                "n_items": self.n_items,
+                "feature_dim": self.feature_dim,
+                "factors": self.factors,
+                "visual_factors": self.visual_factors,
+                "l2": self.l2,
+            }
+        )
         return config

@@ -55,7 +55,9 @@ def _select_graph(k: int, group: int, from_factors: bool):
         else:
             scores = a + biases[None, :]
         if excluded.shape[0] != 0:
-            scores = tf.tensor_scatter_nd_update(scores, excluded, tf.fill([tf.shape(excluded)[0]], float("-inf")))
+            scores = tf.tensor_scatter_nd_update(
+                scores, excluded, tf.fill([tf.shape(excluded)[0]], float("-inf"))
+            )
         if group == 1:
             return tf.math.top_k(scores, k=k)
         n = tf.shape(scores)[0]
@@ -75,13 +77,26 @@ def _check(n_queries: int, n_items: int, N: int, filter_query_items, filter_item
         raise ValueError(
             f"filter_query_items must be (queries, items) = {(n_queries, n_items)}, got {filter_query_items.shape}"
         )
-    if filter_items is not None and len(filter_items) and (np.min(filter_items) < 0 or np.max(filter_items) >= n_items):
+    if (
+        filter_items is not None
+        and len(filter_items)
+        and (np.min(filter_items) < 0 or np.max(filter_items) >= n_items)
+    ):
         raise ValueError(f"filter_items must be item indices in [0, {n_items})")
     return min(N, n_items)
 
 
-def _run(a_rows, n_items: int, k: int, b, biases: np.ndarray, filter_query_items, from_factors: bool, chunk: int,
-         group: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _run(
+    a_rows,
+    n_items: int,
+    k: int,
+    b,
+    biases: np.ndarray,
+    filter_query_items,
+    from_factors: bool,
+    chunk: int,
+    group: int,
+) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow as tf
 
     # Two stages pay off only when K groups are a small part of the catalog.
@@ -133,7 +148,9 @@ def topk(
     padded = -(-n_items // group_used) * group_used
     items_t = np.zeros((dim, padded), np.float32)
     items_t[:, :n_items] = items.T
-    biases = np.zeros(n_items, np.float32) if item_biases is None else np.asarray(item_biases, np.float32).copy()
+    biases = (
+        np.zeros(n_items, np.float32) if item_biases is None else np.asarray(item_biases, np.float32).copy()
+    )
     if filter_items is not None and len(filter_items):
         biases[np.asarray(filter_items, np.int64)] = -np.inf
     return _run(query, n_items, k, items_t, biases, filter_query_items, True, chunk, group)

@@ -56,9 +56,12 @@ class Recommender:
         all_ids, all_scores = [], []
         for start in range(0, len(userids), self.chunk_size):
             stop = start + self.chunk_size
-            ids, scores = topk_scores(self.score(userids[start:stop]), N,
-                                      filter_query_items=None if liked is None else liked[start:stop],
-                                      filter_items=filter_items)  # fmt: skip
+            ids, scores = topk_scores(
+                self.score(userids[start:stop]),
+                N,
+                filter_query_items=None if liked is None else liked[start:stop],
+                filter_items=filter_items,
+            )
             all_ids.append(ids)
             all_scores.append(scores)
         if not all_ids:
@@ -83,9 +86,16 @@ class FactorRecommender(Recommender):
 
     def recommend(self, userids, user_items, N=10, filter_already_liked_items=True, filter_items=None):
         userids = np.asarray(userids, dtype=np.int64)
-        return topk(self.item_vectors, self.user_vectors[userids], N, item_biases=self.item_biases,
-                    filter_query_items=user_items[userids] if filter_already_liked_items else None,
-                    filter_items=filter_items, chunk=self.chunk_size, group=self.group_size)  # fmt: skip
+        return topk(
+            self.item_vectors,
+            self.user_vectors[userids],
+            N,
+            item_biases=self.item_biases,
+            filter_query_items=user_items[userids] if filter_already_liked_items else None,
+            filter_items=filter_items,
+            chunk=self.chunk_size,
+            group=self.group_size,
+        )
 
 
 class VisualProfile(FactorRecommender):
@@ -183,7 +193,7 @@ class ItemCF(Recommender):
 
 
 class SparkItemCF(ItemCF):
-    """``ItemCF`` with the similarities computed by the Spark job ``visrec.jobs.item_cf`` (for
+    """``ItemCF`` with the similarities computed by the Spark job ``visrec.recsys.spark_item_cf`` (for
     interaction logs larger than one machine's memory); scoring is the same sparse product."""
 
     def __init__(self, spark: SparkSession, neighbours: int = 100, max_items_per_user: int | None = None):
@@ -196,14 +206,24 @@ class SparkItemCF(ItemCF):
         from visrec.recsys.spark_item_cf import item_similarities
 
         coo = data.user_items.tocoo()
-        pairs = self.spark.createDataFrame(pd.DataFrame({
-            "user": coo.row.astype(np.int32), "item": coo.col.astype(np.int32),
-            "confidence": coo.data.astype(np.float64)}))  # fmt: skip
+        pairs = self.spark.createDataFrame(
+            pd.DataFrame(
+                {
+                    "user": coo.row.astype(np.int32),
+                    "item": coo.col.astype(np.int32),
+                    "confidence": coo.data.astype(np.float64),
+                }
+            )
+        )
         sims = item_similarities(pairs, self.neighbours, self.max_items_per_user).toArrow()
         self.similarity = sp.csr_matrix(
-            (sims.column("similarity").to_numpy(), (sims.column("item").to_numpy(), sims.column("other").to_numpy())),
-            shape=(data.n_items, data.n_items), dtype=np.float32,
-        )  # fmt: skip
+            (
+                sims.column("similarity").to_numpy(),
+                (sims.column("item").to_numpy(), sims.column("other").to_numpy()),
+            ),
+            shape=(data.n_items, data.n_items),
+            dtype=np.float32,
+        )
         self.user_items = (data.user_items > 0).astype(np.float32).tocsr()
         return self
 
@@ -228,10 +248,17 @@ def _keep_top_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
 
 class SparkALS(FactorRecommender):
     """Spark ML's implicit-feedback ALS (Hu, Koren & Volinsky). Needs a SparkSession with a
-    checkpoint directory (``visrec.spark.get_spark`` sets one: without it ALS overflows its stack)."""
+    checkpoint directory (``visrec.store.spark.get_spark`` sets one: without it ALS overflows its stack)."""
 
-    def __init__(self, spark: SparkSession, factors: int = 32, regularization: float = 0.05,
-                 alpha: float = 10.0, iterations: int = 10, seed: int = 42):  # fmt: skip
+    def __init__(
+        self,
+        spark: SparkSession,
+        factors: int = 32,
+        regularization: float = 0.05,
+        alpha: float = 10.0,
+        iterations: int = 10,
+        seed: int = 42,
+    ):
         self.spark = spark
         self.factors, self.regularization, self.alpha = factors, regularization, alpha
         self.iterations, self.seed = iterations, seed
@@ -244,9 +271,20 @@ class SparkALS(FactorRecommender):
             list(zip(coo.row.tolist(), coo.col.tolist(), coo.data.astype(float).tolist(), strict=True)),
             "user int, item int, confidence double",
         )
-        als = ALS(rank=self.factors, maxIter=self.iterations, regParam=self.regularization, alpha=self.alpha,
-                  implicitPrefs=True, userCol="user", itemCol="item", ratingCol="confidence", seed=self.seed,
-                  checkpointInterval=5, nonnegative=False, coldStartStrategy="nan")  # fmt: skip
+        als = ALS(
+            rank=self.factors,
+            maxIter=self.iterations,
+            regParam=self.regularization,
+            alpha=self.alpha,
+            implicitPrefs=True,
+            userCol="user",
+            itemCol="item",
+            ratingCol="confidence",
+            seed=self.seed,
+            checkpointInterval=5,
+            nonnegative=False,
+            coldStartStrategy="nan",
+        )
         model = als.fit(frame)
         self.user_vectors = _factor_matrix(model.userFactors.collect(), data.n_users, self.factors)
         self.item_vectors = _factor_matrix(model.itemFactors.collect(), data.n_items, self.factors)

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from visrec.ingest.jobs.features import end_of_day
 from visrec.settings import Settings
+from visrec.store.catalog import read_catalog
 from visrec.store.lake import Lake
 from visrec.store.tables import item_embeddings, load_events
 
@@ -55,8 +56,9 @@ class Split:
     dropped_events: int
 
 
-def confidence_matrix(events: pd.DataFrame, users: dict[str, int], items: dict[str, int], ref: datetime,
-                      settings: Settings) -> sp.csr_matrix:  # fmt: skip
+def confidence_matrix(
+    events: pd.DataFrame, users: dict[str, int], items: dict[str, int], ref: datetime, settings: Settings
+) -> sp.csr_matrix:
     """Users x items confidence, the same formula as the ``interactions`` table, aged to ``ref``."""
     if events.empty:
         return sp.csr_matrix((len(users), len(items)), dtype=np.float32)
@@ -88,8 +90,13 @@ def build_split(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | 
     user_ids = sorted(set(events["user_id"]))
     user_index = {u: k for k, u in enumerate(user_ids)}
     train = confidence_matrix(train_events, user_index, item_index, cut, settings)
-    recent = confidence_matrix(train_events[train_events["ts"] >= cut_ts - pd.Timedelta(days=7)], user_index,
-                               item_index, cut, settings)  # fmt: skip
+    recent = confidence_matrix(
+        train_events[train_events["ts"] >= cut_ts - pd.Timedelta(days=7)],
+        user_index,
+        item_index,
+        cut,
+        settings,
+    )
     relevant: list[set[int]] = [set() for _ in user_ids]
     for user, item in zip(
         test_events["user_id"].map(user_index), test_events["item_id"].map(item_index), strict=True
@@ -120,8 +127,11 @@ def purchased_matrix(events: pd.DataFrame, data: TrainData) -> sp.csr_matrix:
     """Users x items, 1 where the user already bought the item (never recommended again)."""
     user_index = {u: k for k, u in enumerate(data.user_ids)}
     item_index = {i: k for k, i in enumerate(data.item_ids)}
-    bought = events[(events["event_type"] == "purchase") & events["item_id"].isin(item_index.keys())
-                    & events["user_id"].isin(user_index.keys())]  # fmt: skip
+    bought = events[
+        (events["event_type"] == "purchase")
+        & events["item_id"].isin(item_index.keys())
+        & events["user_id"].isin(user_index.keys())
+    ]
     rows = bought["user_id"].map(user_index).to_numpy()
     cols = bought["item_id"].map(item_index).to_numpy()
     out = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(data.n_users, data.n_items))
@@ -130,7 +140,6 @@ def purchased_matrix(events: pd.DataFrame, data: TrainData) -> sp.csr_matrix:
 
 
 def _categories(lake: Lake, ds: str, item_ids: list[str]) -> list[str]:
-    from visrec.store.catalog import read_catalog
 
     catalog, _ = read_catalog(lake)
     category = dict(

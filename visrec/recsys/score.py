@@ -16,8 +16,10 @@ from visrec.recsys.baselines import Recommender
 from visrec.recsys.data import TrainData, _categories, full_data, purchased_matrix
 from visrec.recsys.train import MODEL_NAME, FactorScorer, MFConfig, champion_scorer
 from visrec.settings import Settings
+from visrec.store.forgotten import forgotten_users
 from visrec.store.lake import Lake
-from visrec.store.tables import item_embeddings, load_events
+from visrec.store.schemas import RECOMMENDATIONS
+from visrec.store.tables import item_embeddings, load_events, photo_profiles
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,9 @@ def score_all_users(
         todo, depth = users, k if max_per_category is None else min(3 * k, data.n_items)
         # The category cap can skip many candidates: users left short are asked again, deeper.
         while len(todo):
-            ids, scores = model.recommend(todo, purchased, N=depth, filter_already_liked_items=True,
-                                          filter_items=filter_items)  # fmt: skip
+            ids, scores = model.recommend(
+                todo, purchased, N=depth, filter_already_liked_items=True, filter_items=filter_items
+            )
             short = []
             for row, user in enumerate(todo):
                 picked[user] = pick(ids[row], scores[row])
@@ -76,11 +79,16 @@ def score_all_users(
             ranks.extend(range(1, len(chosen) + 1))
             items_out.extend(data.item_ids[i] for i in chosen)
             scores_out.extend(chosen_scores)
-    return pa.table({
-        "user_id": users_out, "rank": pa.array(ranks, pa.int16()), "item_id": items_out,
-        "score": pa.array(scores_out, pa.float32()), "source": [source] * len(users_out),
-        "model_version": [model_version] * len(users_out),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "user_id": users_out,
+            "rank": pa.array(ranks, pa.int16()),
+            "item_id": items_out,
+            "score": pa.array(scores_out, pa.float32()),
+            "source": [source] * len(users_out),
+            "model_version": [model_version] * len(users_out),
+        }
+    )
 
 
 class PhotoBlend(Recommender):
@@ -88,8 +96,14 @@ class PhotoBlend(Recommender):
     standardised over the user's catalog; users without photos keep the base scores unchanged, and
     without a base (``None``: users whose only signal is uploads) the photo similarity alone ranks."""
 
-    def __init__(self, base: Recommender | None, photo_vectors: np.ndarray, has_photos: np.ndarray,
-                 item_features: np.ndarray, weight: float):  # fmt: skip
+    def __init__(
+        self,
+        base: Recommender | None,
+        photo_vectors: np.ndarray,
+        has_photos: np.ndarray,
+        item_features: np.ndarray,
+        weight: float,
+    ):
         self.base, self.photo_vectors, self.has_photos = base, photo_vectors, has_photos
         self.item_features, self.weight = item_features, weight
 
@@ -114,9 +128,16 @@ class PhotoBlend(Recommender):
         return out
 
 
-def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config: MFConfig | None = None,
-                scorer: FactorScorer | None = None, exclude: list[str] | None = None,
-                looks_version: str = "visrec-gan") -> pa.Table:  # fmt: skip
+def score_users(
+    settings: Settings,
+    ds: str,
+    *,
+    lake: Lake | None = None,
+    config: MFConfig | None = None,
+    scorer: FactorScorer | None = None,
+    exclude: list[str] | None = None,
+    looks_version: str = "visrec-gan",
+) -> pa.Table:
     """Recommendations for every user as of ``ds`` -> ``recommendations``.
 
     Users the champion recommender knows: its scores, blended with their photos' visual evidence when
@@ -126,15 +147,11 @@ def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config
     (``source='photo'``). Everyone else: what is popular lately among users of their segment, or
     overall for users without one (``source='popular'``). Forgotten users get nothing."""
     from visrec.recsys.baselines import SegmentPopularity
-    from visrec.store.forgotten import forgotten_users
-    from visrec.store.tables import photo_profiles
 
     config = config or MFConfig()
     lake = lake or Lake.from_settings(settings)
     scorer = scorer or champion_scorer(settings)
     if scorer is None:
-        from visrec.errors import VisrecError
-
         raise VisrecError(
             f"no champion {MODEL_NAME} in {settings.mlflow_tracking_uri}; run `visrec train mf --ds {ds}`"
         )
@@ -143,8 +160,12 @@ def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config
     photo_users, photo_vectors, photo_version = photo_profiles(lake, ds)
     _, _, embedding_version = item_embeddings(lake, ds)
     if photo_users and photo_version not in embedding_version.split(","):
-        log.warning("user photos of %s were embedded with %s, the catalog with %s: photos not used",
-                    ds, photo_version, embedding_version)  # fmt: skip
+        log.warning(
+            "user photos of %s were embedded with %s, the catalog with %s: photos not used",
+            ds,
+            photo_version,
+            embedding_version,
+        )
         photo_users = []
     forgotten = forgotten_users(lake)
     # Every user with events or photos, minus the forgotten; upload-only users get empty history rows.
@@ -152,9 +173,13 @@ def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config
     user_ids = data.user_ids + extra
     rows = np.array([u not in forgotten for u in user_ids])
     empty = sp.csr_matrix((len(extra), data.n_items), dtype=np.float32)
-    everyone = TrainData(sp.vstack([data.user_items, empty]).tocsr()[rows], data.item_features,
-                         sp.vstack([data.recent_user_items, empty]).tocsr()[rows],
-                         [u for u, keep in zip(user_ids, rows, strict=True) if keep], data.item_ids)  # fmt: skip
+    everyone = TrainData(
+        sp.vstack([data.user_items, empty]).tocsr()[rows],
+        data.item_features,
+        sp.vstack([data.recent_user_items, empty]).tocsr()[rows],
+        [u for u, keep in zip(user_ids, rows, strict=True) if keep],
+        data.item_ids,
+    )
     purchased = sp.vstack([purchased_matrix(events, data), empty]).tocsr()[rows]
     vectors = np.zeros((everyone.n_users, data.item_features.shape[1]), np.float32)
     has_photos = np.zeros(everyone.n_users, bool)
@@ -165,8 +190,11 @@ def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config
                 vectors[position[u]], has_photos[position[u]] = vector, True
     categories = _categories(lake, ds, data.item_ids)
     # Segments come from the day's profiles; without them every unknown user gets the global list.
-    profiles = (lake.read_table("user_profiles", ds).select(["user_id", "segment"]).to_pylist()
-                if lake.manifest("user_profiles", ds) is not None else [])  # fmt: skip
+    profiles = (
+        lake.read_table("user_profiles", ds).select(["user_id", "segment"]).to_pylist()
+        if lake.manifest("user_profiles", ds) is not None
+        else []
+    )
     segment_of = {p["user_id"]: p["segment"] for p in profiles}
     segments = [segment_of.get(u) for u in everyone.user_ids]
     popular = SegmentPopularity(segments).fit(everyone)
@@ -175,47 +203,89 @@ def score_users(settings: Settings, ds: str, *, lake: Lake | None = None, config
     weight = settings.photo_weight
     groups = (
         (known, PhotoBlend(aligned, vectors, has_photos, data.item_features, weight), "mf", scorer.version),
-        (~known & has_photos, PhotoBlend(None, vectors, has_photos, data.item_features, weight), "photo",
-         f"{scorer.version}+{photo_version}"),
+        (
+            ~known & has_photos,
+            PhotoBlend(None, vectors, has_photos, data.item_features, weight),
+            "photo",
+            f"{scorer.version}+{photo_version}",
+        ),
         (~known & ~has_photos, popular, "popular", "popularity-by-segment"),
-    )  # fmt: skip
+    )
     parts = []
     for mask, model, source, version in groups:
         if not mask.any():
             continue
         index = np.flatnonzero(mask)
-        sub = TrainData(everyone.user_items[index], data.item_features, None,
-                        [everyone.user_ids[i] for i in index], data.item_ids)  # fmt: skip
+        sub = TrainData(
+            everyone.user_items[index],
+            data.item_features,
+            None,
+            [everyone.user_ids[i] for i in index],
+            data.item_ids,
+        )
         if isinstance(model, PhotoBlend):
             base = model.base.aligned(sub.user_ids, sub.item_ids) if model.base is not None else None
             model = PhotoBlend(base, vectors[index], has_photos[index], data.item_features, weight)
         elif isinstance(model, SegmentPopularity):
             model = model.for_users([segments[i] for i in index])
-        parts.append(score_all_users(model, sub, purchased[index], categories, k=settings.top_k,
-                                     max_per_category=config.max_per_category, exclude=exclude,
-                                     model_version=version, source=source))  # fmt: skip
+        parts.append(
+            score_all_users(
+                model,
+                sub,
+                purchased[index],
+                categories,
+                k=settings.top_k,
+                max_per_category=config.max_per_category,
+                exclude=exclude,
+                model_version=version,
+                source=source,
+            )
+        )
     table = pa.concat_tables(parts) if parts else None
     if table is None:
-        from visrec.store.schemas import RECOMMENDATIONS
-
         table = RECOMMENDATIONS.empty_table()
     looks = (
         lake.read_table("generated_looks", ds) if lake.manifest("generated_looks", ds) is not None else None
     )
     if looks is not None and looks.num_rows and settings.generated_slots > 0:
         blend = PhotoBlend(aligned, vectors, has_photos, data.item_features, weight)
-        table = add_generated_candidates(table, looks, blend, everyone, purchased, categories,
-                                         slots=settings.generated_slots, max_per_category=config.max_per_category,
-                                         exclude=set(exclude or []), version=f"{scorer.version}+{looks_version}")  # fmt: skip
+        table = add_generated_candidates(
+            table,
+            looks,
+            blend,
+            everyone,
+            purchased,
+            categories,
+            slots=settings.generated_slots,
+            max_per_category=config.max_per_category,
+            exclude=set(exclude or []),
+            version=f"{scorer.version}+{looks_version}",
+        )
     lake.write_table("recommendations", ds, table)
-    log.info("scored %d users for %s (%d with photos, %d upload-only): %d rows", everyone.n_users, ds,
-             int(has_photos.sum()), int((~known & has_photos).sum()), table.num_rows)  # fmt: skip
+    log.info(
+        "scored %d users for %s (%d with photos, %d upload-only): %d rows",
+        everyone.n_users,
+        ds,
+        int(has_photos.sum()),
+        int((~known & has_photos).sum()),
+        table.num_rows,
+    )
     return table
 
 
-def add_generated_candidates(recs: pa.Table, looks: pa.Table, model: Recommender, data: TrainData,
-                             purchased: sp.csr_matrix, categories: list[str], *, slots: int,
-                             max_per_category: int | None, exclude: set[str], version: str) -> pa.Table:  # fmt: skip
+def add_generated_candidates(
+    recs: pa.Table,
+    looks: pa.Table,
+    model: Recommender,
+    data: TrainData,
+    purchased: sp.csr_matrix,
+    categories: list[str],
+    *,
+    slots: int,
+    max_per_category: int | None,
+    exclude: set[str],
+    version: str,
+) -> pa.Table:
     """Widen the lists of users with generated looks (DVBPR's idea): the last ``slots`` places of a
     recommender-made list (``source='mf'``) go to the real items nearest the user's looks, taken round
     robin over the looks (each look's nearest first); items already listed, bought, excluded, unknown
@@ -258,8 +328,11 @@ def add_generated_candidates(recs: pa.Table, looks: pa.Table, model: Recommender
             ):
                 continue
             out_category = categories[item_pos[tail.iloc[len(tail) - 1 - given_up]["item_id"]]]
-            if (max_per_category is not None and categories[pos] != out_category
-                    and per_category[categories[pos]] >= max_per_category):  # fmt: skip
+            if (
+                max_per_category is not None
+                and categories[pos] != out_category
+                and per_category[categories[pos]] >= max_per_category
+            ):
                 continue
             per_category[out_category] -= 1
             per_category[categories[pos]] += 1
@@ -270,9 +343,16 @@ def add_generated_candidates(recs: pa.Table, looks: pa.Table, model: Recommender
             parts.append(rows)
             continue
         keep = rows.iloc[: len(rows) - len(picks)]
-        added = pd.DataFrame({"user_id": user, "rank": 0, "item_id": [i for i, _ in picks],
-                              "score": np.array([s for _, s in picks], np.float32), "source": "generated",
-                              "model_version": version})  # fmt: skip
+        added = pd.DataFrame(
+            {
+                "user_id": user,
+                "rank": 0,
+                "item_id": [i for i, _ in picks],
+                "score": np.array([s for _, s in picks], np.float32),
+                "source": "generated",
+                "model_version": version,
+            }
+        )
         merged = pd.concat([keep, added]).sort_values("score", ascending=False, kind="stable")
         merged["rank"] = np.arange(1, len(merged) + 1)
         parts.append(merged)

@@ -5,7 +5,7 @@
 computed by a self-join on the user, so it scales with the cluster rather than with one machine's
 memory: its cost is the sum over users of (items per user)^2, which ``max_items_per_user`` bounds (a
 user's most confident items are kept). Each item keeps its ``neighbours`` most similar items, ties
-broken by the other item's index. The in-memory ``visrec.recommenders.ItemCF`` computes the same
+broken by the other item's index. The in-memory ``visrec.recsys.baselines.ItemCF`` computes the same
 numbers with a sparse matrix product; a test holds the two to each other.
 """
 

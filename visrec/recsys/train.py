@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from visrec.errors import VisrecError
+from visrec.mlops import registry
 from visrec.recsys.baselines import FactorRecommender, Recommender
 from visrec.recsys.data import Split, TrainData, build_split, full_data
 from visrec.recsys.metrics import evaluate
@@ -25,8 +27,6 @@ MODEL_NAME = "visrec-mf"
 def evaluate_model(model: Recommender, split: Split, k: int = 20) -> dict[str, float]:
     """Fit on the split's training data and measure every metric on its test window."""
     if split.train.user_items.nnz == 0:
-        from visrec.errors import VisrecError
-
         raise VisrecError(
             f"no interactions before the cut {split.cut:%Y-%m-%d %H:%M}; ingest more days or lower VISREC_TEST_DAYS"
         )
@@ -37,9 +37,16 @@ def evaluate_model(model: Recommender, split: Split, k: int = 20) -> dict[str, f
     ids, _ = model.recommend(users, split.train.user_items, N=k, filter_already_liked_items=True)
     relevant = [split.relevant[u] for u in users]
     counts = np.asarray((split.train.user_items > 0).sum(axis=0)).ravel()
-    metrics = evaluate(ids, relevant, k=k, n_items=split.train.n_items, cold=split.cold,
-                       embeddings=split.train.item_features, item_user_counts=counts,
-                       n_users=split.train.n_users)  # fmt: skip
+    metrics = evaluate(
+        ids,
+        relevant,
+        k=k,
+        n_items=split.train.n_items,
+        cold=split.cold,
+        embeddings=split.train.item_features,
+        item_user_counts=counts,
+        n_users=split.train.n_users,
+    )
     metrics["fit_seconds"] = fit_seconds
     metrics["test_users"] = float(len(users))
     return metrics
@@ -50,8 +57,16 @@ class FactorScorer(FactorRecommender):
     own id maps, aligned to another index: how the registered champion scores today's users.
     Users or items the model never saw get no score from it (-inf), so callers can fall back."""
 
-    def __init__(self, user_ids, item_ids, user_vectors, item_vectors, item_biases, version: str = "",
-                 visual_preference: np.ndarray | None = None):  # fmt: skip
+    def __init__(
+        self,
+        user_ids,
+        item_ids,
+        user_vectors,
+        item_vectors,
+        item_biases,
+        version: str = "",
+        visual_preference: np.ndarray | None = None,
+    ):
         self.user_ids, self.item_ids = list(user_ids), list(item_ids)
         self.user_vectors, self.item_vectors = user_vectors, item_vectors
         self.item_biases, self.version = item_biases, version
@@ -59,20 +74,40 @@ class FactorScorer(FactorRecommender):
 
     @classmethod
     def from_model(cls, model, data: TrainData, version: str = "") -> FactorScorer:
-        return cls(data.user_ids, data.item_ids, model.user_vectors, model.item_vectors, model.item_biases,
-                   version, getattr(model, "visual_preference", None))  # fmt: skip
+        return cls(
+            data.user_ids,
+            data.item_ids,
+            model.user_vectors,
+            model.item_vectors,
+            model.item_biases,
+            version,
+            getattr(model, "visual_preference", None),
+        )
 
     def save(self, path) -> None:
         extra = {} if self.visual_preference is None else {"visual_preference": self.visual_preference}
-        np.savez_compressed(path, user_ids=np.array(self.user_ids, dtype=object), item_ids=np.array(self.item_ids, dtype=object),
-                            user_vectors=self.user_vectors, item_vectors=self.item_vectors, item_biases=self.item_biases,
-                            **extra)  # fmt: skip
+        np.savez_compressed(
+            path,
+            user_ids=np.array(self.user_ids, dtype=object),
+            item_ids=np.array(self.item_ids, dtype=object),
+            user_vectors=self.user_vectors,
+            item_vectors=self.item_vectors,
+            item_biases=self.item_biases,
+            **extra,
+        )
 
     @classmethod
     def load(cls, path, version: str = "") -> FactorScorer:
         z = np.load(path, allow_pickle=True)
-        return cls(z["user_ids"].tolist(), z["item_ids"].tolist(), z["user_vectors"], z["item_vectors"],
-                   z["item_biases"], version, z["visual_preference"] if "visual_preference" in z else None)  # fmt: skip
+        return cls(
+            z["user_ids"].tolist(),
+            z["item_ids"].tolist(),
+            z["user_vectors"],
+            z["item_vectors"],
+            z["item_biases"],
+            version,
+            z["visual_preference"] if "visual_preference" in z else None,
+        )
 
     def aligned(self, user_ids: list[str], item_ids: list[str]) -> FactorScorer:
         """The same model indexed by ``user_ids`` x ``item_ids``; unknown rows score -inf."""
@@ -117,8 +152,15 @@ class MFConfig:
 def _vbpr(config: MFConfig, seed: int):
     from visrec.recsys.vbpr import VBPRRecommender
 
-    return VBPRRecommender(config.factors, config.visual_factors, config.epochs, learning_rate=config.learning_rate,
-                           l2=config.l2, negatives=config.negatives, seed=seed)  # fmt: skip
+    return VBPRRecommender(
+        config.factors,
+        config.visual_factors,
+        config.epochs,
+        learning_rate=config.learning_rate,
+        l2=config.l2,
+        negatives=config.negatives,
+        seed=seed,
+    )
 
 
 def champion_scorer(
@@ -129,7 +171,6 @@ def champion_scorer(
     everything (for scoring), ``eval_factors.npz`` the one trained before its evaluation cut (for the
     promotion gate)."""
     import mlflow
-    from visrec.mlops import registry
     from visrec.mlops.tracking import use_tracking
 
     use_tracking(settings)
@@ -159,7 +200,6 @@ def train_mf(
     """Evaluate popularity, the champion and a new VBPR on the split as of ``ds``; refit VBPR on all
     data; register it as ``visrec-mf`` (champion only if it beats the champion on the split)."""
     import mlflow
-    from visrec.mlops import registry
     from visrec.mlops.tracking import tracked_run
     from visrec.recsys.baselines import Popularity
 
@@ -168,8 +208,10 @@ def train_mf(
     events = load_events(lake, ds)
     split = build_split(settings, lake, ds, events)
     challenger = _vbpr(config, settings.seed)
-    metrics = {"popularity": evaluate_model(Popularity(), split, config.k),
-               "vbpr": evaluate_model(challenger, split, config.k)}  # fmt: skip
+    metrics = {
+        "popularity": evaluate_model(Popularity(), split, config.k),
+        "vbpr": evaluate_model(challenger, split, config.k),
+    }
     # The gate compares like with like: the champion's own evaluation model (trained before *its*
     # cut, so it never saw today's test window) on today's window, against the challenger's.
     champion = champion_scorer(settings, artifact="eval_factors.npz") if config.register else None
@@ -183,9 +225,15 @@ def train_mf(
     if config.register:
         nested = mlflow.active_run() is not None
         with tracked_run(settings, "train_mf", ds=ds, nested=nested):
-            mlflow.log_params({**{k: v for k, v in config.__dict__.items()}, "n_users": full.n_users,
-                               "n_items": full.n_items, "cut": split.cut.isoformat(),
-                               "events_without_embedding": split.dropped_events})  # fmt: skip
+            mlflow.log_params(
+                {
+                    **{k: v for k, v in config.__dict__.items()},
+                    "n_users": full.n_users,
+                    "n_items": full.n_items,
+                    "cut": split.cut.isoformat(),
+                    "events_without_embedding": split.dropped_events,
+                }
+            )
             for name, values in metrics.items():
                 mlflow.log_metrics({f"{name}.{k}": v for k, v in values.items()})
             import tempfile
@@ -203,10 +251,13 @@ def train_mf(
             )
             gate = config.gate_metric
             registration = registry.register(
-                info.model_uri, MODEL_NAME, metric=gate, value=metrics["vbpr"][gate],
+                info.model_uri,
+                MODEL_NAME,
+                metric=gate,
+                value=metrics["vbpr"][gate],
                 champion_value=metrics["champion"][gate] if "champion" in metrics else None,
                 tolerance=config.gate_tolerance,
-            )  # fmt: skip
+            )
             version, promoted, reason = (
                 f"{MODEL_NAME}/{registration.version}",
                 registration.promoted,

@@ -17,8 +17,17 @@ from visrec.recsys.data import TrainData
 class VBPRRecommender(FactorRecommender):
     """Fits a :class:`VBPR` with sampled negatives and serves it through the batch interface."""
 
-    def __init__(self, factors: int = 32, visual_factors: int = 32, epochs: int = 20, batch_size: int = 4096,
-                 learning_rate: float = 0.005, l2: float = 1e-5, negatives: int = 4, seed: int = 42):  # fmt: skip
+    def __init__(
+        self,
+        factors: int = 32,
+        visual_factors: int = 32,
+        epochs: int = 20,
+        batch_size: int = 4096,
+        learning_rate: float = 0.005,
+        l2: float = 1e-5,
+        negatives: int = 4,
+        seed: int = 42,
+    ):
         self.factors, self.visual_factors, self.epochs = factors, visual_factors, epochs
         self.batch_size, self.learning_rate, self.l2 = batch_size, learning_rate, l2
         self.negatives, self.seed = negatives, seed
@@ -33,8 +42,14 @@ class VBPRRecommender(FactorRecommender):
         keras.utils.set_random_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         features = data.item_features if self.visual_factors else None
-        self.model = VBPR(data.n_users, data.n_items, 0 if features is None else features.shape[1],
-                          self.factors, self.visual_factors, self.l2)  # fmt: skip
+        self.model = VBPR(
+            data.n_users,
+            data.n_items,
+            0 if features is None else features.shape[1],
+            self.factors,
+            self.visual_factors,
+            self.l2,
+        )
         self.model.build()
         if features is not None:
             # Centred and scaled: CNN embeddings share a large common component (post-ReLU pooling),

@@ -33,11 +33,16 @@ def render(template: str, **context: Any) -> str:
     return _environment().get_template(template).render(**context)
 
 
-def similar_page(name: str, photo: bytes, guesses: str, matches: list, pngs: dict[str, bytes], context: dict) -> str:
+def similar_page(
+    name: str, photo: bytes, guesses: str, matches: list, pngs: dict[str, bytes], context: dict
+) -> str:
     """The page ``visrec similar --html`` writes: the photo, then the products like it."""
     mime = "image/" + (name.rsplit(".", 1)[-1].lower().replace("jpg", "jpeg") if "." in name else "png")
     return render(
-        "similar.html.j2", title=f"Products like {name}", photo=data_uri(photo, mime), guesses=guesses,
+        "similar.html.j2",
+        title=f"Products like {name}",
+        photo=data_uri(photo, mime),
+        guesses=guesses,
         matches=[{"rank": r, "match": m, "png": pngs.get(m.item_id)} for r, m in enumerate(matches, 1)],
         context=context,
-    )  # fmt: skip
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from visrec.publish import read_release
 from visrec.report.html import render
 from visrec.settings import Settings
 from visrec.store.lake import Lake, check_ds
@@ -44,8 +45,14 @@ def _metric_rows(current: dict[str, float], previous: dict[str, float]) -> list[
     rows = []
     for name in sorted(current):
         before = previous.get(name)
-        rows.append({"name": name, "value": current[name], "previous": before,
-                     "change": None if before is None else current[name] - before})  # fmt: skip
+        rows.append(
+            {
+                "name": name,
+                "value": current[name],
+                "previous": before,
+                "change": None if before is None else current[name] - before,
+            }
+        )
     return rows
 
 
@@ -54,8 +61,10 @@ def _sample_users(profiles, recs, wanted: int, extra: list[str]) -> list[str]:
     profiles = profiles[profiles["user_id"].isin(scored)].copy()
     profiles["activity"] = profiles[["n_view", "n_click", "n_add_to_cart", "n_purchase"]].sum(axis=1)
     chosen: list[str] = [u for u in extra if u in scored][: max(wanted // 2, 1)]
-    by_segment = [g.sort_values(["activity", "user_id"], ascending=[False, True])["user_id"].tolist()
-                  for _, g in profiles.groupby("segment")]  # fmt: skip
+    by_segment = [
+        g.sort_values(["activity", "user_id"], ascending=[False, True])["user_id"].tolist()
+        for _, g in profiles.groupby("segment")
+    ]
     while len(chosen) < wanted and any(by_segment):
         for users in by_segment:
             while users and users[0] in chosen:
@@ -80,7 +89,6 @@ def _optional(lake: Lake, table: str, ds: str):
 
 def build_report(settings: Settings, ds: str, *, lake: Lake | None = None, log_to_mlflow: bool = True) -> str:
     """Write ``reports/ds=<ds>/index.html`` (and log it to MLflow); return its URI."""
-    from visrec.publish import read_release
 
     lake = lake or Lake.from_settings(settings)
     check_ds(ds)
@@ -104,25 +112,38 @@ def build_report(settings: Settings, ds: str, *, lake: Lake | None = None, log_t
     for user in users:
         mine = events[events["user_id"] == user].drop_duplicates("item_id").head(_RECENT_ITEMS)
         top = recs[recs["user_id"] == user].sort_values("rank").head(_SHOWN_RECS)
-        sections.append({
-            "user": user, "segment": segment.get(user, "no profile"),
-            "recent": [{"item_id": r.item_id, "caption": f"{r.event_type} {r.item_id}"} for r in mine.itertuples()],
-            "photos": _photos(lake, photos[photos["user_id"] == user]) if photos is not None else None,
-            "recommended": [{"item_id": r.item_id, "caption": f"#{r.rank} {r.item_id} {r.score:.2f} ({r.source})"}
-                            for r in top.itertuples()],
-            "looks": _looks(lake, looks[looks["user_id"] == user]) if looks is not None else None,
-        })  # fmt: skip
+        sections.append(
+            {
+                "user": user,
+                "segment": segment.get(user, "no profile"),
+                "recent": [
+                    {"item_id": r.item_id, "caption": f"{r.event_type} {r.item_id}"}
+                    for r in mine.itertuples()
+                ],
+                "photos": _photos(lake, photos[photos["user_id"] == user]) if photos is not None else None,
+                "recommended": [
+                    {"item_id": r.item_id, "caption": f"#{r.rank} {r.item_id} {r.score:.2f} ({r.source})"}
+                    for r in top.itertuples()
+                ],
+                "looks": _looks(lake, looks[looks["user_id"] == user]) if looks is not None else None,
+            }
+        )
 
     summaries = run_summaries(lake, ds)
     previous_ds = _previous_run(lake, ds)
     previous = run_summaries(lake, previous_ds) if previous_ds else {}
     text = render(
-        "nightly.html.j2", title=f"visrec nightly run {ds}", release=read_release(lake), lake_uri=lake.uri,
-        sections=sections, pngs=pngs,
+        "nightly.html.j2",
+        title=f"visrec nightly run {ds}",
+        release=read_release(lake),
+        lake_uri=lake.uri,
+        sections=sections,
+        pngs=pngs,
         models=[(step, s) for step, s in sorted(summaries.items()) if "version" in s],
-        metrics=_metric_rows(_flat_metrics(summaries), _flat_metrics(previous)), previous_ds=previous_ds,
+        metrics=_metric_rows(_flat_metrics(summaries), _flat_metrics(previous)),
+        previous_ds=previous_ds,
         published=sorted(summaries.get("publish", {}).get("rows", {}).items()),
-    )  # fmt: skip
+    )
     key = f"reports/ds={ds}/index.html"
     lake.put_bytes(key, text.encode())
     if log_to_mlflow:

@@ -220,7 +220,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("user_photos", "published/user_photos", USER_PHOTOS, ("user_id", "photo_id")),
         TableSpec(
             "staging_user_photos", "private/staging_user_photos", STAGING_USER_PHOTOS, ("user_id", "photo_id")
-        ),  # fmt: skip
+        ),
         TableSpec(
             "photo_recommendations",
             "published/photo_recommendations",

@@ -80,7 +80,6 @@ def latest_partition(lake: Lake, table: str, ds: str | None = None) -> str:
 def photo_profiles(lake: Lake, ds: str) -> tuple[list[str], np.ndarray, str | None]:
     """Each user's visual preference from their photos: the mean of their photos' embeddings
     (re-normalised), from ``user_photos`` of ``ds``. Returns (user_ids, vectors, model_version)."""
-    from visrec.store.tables import embeddings_matrix
 
     if lake.manifest("user_photos", ds) is None:
         return [], np.zeros((0, 0), np.float32), None

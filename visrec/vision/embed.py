@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from visrec.mlops.registry import load_keras, model_uri
 from visrec.models.tfdata import in_memory_batches
 from visrec.models.topk import topk
 from visrec.settings import Settings
@@ -23,9 +24,9 @@ def load_cnn(version: str | None = None):
     """Load a registered image model (``version`` like ``visrec-cnn/3``, the champion without one);
     returns ``(model, version)``."""
     import visrec.models.cnn  # noqa: F401  (registers the custom class with Keras)
-    from visrec.mlops.registry import load_keras, model_uri
 
     return load_keras(model_uri(MODEL_NAME, version))
+
 
 def embed_pixels(model, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """L2-normalised embeddings (n, d) float32 of uint8 images, batched through tf.data."""

@@ -14,7 +14,8 @@ from visrec.ingest.user_photos import retained_dates
 from visrec.models.topk import topk
 from visrec.settings import Settings
 from visrec.store.lake import Lake
-from visrec.store.tables import load_events
+from visrec.store.schemas import spec_for
+from visrec.store.tables import decode_pngs, embeddings_matrix, load_events
 from visrec.vision.embed import embed_pixels
 
 log = logging.getLogger(__name__)
@@ -26,13 +27,10 @@ def recognise_user_photos(
     """Every retained photo through the image model -> ``user_photos`` (top-3 categories, embedding);
     the photos uploaded on ``ds`` -> ``photo_recommendations`` (nearest catalog items, bought ones
     filtered). Returns both tables."""
-    from visrec.store.tables import decode_pngs, embeddings_matrix
 
     dates = retained_dates(settings, lake, ds)
     staged = lake.read_table("staging_user_photos", dates).to_pandas() if dates else None
     if staged is None or staged.empty:
-        from visrec.store.schemas import spec_for
-
         empty_photos = spec_for("user_photos").schema.empty_table()
         empty_recs = spec_for("photo_recommendations").schema.empty_table()
         lake.write_table("user_photos", ds, empty_photos)
@@ -44,15 +42,21 @@ def recognise_user_photos(
     emb = embed_pixels(model, pixels)
     top = np.argsort(-probs, axis=1)[:, :3]
     names = list(model.class_names)
-    photos = pa.table({
-        "user_id": staged["user_id"].tolist(),
-        "photo_id": staged["photo_id"].tolist(),
-        "top_categories": [[{"category": names[c], "probability": float(probs[n, c])} for c in top[n]]
-                           for n in range(len(staged))],
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), emb.shape[1]),
-        "model_version": [model_version] * len(staged),
-        "image_key": staged["image_key"].tolist(),
-    })  # fmt: skip
+    photos = pa.table(
+        {
+            "user_id": staged["user_id"].tolist(),
+            "photo_id": staged["photo_id"].tolist(),
+            "top_categories": [
+                [{"category": names[c], "probability": float(probs[n, c])} for c in top[n]]
+                for n in range(len(staged))
+            ],
+            "embedding": pa.FixedSizeListArray.from_arrays(
+                pa.array(emb.reshape(-1), pa.float32()), emb.shape[1]
+            ),
+            "model_version": [model_version] * len(staged),
+            "image_key": staged["image_key"].tolist(),
+        }
+    )
     lake.write_table("user_photos", ds, photos)
 
     items = lake.read_table("item_embeddings", ds)
@@ -71,8 +75,13 @@ def recognise_user_photos(
         {**out, "rank": pa.array(out["rank"], pa.int16()), "score": pa.array(out["score"], pa.float32())}
     )
     lake.write_table("photo_recommendations", ds, recs)
-    log.info("recognised %d photos (%d new) with %s; %d photo recommendations", len(staged), len(today),
-             model_version, recs.num_rows)  # fmt: skip
+    log.info(
+        "recognised %d photos (%d new) with %s; %d photo recommendations",
+        len(staged),
+        len(today),
+        model_version,
+        recs.num_rows,
+    )
     return photos, recs
 
 
@@ -87,4 +96,6 @@ def _bought(lake: Lake, ds: str, users: list[str], item_ids: list[str]) -> sp.cs
     rows = [items_of.get(user, []) for user in users]
     indptr = np.cumsum([0] + [len(r) for r in rows])
     indices = np.array([i for r in rows for i in r], np.int64)
-    return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(users), len(item_ids)))
+    return sp.csr_matrix(
+        (np.ones(len(indices), np.float32), indices, indptr), shape=(len(users), len(item_ids))
+    )

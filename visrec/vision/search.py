@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from visrec.errors import VisrecError
+from visrec.ingest.images import normalise_image
 from visrec.models.topk import topk
 from visrec.settings import Settings
 from visrec.store.lake import Lake
@@ -33,8 +35,6 @@ def find_similar_to_photo(
 ) -> tuple[list[PhotoMatch], dict]:
     """Embed an uploaded photo with the champion image model and return the ``k`` nearest catalog
     items, best first, plus context (model version, partition, predicted categories)."""
-    from visrec.errors import VisrecError
-    from visrec.ingest.images import normalise_image
     from visrec.mlops.tracking import use_tracking
 
     lake = lake or Lake.from_settings(settings)
@@ -53,7 +53,7 @@ def find_similar_to_photo(
             f"item embeddings of {ds} were made with {sorted(made_with)} but the champion is {version}; "
             "re-embed the catalog (`visrec train cnn`)"
         )
-    png, _, _ = normalise_image(photo, name, model.image_size, check_extension=False)
+    png, _, _ = normalise_image(photo, name, model.image_size)
     pixels = decode_pngs([png])
     query = embed_pixels(model, pixels)
     probs = np.asarray(model.predict(pixels, verbose=0))[0]

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from visrec.mlops import registry
 from visrec.models.tfdata import in_memory_batches
 from visrec.settings import Settings
 from visrec.store.lake import Lake
@@ -51,7 +52,9 @@ class CNNConfig:
     held_out_share: float = 0.2
     patience: int = 10  # scored epochs without a better held-out accuracy before stopping
     validate_from: float = 0.5  # score the held-out images once training is this far along
-    max_minutes: float | None = None  # training budget (None: none); the nightly run passes VISREC_CNN_MINUTES
+    max_minutes: float | None = (
+        None  # training budget (None: none); the nightly run passes VISREC_CNN_MINUTES
+    )
     mixed_precision: bool = False  # float16 compute: worth it on a GPU only
     backbone: str = "compact"
     backbone_weights: str | None = None
@@ -89,9 +92,10 @@ def training_callbacks(config: CNNConfig, epochs: int, learning_rate: float, hel
     if held_out is not None:
         callbacks += [
             LateValidation(held_out, epochs, budget, config.validate_from),
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience,
-                                          restore_best_weights=True),
-        ]  # fmt: skip
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy", mode="max", patience=config.patience, restore_best_weights=True
+            ),
+        ]
     return [*callbacks, EpochReport("cnn", epochs, progress)]
 
 
@@ -130,7 +134,6 @@ def train_cnn(
     import mlflow.keras
 
     import mlflow
-    from visrec.mlops import registry
     from visrec.mlops.tracking import tracked_run
     from visrec.models.cnn import ImageClassifier
 
@@ -208,7 +211,9 @@ def train_cnn(
             train_ds,
             epochs=epochs,
             verbose=0,
-            callbacks=training_callbacks(config, epochs, learning_rate, held_ds if len(held_idx) else None, progress),
+            callbacks=training_callbacks(
+                config, epochs, learning_rate, held_ds if len(held_idx) else None, progress
+            ),
         )
         train_seconds = time.perf_counter() - started
         probs = model.predict(in_memory_batches(images.pixels[held_idx], 256), verbose=0)

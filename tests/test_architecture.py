@@ -1,0 +1,145 @@
+"""The package's shape, computed from the source with ``ast``: no import cycle (counting imports inside
+functions), no stage importing a later stage, pure models, no Airflow, and function-local imports of
+visrec's own modules only where they keep a heavy library out of an importer that must stay light."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "visrec"
+HEAVY = ("tensorflow", "keras", "pyspark", "mlflow", "great_expectations")
+# The data flow, in order: a module may import its own stage or an earlier one, never a later one.
+STAGES = [
+    (
+        "visrec",
+        "visrec.errors",
+        "visrec.logs",
+        "visrec.settings",
+        "visrec.store",
+        "visrec.mlops",
+        "visrec.models",
+    ),
+    ("visrec.devdata",),
+    ("visrec.ingest",),
+    ("visrec.vision",),
+    ("visrec.recsys",),
+    ("visrec.generation",),
+    ("visrec.publish",),
+    ("visrec.report",),
+    ("visrec.forget",),
+    ("visrec.pipeline",),
+    ("visrec.app", "visrec.__main__"),
+]
+# Entry points whose own importers must stay light (the DAG file imports the pipeline inside its tasks,
+# `visrec --help` imports the CLI): every visrec import that is not cheap stays inside their functions.
+LAZY_BY_DESIGN = {"visrec.pipeline", "visrec.app.cli", "visrec.app.orchestrate", "visrec.app.demo"}
+
+
+def _name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_name(p): p for p in ROOT.rglob("*.py")}
+
+
+def _target(node: ast.ImportFrom | ast.Import, alias: ast.alias) -> str:
+    if isinstance(node, ast.Import):
+        return alias.name
+    candidate = f"{node.module}.{alias.name}"
+    return candidate if candidate in MODULES else node.module
+
+
+def _imports(name: str) -> list[tuple[str, bool, int]]:
+    """(imported module, inside a function?, line) for each import in ``name``'s source."""
+    tree = ast.parse(MODULES[name].read_text())
+    local = {
+        id(n)
+        for f in ast.walk(tree)
+        if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+        for n in ast.walk(f)
+    }
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom) and not (
+            isinstance(node, ast.ImportFrom) and node.level
+        ):
+            for alias in node.names:
+                if isinstance(node, ast.ImportFrom) and node.module is None:
+                    continue
+                out.append((_target(node, alias), id(node) in local, node.lineno))
+    return out
+
+
+GRAPH = {m: sorted({t for t, _, _ in _imports(m) if t in MODULES and t != m}) for m in MODULES}
+
+
+def _stage(module: str) -> int:
+    best = max(
+        (len(prefix), rank)
+        for rank, group in enumerate(STAGES)
+        for prefix in group
+        if module == prefix or module.startswith(prefix + ".")
+    )
+    return best[1]
+
+
+def test_no_import_cycle():
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for nxt in GRAPH[module]:
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join(path[path.index(nxt) :] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[module] = 2
+
+    for module in sorted(GRAPH):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
+
+
+def test_no_stage_imports_a_later_stage():
+    backwards = [f"{m} -> {t}" for m in GRAPH for t in GRAPH[m] if _stage(t) > _stage(m)]
+    assert backwards == []
+
+
+def test_models_are_pure_keras_and_visrec_never_imports_airflow():
+    impure = [
+        f"{m} -> {t}"
+        for m in GRAPH
+        if m.startswith("visrec.models")
+        for t in GRAPH[m]
+        if not t.startswith("visrec.models")
+    ]
+    airflow = [m for m in MODULES for t, _, _ in _imports(m) if t == "airflow" or t.startswith("airflow.")]
+    assert impure == [] and airflow == []
+
+
+def _heavy(module: str, seen: frozenset = frozenset()) -> bool:
+    """Whether importing ``module`` imports a heavy library (directly or through visrec modules)."""
+    for target, local, _ in _imports(module):
+        if local:
+            continue
+        if target.split(".")[0] in HEAVY:
+            return True
+        if target in MODULES and target not in seen and target != module and _heavy(target, seen | {module}):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("module", sorted(set(MODULES) - LAZY_BY_DESIGN))
+def test_function_local_imports_of_visrec_only_keep_heavy_libraries_lazy(module):
+    needless = [
+        f"{MODULES[module].name}:{line} {t}"
+        for t, local, line in _imports(module)
+        if local and t in MODULES and not _heavy(t)
+    ]
+    assert needless == [], "import these at the top of the module: they are cheap"
