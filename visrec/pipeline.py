@@ -462,6 +462,14 @@ def find_similar(
     return matches, context
 
 
+def forget(user_id: str, settings: Settings | None = None):
+    """Remove ``user_id`` from the lake and the warehouse, and from every later run (``visrec forget``)."""
+    from visrec.forget import forget_user
+
+    settings = settings or Settings.from_env()
+    return forget_user(settings, user_id, lake=Lake.from_settings(settings))
+
+
 # Each step and the upstream steps whose results it takes, in DAG order. The DAG file wires the same
 # graph with Airflow's operators; ``visrec run --no-airflow`` and the tests walk this one.
 STEPS: dict[str, tuple[Callable[..., Summary], dict[str, str]]] = {

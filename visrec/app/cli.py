@@ -247,9 +247,9 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
-    from visrec.forget import forget_user
+    from visrec import pipeline
 
-    report = forget_user(settings, args.user_id, lake=_lake(None, settings))
+    report = pipeline.forget(args.user_id, settings)
     rows = ", ".join(f"{t} {n}" for t, n in sorted(report.rows_removed.items())) or "none"
     print(
         f"forgot {report.user_id}: {report.raw_files_deleted} uploaded files and {report.raw_lines_removed} "

@@ -24,7 +24,7 @@ from visrec.store.lake import check_ds
 log = logging.getLogger(__name__)
 
 DAG_ID = "visrec_nightly"
-DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
+DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 POOLS = {"visrec_spark": "one local Spark job at a time", "visrec_training": "one model training at a time"}
 
 
