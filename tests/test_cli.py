@@ -59,7 +59,6 @@ def test_synth_writes_shop_and_says_where(tmp_path: Path):
 @pytest.mark.parametrize(
     "args, env, message",
     [
-        (["synth", "--users", "0"], {}, "need users >= 1"),
         (["synth", "--start-date", "yesterday"], {}, "Invalid isoformat"),
         (["import", "hm", "/nonexistent/folder"], {}, "does not exist"),
         (
@@ -72,9 +71,10 @@ def test_synth_writes_shop_and_says_where(tmp_path: Path):
             "failed",
         ),
         (["synth"], {"VISREC_SEED": "abc"}, "bad setting VISREC_SEED='abc'"),
+        (["score", "--ds", "2026-11-01", "-k", "5"], {"VISREC_TOP_K": "0"}, "bad setting VISREC_TOP_K='0'"),
         (["ingest", "--ds", "2026-02-30"], {}, "not a real date"),
         (["ingest", "--ds", "2026-11-01"], {}, "no catalog at"),
-        (["publish", "--ds", "2026-11-01"], {}, "nothing to publish"),
+        (["publish", "--ds", "2026-11-01"], {}, "no recommendations for 2026-11-01; run `visrec score"),
         (["run"], {}, "give --ds DATE"),
         (["run", "--start", "2026-11-05", "--end", "2026-11-01"], {}, "is before --start"),
         (["forget", "a/b"], {}, "not a user id"),
@@ -90,8 +90,10 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, args, env, messag
 
 def test_bad_argument_type_is_a_usage_error(tmp_path: Path):
     result = _run(["synth", "--users", "many"], tmp_path)
-    assert result.returncode == 2 and "invalid int value" in result.stderr
+    assert result.returncode == 2 and "invalid positive_int value" in result.stderr
     assert "Traceback" not in result.stderr
+    result = _run(["synth", "--users", "0"], tmp_path)
+    assert result.returncode == 2 and "argument --users: must be at least 1, got 0" in result.stderr
 
 
 def test_a_step_run_from_python_c_really_runs(tmp_path: Path):

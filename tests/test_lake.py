@@ -130,3 +130,11 @@ def test_unreachable_s3_is_a_clear_error():
 def test_unsupported_uri():
     with pytest.raises(LakeError, match="unsupported lake URI"):
         Lake("ftp://host/x")
+
+
+@pytest.mark.parametrize("ds", ["２０２６-11-01", "2026-11-0١", "2026-02-30", "2026-1-01", "2026-11-01\n"])
+def test_check_ds_takes_real_dates_in_ascii_digits_only(ds):
+    from visrec.store.lake import check_ds
+
+    with pytest.raises(LakeError):
+        check_ds(ds)

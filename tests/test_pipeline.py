@@ -16,9 +16,9 @@ import pytest
 from tests.conftest import REPO, _free_port, make_bucket
 from visrec.devdata.synth import ShopConfig, generate_shop
 from visrec.mlops.validation import ValidationFailed
-from visrec.publish import OUTPUT_TABLES, publish, read_release
+from visrec.publish import OUTPUT_TABLES, publish
 from visrec.settings import Settings
-from visrec.store.lake import RELEASE_KEY, Lake, LakeError
+from visrec.store.lake import RELEASE_KEY, Lake, LakeError, read_release
 
 D1, D2, D3, D4, D5 = (f"2026-11-0{d}" for d in range(1, 6))
 K = 20
@@ -307,6 +307,21 @@ def test_score_with_k_then_publish_from_the_command_line(nightly):
         settings, f"SELECT count(DISTINCT user_id), count(*) FROM recommendations WHERE ds = '{D4}'"
     )
     assert counts[0][1] == 10 * counts[0][0] > 0
+
+
+def test_a_published_date_is_changed_only_with_force_and_old_features_only_on_request(nightly):
+    from visrec.pipeline import AlreadyPublished, InputMissing, score
+
+    settings, lake, _ = nightly
+    version = lake.manifest("recommendations", D3).version
+    with pytest.raises(AlreadyPublished, match=f"{D3} is already published.*--force"):
+        score(D3, settings)
+    assert lake.manifest("recommendations", D3).version == version  # refused before any work
+    with pytest.raises(InputMissing, match="no events for 2030-01-01; run `visrec step ingest_events"):
+        score("2030-01-01", settings)
+    summary = score("2030-01-01", settings, latest_features=True)
+    assert summary["features_ds"] == D3 and summary["rows"] > 0  # D4, D5 hold copied outputs, no events
+    assert "2030-01-01" not in {d for parts in read_release(lake)["tables"].values() for d in parts}
 
 
 def test_whole_dag_on_s3_and_a_store_outage_publishes_nothing_half(tmp_path, spark, monkeypatch):

@@ -24,10 +24,10 @@ import pyarrow as pa
 
 from visrec.errors import VisrecError
 from visrec.ingest.user_photos import RAW_PREFIX, STORE_PREFIX
-from visrec.publish import read_release, refresh_warehouse
+from visrec.publish import refresh_warehouse
 from visrec.settings import Settings
 from visrec.store.forgotten import FORGOTTEN_KEY, _mentions, _token, forgotten_users
-from visrec.store.lake import RELEASE_KEY, Lake
+from visrec.store.lake import RELEASE_KEY, Lake, read_release
 from visrec.store.schemas import TABLES, TableSpec, quarantine_spec
 
 log = logging.getLogger(__name__)

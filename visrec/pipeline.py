@@ -19,8 +19,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from visrec.errors import VisrecError
 from visrec.settings import Settings
-from visrec.store.lake import Lake, check_ds
+from visrec.store.lake import Lake, check_ds, published_dates
 from visrec.store.runs import Summary, record, run_summary
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,75 @@ log = logging.getLogger(__name__)
 Upstream = dict[str, Any] | None
 
 
+class InputMissing(VisrecError):
+    """A step's input for its date does not exist: the message names it and the command that makes it."""
+
+
+class AlreadyPublished(VisrecError):
+    """A step would change a date that is already published, and was not told ``force``."""
+
+
+# What each step reads for its own date, and the command that makes it.
+NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "build_features": (("events", "visrec step ingest_events"),),
+    "train_cnn": (("staging_images", "visrec step ingest_images"),),
+    "embed_items": (("staging_images", "visrec step ingest_images"),),
+    "recognise_user_photos": (("item_embeddings", "visrec step embed_items"),),
+    "train_mf": (("events", "visrec step ingest_events"), ("item_embeddings", "visrec step embed_items")),
+    "train_gan": (("staging_images", "visrec step ingest_images"),),
+    "generate_looks": (
+        ("user_profiles", "visrec step build_features"),
+        ("item_embeddings", "visrec step embed_items"),
+    ),
+    "score": (
+        ("events", "visrec step ingest_events"),
+        ("user_profiles", "visrec step build_features"),
+        ("item_embeddings", "visrec step embed_items"),
+    ),
+    "publish": (("recommendations", "visrec score"),),
+    "report": (("recommendations", "visrec score"),),
+}
+# Steps that write tables of the published contract for their date.
+CHANGES_PUBLISHED = {
+    "build_features",
+    "embed_items",
+    "recognise_user_photos",
+    "generate_looks",
+    "score",
+    "publish",
+}
+
+
 def _open(settings: Settings | None, ds: str) -> tuple[Settings, Lake]:
     settings = settings or Settings.from_env()
     check_ds(ds)
     return settings, Lake.from_settings(settings)
+
+
+def _prepare(step: str, ds: str, settings: Settings | None, force: bool = False) -> tuple[Settings, Lake]:
+    """Open the lake for ``step`` on ``ds`` after checking, before any work, that the step's inputs for
+    ``ds`` exist and that it would not change a published date unless ``force``."""
+    settings, lake = _open(settings, ds)
+    check_inputs(lake, step, ds)
+    if step in CHANGES_PUBLISHED and not force:
+        check_unpublished(lake, step, ds)
+    return settings, lake
+
+
+def check_inputs(lake: Lake, step: str, ds: str, skip: tuple[str, ...] = ()) -> None:
+    """Raise :class:`InputMissing` naming the first input of ``step`` that ``ds`` lacks."""
+    for table, command in NEEDS.get(step, ()):
+        if table not in skip and lake.manifest(table, ds) is None:
+            raise InputMissing(f"{step} {ds}: no {table} for {ds}; run `{command} --ds {ds}` first")
+
+
+def check_unpublished(lake: Lake, step: str, ds: str) -> None:
+    """Raise :class:`AlreadyPublished` when ``ds`` is in the current release."""
+    if ds in published_dates(lake):
+        raise AlreadyPublished(
+            f"{step} {ds}: {ds} is already published and this would change it; pass --force to rerun it "
+            "(readers keep the published tables until the next publish)"
+        )
 
 
 def _trained_already(settings: Settings, lake: Lake, ds: str, step: str) -> Summary | None:
@@ -77,7 +143,7 @@ def _validated(ds: str, step: str, lake: Lake, run: Callable[[Any], Any]) -> Any
         validator.publish_docs(lake)
 
 
-def ingest_images(ds: str, settings: Settings | None = None) -> Summary:
+def ingest_images(ds: str, settings: Settings | None = None, force: bool = False) -> Summary:
     """Catalog images -> ``staging_images`` (validated), bad files quarantined with a reason."""
     from visrec.ingest.catalog_images import ingest_images as ingest
     from visrec.store.catalog import read_catalog
@@ -118,7 +184,7 @@ def _spark_step(ds: str, settings: Settings | None, step: str, job: Callable) ->
     return lake, _validated(ds, step, lake, lambda validator: job(settings, lake, ds, spark, validator))
 
 
-def ingest_events(ds: str, settings: Settings | None = None) -> Summary:
+def ingest_events(ds: str, settings: Settings | None = None, force: bool = False) -> Summary:
     """The day's raw event logs -> ``events`` (Spark), malformed/unknown/duplicate rows accounted for."""
     from visrec.ingest.events import ingest_events as job
 
@@ -138,15 +204,18 @@ def ingest_events(ds: str, settings: Settings | None = None) -> Summary:
     )
 
 
-def build_features(ds: str, settings: Settings | None = None, events: Upstream = None) -> Summary:
+def build_features(
+    ds: str, settings: Settings | None = None, events: Upstream = None, force: bool = False
+) -> Summary:
     """All clean events up to ``ds`` -> interactions, user_profiles, item_stats (Spark)."""
     from visrec.ingest.features import build_features as job
 
+    _prepare("build_features", ds, settings, force)
     lake, rows = _spark_step(ds, settings, "build_features", job)
     return record(lake, ds, "build_features", {"rows": rows, "events": _from(events, "table")})
 
 
-def ingest_user_photos(ds: str, settings: Settings | None = None) -> Summary:
+def ingest_user_photos(ds: str, settings: Settings | None = None, force: bool = False) -> Summary:
     """The day's uploads -> stored without metadata, staged, bad files quarantined; retention applied."""
     from visrec.ingest.user_photos import ingest_user_photos as ingest
 
@@ -177,15 +246,20 @@ def ingest(ds: str, settings: Settings | None = None) -> dict[str, Summary]:
 
 
 def train_cnn(
-    ds: str, settings: Settings | None = None, images: Upstream = None, config: dict | None = None
+    ds: str,
+    settings: Settings | None = None,
+    images: Upstream = None,
+    config: dict | None = None,
+    force: bool = False,
 ) -> Summary:
     """Train (or fine-tune from the champion) the image model; register it behind the gate.
     ``config``: :class:`visrec.vision.train.CNNConfig` fields to change (the command line's flags)."""
+    settings, lake = _prepare("train_cnn", ds, settings, force)
+
     from visrec.vision.embed import MODEL_NAME
     from visrec.vision.train import CNNConfig
     from visrec.vision.train import train_cnn as train
 
-    settings, lake = _open(settings, ds)
     if (done := _trained_already(settings, lake, ds, "train_cnn")) is not None:
         return done
     result = train(
@@ -206,13 +280,16 @@ def train_cnn(
     )
 
 
-def embed_items(ds: str, settings: Settings | None = None, cnn: Upstream = None) -> Summary:
+def embed_items(
+    ds: str, settings: Settings | None = None, cnn: Upstream = None, force: bool = False
+) -> Summary:
     """Embed the catalog with the champion image model (the one ``cnn`` names); exact top-K ``similar_items``."""
+    settings, lake = _prepare("embed_items", ds, settings, force)
+
     from visrec.mlops.tracking import use_tracking
     from visrec.vision.embed import build_similar_items, load_cnn
     from visrec.vision.embed import embed_items as embed
 
-    settings, lake = _open(settings, ds)
     use_tracking(settings)
     model, version = load_cnn(_from(cnn, "champion"))
     embeddings = embed(settings, ds, lake, model, version)
@@ -231,15 +308,20 @@ def embed_items(ds: str, settings: Settings | None = None, cnn: Upstream = None)
 
 
 def recognise_user_photos(
-    ds: str, settings: Settings | None = None, uploads: Upstream = None, embeddings: Upstream = None
+    ds: str,
+    settings: Settings | None = None,
+    uploads: Upstream = None,
+    embeddings: Upstream = None,
+    force: bool = False,
 ) -> Summary:
     """Retained photos through the image model that embedded the catalog -> user_photos; today's ->
     photo_recommendations."""
+    settings, lake = _prepare("recognise_user_photos", ds, settings, force)
+
     from visrec.mlops.tracking import use_tracking
     from visrec.vision.embed import load_cnn
     from visrec.vision.photos import recognise_user_photos as recognise
 
-    settings, lake = _open(settings, ds)
     use_tracking(settings)
     model, version = load_cnn(_from(embeddings, "model_version"))
     recognised, recs = recognise(settings, lake, ds, model, version)
@@ -261,13 +343,15 @@ def train_mf(
     features: Upstream = None,
     embeddings: Upstream = None,
     config: dict | None = None,
+    force: bool = False,
 ) -> Summary:
     """Evaluate popularity, the champion and a new VBPR on the same window; register behind the gate.
     ``config``: :class:`visrec.recsys.train.MFConfig` fields to change."""
+    settings, lake = _prepare("train_mf", ds, settings, force)
+
     from visrec.recsys.train import MODEL_NAME, MFConfig
     from visrec.recsys.train import train_mf as train
 
-    settings, lake = _open(settings, ds)
     if (done := _trained_already(settings, lake, ds, "train_mf")) is not None:
         return done
     result = train(settings, ds, lake=lake, config=MFConfig(**(config or {})))
@@ -286,17 +370,22 @@ def train_mf(
 
 
 def train_gan(
-    ds: str, settings: Settings | None = None, embeddings: Upstream = None, config: dict | None = None
+    ds: str,
+    settings: Settings | None = None,
+    embeddings: Upstream = None,
+    config: dict | None = None,
+    force: bool = False,
 ) -> Summary:
     """Train the conditional GAN when it is due (see ``gan_due``; always when ``VISREC_RETRAIN``),
     judged by the image model that embedded the catalog; otherwise keep the champion. ``config``:
     :class:`visrec.generation.train.GANConfig` fields to change."""
+    settings, lake = _prepare("train_gan", ds, settings, force)
+
     from visrec.generation.train import MODEL_NAME, GANConfig, gan_due
     from visrec.generation.train import train_gan as train
     from visrec.mlops.tracking import use_tracking
     from visrec.vision.embed import load_cnn
 
-    settings, lake = _open(settings, ds)
     if (done := _trained_already(settings, lake, ds, "train_gan")) is not None:
         return done
     use_tracking(settings)
@@ -337,15 +426,17 @@ def generate_looks(
     gan: Upstream = None,
     mf: Upstream = None,
     embeddings: Upstream = None,
+    force: bool = False,
 ) -> Summary:
     """Generated looks for the most active users of each segment, with the champion GAN."""
+    settings, lake = _prepare("generate_looks", ds, settings, force)
+
     from visrec.generation.looks import generate_looks as generate
     from visrec.generation.train import MODEL_NAME, load_gan
     from visrec.mlops.tracking import use_tracking
     from visrec.recsys.train import champion_scorer
     from visrec.vision.embed import load_cnn
 
-    settings, lake = _open(settings, ds)
     use_tracking(settings)
     gan_version = _from(gan, "champion") or _champion(MODEL_NAME)
     if gan_version is None:
@@ -373,20 +464,38 @@ def score(
     photos: Upstream = None,
     looks: Upstream = None,
     exclude: list[str] | None = None,
+    force: bool = False,
+    latest_features: bool = False,
 ) -> Summary:
-    """Top-K for every user with the champion recommender (the one ``mf`` names) -> ``recommendations``."""
+    """Top-K for every user with the champion recommender (the one ``mf`` names) -> ``recommendations``.
+    Scores with ``ds``'s own features; ``latest_features``: with the newest at or before ``ds`` (a
+    deliberate choice, recorded as ``features_ds``)."""
+    settings, lake = _open(settings, ds)
+    features_ds = ds
+    if latest_features:  # the newest date at or before ds with every input of scoring
+        tables = [table for table, _ in NEEDS["score"]]
+        ready = [
+            d
+            for d in lake.partitions("user_profiles")
+            if d <= ds and all(lake.manifest(x, d) for x in tables)
+        ]
+        features_ds = ready[-1] if ready else ds
+    check_inputs(lake, "score", features_ds)
+    if not force:
+        check_unpublished(lake, "score", ds)
+
     from collections import Counter
 
     from visrec.recsys.score import score_users
     from visrec.recsys.train import champion_scorer
 
-    settings, lake = _open(settings, ds)
     if looks is None:
         looks = run_summary(lake, ds, "generate_looks")
     scorer = champion_scorer(settings, version=_from(mf, "champion"))
     table = score_users(
         settings,
         ds,
+        features_ds=features_ds,
         lake=lake,
         scorer=scorer,
         exclude=exclude,
@@ -400,6 +509,7 @@ def score(
             "rows": table.num_rows,
             "users": len(set(table.column("user_id").to_pylist())),
             "k": settings.top_k,
+            "features_ds": features_ds,
             "sources": dict(Counter(table.column("source").to_pylist())),
             "model_versions": sorted(set(table.column("model_version").to_pylist())),
             "table": lake.url(f"published/recommendations/ds={ds}"),
@@ -408,13 +518,18 @@ def score(
 
 
 def publish(
-    ds: str, settings: Settings | None = None, recommendations: Upstream = None, looks: Upstream = None
+    ds: str,
+    settings: Settings | None = None,
+    recommendations: Upstream = None,
+    looks: Upstream = None,
+    force: bool = False,
 ) -> Summary:
     """Validate ``ds``'s output tables, switch the release, refresh the DuckDB views. Lists must hold
     the K that ``score`` used (from ``recommendations``, or the date's score record when run alone)."""
+    settings, lake = _prepare("publish", ds, settings, force)
+
     from visrec import publish as publishing
 
-    settings, lake = _open(settings, ds)
     scored = recommendations or run_summary(lake, ds, "score") or {}
     result = publishing.publish(settings, ds, lake=lake, k=scored.get("k", settings.top_k))
     return record(
@@ -429,11 +544,14 @@ def publish(
     )
 
 
-def report(ds: str, settings: Settings | None = None, published: Upstream = None) -> Summary:
+def report(
+    ds: str, settings: Settings | None = None, published: Upstream = None, force: bool = False
+) -> Summary:
     """The run's HTML report -> ``reports/ds=<ds>/index.html`` and an MLflow artifact."""
+    settings, lake = _prepare("report", ds, settings, force)
+
     from visrec.report.nightly import build_report
 
-    settings, lake = _open(settings, ds)
     return record(lake, ds, "report", {"report": build_report(settings, ds, lake=lake)})
 
 
@@ -492,21 +610,25 @@ STEPS: dict[str, tuple[Callable[..., Summary], dict[str, str]]] = {
 }
 
 
-def run_step(name: str, ds: str, settings: Settings | None = None, **upstream: Upstream) -> Summary:
-    """Run one step by name (``visrec step NAME --ds DATE``, the DAG's tasks)."""
+def run_step(
+    name: str, ds: str, settings: Settings | None = None, force: bool = False, **upstream: Upstream
+) -> Summary:
+    """Run one step by name (``visrec step NAME --ds DATE``, the DAG's tasks); ``force`` lets it change
+    a published date."""
     if name not in STEPS:
         from visrec.errors import VisrecError
 
         raise VisrecError(f"unknown step {name!r}; steps: {', '.join(STEPS)}")
-    return STEPS[name][0](ds, settings, **upstream)
+    return STEPS[name][0](ds, settings, force=force, **upstream)
 
 
 def run_task(name: str, ds: str, **upstream: Upstream) -> Summary:
-    """A DAG task: visrec's logging set up in the worker, then one step with settings from the environment."""
+    """A DAG task: visrec's logging set up in the worker, then one step with settings from the
+    environment. The DAG's runs, reruns and retries of a date are deliberate: they may change it."""
     from visrec.logs import setup_logging
 
     setup_logging()
-    return run_step(name, ds, None, **upstream)
+    return run_step(name, ds, None, force=True, **upstream)
 
 
 def run_all(ds: str, settings: Settings | None = None, on_step: Callable[[str, float], None] | None = None):
@@ -516,7 +638,7 @@ def run_all(ds: str, settings: Settings | None = None, on_step: Callable[[str, f
     results: dict[str, Summary] = {}
     for name, (step, needs) in STEPS.items():
         started = time.perf_counter()
-        results[name] = step(ds, settings, **{arg: results[up] for arg, up in needs.items()})
+        results[name] = step(ds, settings, force=True, **{arg: results[up] for arg, up in needs.items()})
         if on_step:
             on_step(name, time.perf_counter() - started)
     return results

@@ -23,7 +23,7 @@ from visrec.errors import VisrecError
 from visrec.mlops.validation import TableValidator, ValidationFailed
 from visrec.settings import Settings
 from visrec.store.catalog import read_catalog
-from visrec.store.lake import RELEASE_KEY, Lake, check_ds
+from visrec.store.lake import RELEASE_KEY, Lake, check_ds, read_release
 from visrec.store.schemas import spec_for
 from visrec.store.tables import load_events
 
@@ -70,13 +70,6 @@ class PublishResult:
     rows: dict[str, int]
     warehouse: str
     published_at: str
-
-
-def read_release(lake: Lake) -> dict:
-    """The current release (``{"ds", "published_at", "tables": {table: {ds: [keys]}}}``), or an empty one."""
-    if not lake.exists(RELEASE_KEY):
-        return {"ds": None, "published_at": None, "tables": {}}
-    return json.loads(lake.get_bytes(RELEASE_KEY))
 
 
 def check_ranked(df: pd.DataFrame, group: list[str], item_column: str, k: int | None = None) -> list[str]:

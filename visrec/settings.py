@@ -33,35 +33,53 @@ class Settings(BaseSettings):
     """Runtime configuration. Build it with :meth:`from_env`, or directly in tests."""
 
     model_config = SettingsConfigDict(
-        env_prefix="VISREC_", frozen=True, populate_by_name=True, extra="forbid", env_ignore_empty=True
+        env_prefix="VISREC_",
+        frozen=True,
+        populate_by_name=True,
+        extra="forbid",
+        env_ignore_empty=True,
+        allow_inf_nan=False,
     )
 
-    home: Path = Field(Path(".visrec"), description="where everything lives by default")
-    lake_uri: str = Field("", description="file://... or s3://bucket/prefix; default file://<home>/lake")
-    s3_endpoint: str | None = Field(None, description="S3 endpoint URL (MinIO, moto, ...)")
-    s3_region: str = "us-east-1"
-    mlflow_tracking_uri: str = Field("", description="default sqlite:///<home>/mlflow.db")
-    mlflow_artifact_uri: str = Field("", description="default file://<home>/mlartifacts")
-    mlflow_experiment: str = "visrec"
-    warehouse_path: Path = Field(
-        Path(""), validation_alias=_env("VISREC_WAREHOUSE", "warehouse_path"), description="DuckDB file"
+    home: Path = Field(Path(".visrec"), description="where everything local lives")
+    lake_uri: str = Field("", description="root of the lake (S3 credentials: the usual `AWS_*` variables)")
+    s3_endpoint: str | None = Field(
+        None, description="S3 endpoint URL, e.g. `http://127.0.0.1:9000` for MinIO"
     )
-    seed: int = Field(42, ge=0)
+    s3_region: str = Field("us-east-1", description="S3 region")
+    mlflow_tracking_uri: str = Field("", description="MLflow tracking store")
+    mlflow_artifact_uri: str = Field("", description="where new MLflow experiments keep their artifacts")
+    mlflow_experiment: str = Field("visrec", description="the pipeline's MLflow experiment")
+    warehouse_path: Path = Field(
+        Path(""),
+        validation_alias=_env("VISREC_WAREHOUSE", "warehouse_path"),
+        description="the DuckDB warehouse file",
+    )
+    seed: int = Field(42, ge=0, description="the seed of every random part")
     error_budget: float = Field(
         0.05, ge=0.0, le=1.0, description="share of a day's input that may be rejected"
     )
-    spark_master: str = "local[2]"
-    image_size: int = Field(64, ge=16, le=1024, description="side of the staged images, pixels")
+    spark_master: str = Field("local[2]", description="where Spark jobs run (a cluster's master URL)")
+    image_size: int = Field(
+        64, ge=16, le=1024, description="side of the staged images and user photos, in pixels"
+    )
     # Implicit-feedback confidence: each event counts its type's weight, halved every half-life days.
-    event_weights: str = "view=1,click=2,add_to_cart=4,purchase=8"
-    decay_half_life_days: float = Field(30.0, gt=0)
+    event_weights: str = Field(
+        "view=1,click=2,add_to_cart=4,purchase=8", description="implicit-feedback confidence per event type"
+    )
+    decay_half_life_days: float = Field(
+        30.0, gt=0, description="an event's weight halves every this many days"
+    )
     max_event_age_days: int = Field(365, ge=1, description="older events in a day's log are quarantined")
-    test_days: int = Field(2, ge=0, description="evaluation: the last N days before ds are the test window")
+    test_days: int = Field(
+        2, ge=0, description="evaluation: the last N days before a run's date are the test window"
+    )
     top_k: int = Field(20, ge=1, le=1000, description="recommendations per user")
     similar_k: int = Field(10, ge=1, le=1000, description="neighbours per item in similar_items")
     cnn_max_minutes: float = Field(
         20.0,
         gt=0,
+        le=24 * 60,
         validation_alias=_env("VISREC_CNN_MINUTES", "cnn_max_minutes"),
         description="the image model's training budget per run",
     )
@@ -75,6 +93,7 @@ class Settings(BaseSettings):
     gan_max_minutes: float = Field(
         10.0,
         gt=0,
+        le=24 * 60,
         validation_alias=_env("VISREC_GAN_MINUTES", "gan_max_minutes"),
         description="the GAN's training budget when it trains",
     )
@@ -137,22 +156,25 @@ class Settings(BaseSettings):
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Read settings from the environment (``os.environ`` unless ``environ`` is given)."""
         if environ is None:
-            return _checked(cls)
+            return _checked(cls, {})
         values = {}
         for name in cls.model_fields:
             value = environ.get(cls.env_name(name))
             if value not in (None, ""):
                 values[name] = value
-        return _checked(cls, **values)
+        return _checked(cls, {}, **values)
 
-    def with_overrides(self, **overrides: Any) -> Settings:
-        """A copy with some fields replaced (command-line flags), validated like the environment.
-        ``None`` values are ignored, so a flag the user did not give keeps the setting."""
+    def with_overrides(self, *, flags: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """A copy with some fields replaced (command-line flags), validated like the environment; an
+        error names the flag (``flags`` maps a field to its flag) beside the variable. ``None`` values
+        are ignored, so a flag the user did not give keeps the setting."""
         given = {k: v for k, v in overrides.items() if v is not None}
         if not given:
             return self
         values = {k: getattr(self, k) for k in type(self).model_fields}
-        return _checked(type(self), **{**values, **given})
+        return _checked(
+            type(self), {k: f for k, f in (flags or {}).items() if k in given}, **{**values, **given}
+        )
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -169,8 +191,9 @@ def parse_weights(text: str) -> dict[str, float]:
     return out
 
 
-def _checked(cls: type[Settings], **values: Any) -> Settings:
-    """Build settings; a bad value becomes one :class:`SettingsError` naming the variable and its value."""
+def _checked(cls: type[Settings], flags: dict[str, str], **values: Any) -> Settings:
+    """Build settings; a bad value becomes one :class:`SettingsError` naming the variable (and the
+    command-line flag that set it, from ``flags``), its value and what is allowed."""
     try:
         return cls(**values)
     except ValidationError as exc:
@@ -179,5 +202,33 @@ def _checked(cls: type[Settings], **values: Any) -> Settings:
             field = str(error["loc"][0]) if error["loc"] else ""
             name = cls.env_name(field) if field in cls.model_fields else field
             message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{name}={error.get('input')!r}: {message}")
+            if field in flags:
+                problems.append(f"{flags[field]} {error.get('input')!r} ({name}): {message}")
+            else:
+                problems.append(f"{name}={error.get('input')!r}: {message}")
+        if any(field in flags for field in (str(e["loc"][0]) for e in exc.errors() if e["loc"])):
+            raise SettingsError("bad argument " + "; ".join(problems)) from None
         raise SettingsError("bad setting " + "; ".join(problems)) from None
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (variable, default, allowed values, meaning): the README's."""
+    derived = {"lake_uri": "`file://$VISREC_HOME/lake`", "mlflow_tracking_uri": "`sqlite:///$VISREC_HOME/mlflow.db`",
+               "mlflow_artifact_uri": "`file://$VISREC_HOME/mlartifacts`", "warehouse_path": "`$VISREC_HOME/warehouse.duckdb`",
+               "home": "`./.visrec`", "s3_endpoint": "(AWS)"}  # fmt: skip
+    rows = ["| variable | default | allowed | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        bounds = []
+        for rule in field.metadata:
+            for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                if getattr(rule, attr, None) is not None:
+                    bounds.append(f"{sign} {getattr(rule, attr):g}")
+        kind = {int: "whole number", float: "number", bool: "0 or 1"}.get(field.annotation, "")
+        if name == "lake_uri":
+            kind = "`file://...` or `s3://...`"
+        elif name == "event_weights":
+            kind = "each event type `=` a number >= 0"
+        allowed = ", ".join(filter(None, [kind, *bounds])) or "text"
+        default = derived.get(name) or ("`0`" if field.default is False else f"`{field.default}`")
+        rows.append(f"| `{Settings.env_name(name)}` | {default} | {allowed} | {field.description or ''} |")
+    return "\n".join(rows)

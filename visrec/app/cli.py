@@ -40,6 +40,22 @@ STEP_NAMES = (
 )
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def share(text: str) -> float:
+    """argparse type: a number within [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {text}")
+    return value
+
+
 def _progress(enabled: bool) -> Callable[[str, int, int], None]:
     """A progress callback that keeps one tqdm bar per stage on stderr."""
     from tqdm import tqdm
@@ -134,7 +150,12 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
     ds = check_ds(args.ds)
     budget = {"cnn": "cnn_max_minutes", "gan": "gan_max_minutes"}.get(args.model)
-    settings = settings.with_overrides(**({budget: args.max_minutes} if budget else {}), similar_k=args.k)
+    flags = {"cnn_max_minutes": "--max-minutes", "gan_max_minutes": "--max-minutes", "similar_k": "-k"}
+    settings = settings.with_overrides(
+        flags=flags, **({budget: args.max_minutes} if budget else {}), similar_k=args.k
+    )
+    if args.max_minutes is not None and budget is None:
+        raise VisrecError("--max-minutes applies to cnn and gan; mf trains for --epochs")
     settings = settings.with_overrides(retrain=True)  # asked for by hand: a new model, never a reused one
     config = _given(args, "epochs", "backbone", "backbone_weights")
     if args.model == "mf":
@@ -152,6 +173,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     config.update({"fine_tune": False} if args.from_scratch else {})
     config.update({"mixed_precision": True} if args.mixed_precision else {})
+    if not args.force:  # training ends by re-embedding the date's catalog: refuse before hours of work
+        pipeline.check_unpublished(_lake(None, settings), "train cnn", ds)
     cnn = pipeline.train_cnn(ds, settings, config=config)
     m = cnn["metrics"]
     print(
@@ -161,7 +184,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         + (f", fine-tuned from {cnn['fine_tuned_from']}" if cnn["fine_tuned_from"] else "")
     )
     print(f"registered {cnn['version']}: {cnn['reason']}")
-    embedded = pipeline.embed_items(ds, settings, cnn)
+    embedded = pipeline.embed_items(ds, settings, cnn, force=args.force)
     print(
         f"item_embeddings {ds}: {embedded['item_embeddings']} items with {embedded['model_version']}; "
         f"similar_items: {embedded['similar_items']} rows"
@@ -191,10 +214,13 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     from visrec import pipeline
 
     exclude = Path(args.exclude).read_text().split() if args.exclude else None
-    summary = pipeline.score(args.ds, settings.with_overrides(top_k=args.k), exclude=exclude)
+    settings = settings.with_overrides(top_k=args.k, flags={"top_k": "-k"})
+    summary = pipeline.score(
+        args.ds, settings, exclude=exclude, force=args.force, latest_features=args.latest_features
+    )
     print(
         f"recommendations {args.ds}: {summary['rows']} rows for {summary['users']} users "
-        f"(K={summary['k']}); by source {summary['sources']}"
+        f"(K={summary['k']}, features of {summary['features_ds']}); by source {summary['sources']}"
     )
     return 0
 
@@ -202,7 +228,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_step(args: argparse.Namespace, settings: Settings) -> int:
     from visrec import pipeline
 
-    summary = pipeline.run_step(args.name, args.ds, settings)
+    summary = pipeline.run_step(args.name, args.ds, settings, force=args.force)
     print(f"{args.name} {args.ds}: {summary}")
     return 0
 
@@ -234,7 +260,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     from visrec import pipeline
 
-    summary = pipeline.publish(args.ds, settings)
+    summary = pipeline.publish(args.ds, settings, force=args.force)
     print(f"published {args.ds}: {summary['rows']}; warehouse {summary['warehouse']}")
     return 0
 
@@ -312,13 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the raw layout, plus its ground truth under truth/. Deterministic per seed. Omitted "
         "flags take visrec.devdata.synth.ShopConfig's defaults (the demo's scale).",
     )
-    synth.add_argument("--users", type=int, help="number of users (default 2000)")
-    synth.add_argument("--items", type=int, help="number of items (default 1000)")
-    synth.add_argument("--days", type=int, help="days of events (default 10)")
+    synth.add_argument("--users", type=positive_int, help="number of users (default 2000)")
+    synth.add_argument("--items", type=positive_int, help="number of items (default 1000)")
+    synth.add_argument("--days", type=positive_int, help="days of events (default 10)")
     synth.add_argument("--seed", type=int, help="random seed (default VISREC_SEED)")
-    synth.add_argument("--corrupt-rate", type=float, help="share of bad records to inject (default 0)")
+    synth.add_argument("--corrupt-rate", type=share, help="share of bad records to inject (default 0)")
     synth.add_argument("--start-date", help="first day (default 2026-11-01)")
-    synth.add_argument("--image-size", type=int, help="image side in pixels (default 64)")
+    synth.add_argument("--image-size", type=positive_int, help="image side in pixels (default 64)")
     synth.add_argument("--out", help="output root URI (default: the lake)")
     synth.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -361,15 +387,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--max-minutes", type=float, help="training budget (default VISREC_CNN_MINUTES / VISREC_GAN_MINUTES)"
     )
-    train.add_argument("-k", type=int, help="neighbours per item in similar_items (default VISREC_SIMILAR_K)")
     train.add_argument(
-        "--epochs", type=int, help="maximum epochs (default: the model config's, cnn 30, mf 20, gan 60)"
+        "-k", type=positive_int, help="neighbours per item in similar_items (default VISREC_SIMILAR_K)"
+    )
+    train.add_argument(
+        "--epochs",
+        type=positive_int,
+        help="maximum epochs (default: the model config's, cnn 30, mf 20, gan 60)",
     )
     train.add_argument("--from-scratch", action="store_true", help="cnn: do not fine-tune the champion")
     train.add_argument("--backbone", help="cnn: compact (default) or a keras.applications name")
     train.add_argument("--backbone-weights", help="cnn: local weights file for --backbone")
     train.add_argument("--mixed-precision", action="store_true", help="cnn: float16 compute (for GPUs)")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--force", action="store_true", help="cnn: re-embed a date that is already published")
 
     score = command(
         "score",
@@ -380,8 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
         "users the champion does not know get what is popular.",
     )
     score.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
-    score.add_argument("-k", type=int, help="recommendations per user (default VISREC_TOP_K)")
+    score.add_argument("-k", type=positive_int, help="recommendations per user (default VISREC_TOP_K)")
     score.add_argument("--exclude", help="file of item ids never to recommend (one per line)")
+    score.add_argument("--force", action="store_true", help="rescore a date that is already published")
+    score.add_argument(
+        "--latest-features",
+        action="store_true",
+        help="score a date without its own features with the newest ones before it (recorded)",
+    )
 
     pub = command(
         "publish",
@@ -393,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
         "nothing readers see changes.",
     )
     pub.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
+    pub.add_argument("--force", action="store_true", help="publish again a date that is already published")
 
     rep = command(
         "report",
@@ -413,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     step.add_argument("name", choices=STEP_NAMES, metavar="NAME", help="the step")
     step.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
+    step.add_argument(
+        "--force", action="store_true", help="let the step change a date that is already published"
+    )
 
     fgt = command(
         "forget",
@@ -446,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         "weighs the photo beside the recommender, as in scoring).",
     )
     sim.add_argument("photo", help="path of the photo")
-    sim.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    sim.add_argument("-k", type=positive_int, default=10, help="how many items (default 10)")
     sim.add_argument("--user", help="re-rank the look-alikes by this user's taste (visrec-mf)")
     sim.add_argument("--ds", help="use the catalog embeddings of this date (default latest)")
     sim.add_argument("--html", metavar="OUT", help="also write an HTML page with the images")

@@ -46,7 +46,16 @@ def _select_graph(k: int, group: int, from_factors: bool):
     ``from_factors`` (a = queries, b = items transposed), else ``a`` itself."""
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
+    # One trace per (k, group, from_factors): every shape is left open, so chunks of any size, catalogs
+    # of any size and any number of filtered pairs reuse it.
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None], tf.float32),
+            tf.TensorSpec([None, None], tf.float32),
+            tf.TensorSpec([None], tf.float32),
+            tf.TensorSpec([None, 2], tf.int64),
+        ]
+    )
     def select(a, b, biases, excluded):
         if from_factors:
             # The bias rides in the product as one more dimension: one pass over the scores fewer.
@@ -54,10 +63,9 @@ def _select_graph(k: int, group: int, from_factors: bool):
             scores = tf.matmul(tf.concat([a, ones], axis=1), tf.concat([b, biases[None, :]], axis=0))
         else:
             scores = a + biases[None, :]
-        if excluded.shape[0] != 0:
-            scores = tf.tensor_scatter_nd_update(
-                scores, excluded, tf.fill([tf.shape(excluded)[0]], float("-inf"))
-            )
+        scores = tf.tensor_scatter_nd_update(
+            scores, excluded, tf.fill([tf.shape(excluded)[0]], float("-inf"))
+        )
         if group == 1:
             return tf.math.top_k(scores, k=k)
         n = tf.shape(scores)[0]

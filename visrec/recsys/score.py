@@ -137,6 +137,7 @@ def score_users(
     scorer: FactorScorer | None = None,
     exclude: list[str] | None = None,
     looks_version: str = "visrec-gan",
+    features_ds: str | None = None,
 ) -> pa.Table:
     """Recommendations for every user as of ``ds`` -> ``recommendations``.
 
@@ -190,9 +191,10 @@ def score_users(
                 vectors[position[u]], has_photos[position[u]] = vector, True
     categories = _categories(lake, ds, data.item_ids)
     # Segments come from the day's profiles; without them every unknown user gets the global list.
+    features_ds = features_ds or ds
     profiles = (
-        lake.read_table("user_profiles", ds).select(["user_id", "segment"]).to_pylist()
-        if lake.manifest("user_profiles", ds) is not None
+        lake.read_table("user_profiles", features_ds).select(["user_id", "segment"]).to_pylist()
+        if lake.manifest("user_profiles", features_ds) is not None
         else []
     )
     segment_of = {p["user_id"]: p["segment"] for p in profiles}

@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from visrec.publish import read_release
 from visrec.report.html import render
 from visrec.settings import Settings
-from visrec.store.lake import Lake, check_ds
+from visrec.store.lake import Lake, check_ds, read_release
 from visrec.store.runs import run_dates, run_summaries
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from visrec.store.schemas import TableSpec, conform, spec_for
 
 POINTER = "_CURRENT.json"
 RELEASE_KEY = "published/_RELEASE.json"  # what the warehouse shows: see visrec.publish
-_DS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DS = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")  # ASCII digits: \d would accept "２０２６"
 _KEEP_VERSIONS = 2  # the current one and the one before it, for readers that opened it just now
 
 
@@ -336,3 +336,16 @@ class Lake:
             for name in manifest.files:
                 data = pq.read_table(io.BytesIO(self.get_bytes(f"{spec.path}/ds={ds}/{name}")))
                 yield data.append_column("ds", pa.array([ds] * data.num_rows, pa.string()))
+
+
+def read_release(lake: Lake) -> dict:
+    """The current release (``{"ds", "published_at", "tables": {table: {ds: [keys]}}}``), or an empty
+    one: what readers see (``visrec.publish`` switches it)."""
+    if not lake.exists(RELEASE_KEY):
+        return {"ds": None, "published_at": None, "tables": {}}
+    return json.loads(lake.get_bytes(RELEASE_KEY))
+
+
+def published_dates(lake: Lake) -> set[str]:
+    """Every date of which some table is in the current release."""
+    return {ds for parts in read_release(lake)["tables"].values() for ds in parts}
