@@ -35,13 +35,33 @@ NEVER_INGESTED = ["2030-01-01", "1999-12-31", "2026-11-05"]
 HOSTILE_NUMBERS = ["-3", "0", "-0.0", "1e309", "nan", "inf", "abc", "", "١٢", "9" * 40, "0x10", "--1"]
 HOSTILE_TEXT = ["../x", "a/b", "", " ", "é", "\u202e", "x" * 300, "$(rm -rf /)", "..", "u1\n"]
 SETTINGS_VARS = [
-    "VISREC_ERROR_BUDGET", "VISREC_CNN_MINUTES", "VISREC_GAN_MINUTES", "VISREC_PHOTO_WEIGHT", "VISREC_SEED",
-    "VISREC_TOP_K", "VISREC_TEST_DAYS", "VISREC_IMAGE_SIZE", "VISREC_PHOTO_RETENTION_DAYS",
-    "VISREC_GAN_CATALOG_CHANGE", "VISREC_REPORT_USERS", "VISREC_SIMILAR_K", "VISREC_DECAY_HALF_LIFE_DAYS",
-]  # fmt: skip
+    "VISREC_ERROR_BUDGET",
+    "VISREC_CNN_MINUTES",
+    "VISREC_GAN_MINUTES",
+    "VISREC_PHOTO_WEIGHT",
+    "VISREC_SEED",
+    "VISREC_TOP_K",
+    "VISREC_TEST_DAYS",
+    "VISREC_IMAGE_SIZE",
+    "VISREC_PHOTO_RETENTION_DAYS",
+    "VISREC_GAN_CATALOG_CHANGE",
+    "VISREC_REPORT_USERS",
+    "VISREC_SIMILAR_K",
+    "VISREC_DECAY_HALF_LIFE_DAYS",
+]
 # Ingestion steps are left out: a day without raw events or uploads is a real (empty) day.
-STEPS = ["build_features", "train_cnn", "embed_items", "recognise_user_photos", "train_mf",
-         "train_gan", "generate_looks", "score", "publish", "report"]  # fmt: skip
+STEPS = [
+    "build_features",
+    "train_cnn",
+    "embed_items",
+    "recognise_user_photos",
+    "train_mf",
+    "train_gan",
+    "generate_looks",
+    "score",
+    "publish",
+    "report",
+]
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +134,10 @@ def test_invalid_arguments_fail_cleanly_and_write_nothing(home, argv):
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(SETTINGS_VARS), value=st.sampled_from(["-1", "-3", "abc", "", "1e999", "nan", "é"])
-       | st.text(max_size=8))  # fmt: skip
+@given(
+    name=st.sampled_from(SETTINGS_VARS),
+    value=st.sampled_from(["-1", "-3", "abc", "", "1e999", "nan", "é"]) | st.text(max_size=8),
+)
 def test_bad_settings_are_refused_naming_the_variable(home, name, value):
     try:
         Settings.from_env({"VISREC_HOME": str(home), name: value})

@@ -168,6 +168,8 @@ def test_dag_runs_end_to_end_and_publishes(nightly):
     assert _warehouse(settings, strays) == [(0,)]
     report = lake.get_bytes(f"reports/ds={D3}/index.html").decode()
     assert report.count("<img") >= 10 and "previous run (2026-11-02)" in report
+    assert "recommender, new VBPR: Recall@20" in report and "train_mf.vbpr" not in report  # people's labels
+    assert all(isinstance(records[step].get("seconds"), float) for step in records)  # the report's task times
 
 
 def test_rerunning_a_date_gives_identical_tables(nightly):
@@ -189,33 +191,49 @@ def test_rerunning_a_date_gives_identical_tables(nightly):
     assert summary["rows"]["recommendations"] == len(before)
 
 
-def test_report_images_load_in_a_real_browser(nightly, tmp_path):
+def test_report_images_and_charts_render_in_a_real_browser(nightly, tmp_path):
+    """The night's page and the index open in headless Chromium: every image decodes, every chart is
+    an SVG with data marks, and a screenshot is taken."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed (make test installs Debian's chromium when it can)")
+    import re
+
     _, lake, _ = nightly
-    page = tmp_path / "report.html"
-    page.write_bytes(lake.get_bytes(f"reports/ds={D3}/index.html"))
+    site = tmp_path / "reports"
+    for key in lake.list_keys("reports"):
+        (site / key.removeprefix("reports/")).parent.mkdir(parents=True, exist_ok=True)
+        (site / key.removeprefix("reports/")).write_bytes(lake.get_bytes(key))
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    page = (site / f"ds={D3}" / "index.html").as_uri()
     out = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            page.as_uri(),
-        ],
+        [chromium, *flags, "--virtual-time-budget=5000", "--dump-dom", page],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    import re
-
-    body = re.search(r'<body data-images-total="(\d+)" data-images-loaded="(\d+)"', out.stdout)
+    body = re.search(r"<body ([^>]*)>", out.stdout)
     assert body, f"the report's self-check did not run: {out.stderr[-500:]}"
-    total, loaded = int(body.group(1)), int(body.group(2))
-    assert total >= 10 and loaded == total
+    marks = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body.group(1)))
+    assert int(marks["images-total"]) >= 10 and marks["images-loaded"] == marks["images-total"]
+    assert int(marks["charts-total"]) >= 5 and marks["charts-drawn"] == marks["charts-total"]
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [chromium, *flags, "--window-size=1280,2000", f"--screenshot={shot}", page],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 20_000  # a page with pictures and charts, not a blank one
+    index = (site / "index.html").read_text()
+    assert f'href="ds={D3}/index.html"' in index and f'href="ds={D2}/index.html"' in index
 
 
 def test_publish_refuses_bad_outputs_and_changes_nothing(nightly):

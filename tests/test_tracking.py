@@ -27,3 +27,26 @@ def test_nested_runs_with_tags_and_artifacts_in_configured_place(
     assert list(artifact_root.rglob("note.txt"))
     assert not (tmp_path / "mlruns").exists()
     assert Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).exists()
+    # The UI opens the experiment in its model-training view; each run links the night's report.
+    experiment = client.get_experiment(p.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert c.data.tags["visrec.report"].endswith("/reports/ds=2026-11-01/index.html")
+
+
+def test_registered_models_have_a_signature_and_an_input_example(settings: Settings):
+    import keras
+    import numpy as np
+
+    from visrec.mlops.registry import load_keras, log_keras_model, register
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    example = np.ones((1, 3), np.float32)
+    with tracked_run(settings, "train_test", ds="2026-11-01"):
+        uri = log_keras_model(model, example, np.asarray(model(example)), pip_requirements=["keras"])
+        registration = register(uri, "visrec-test", metric="m", value=1.0, champion_value=None)
+    info = mlflow.models.get_model_info(f"models:/visrec-test/{registration.version}")
+    assert [s.shape for s in info.signature.inputs.inputs] == [(-1, 3)]
+    assert info.saved_input_example_info is not None
+    loaded, version = load_keras(f"models:/visrec-test/{registration.version}")
+    assert version == f"visrec-test/{registration.version}"
+    np.testing.assert_allclose(np.asarray(loaded(example)), np.asarray(model(example)), rtol=1e-6)

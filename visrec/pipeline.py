@@ -132,6 +132,26 @@ def _from(upstream: Upstream, key: str) -> Any:
     return (upstream or {}).get(key)
 
 
+def _timed(step: Callable[..., Summary]) -> Callable[..., Summary]:
+    """Record how long a step took (``seconds`` in its run record: the report's task times)."""
+    import functools
+    import time
+
+    @functools.wraps(step)
+    def timed(ds: str, settings: Settings | None = None, *args: Any, **kwargs: Any) -> Summary:
+        started = time.perf_counter()
+        summary = step(ds, settings, *args, **kwargs)
+        settings = settings or Settings.from_env()
+        return record(
+            Lake.from_settings(settings),
+            ds,
+            step.__name__,
+            {**summary, "seconds": round(time.perf_counter() - started, 3)},
+        )
+
+    return timed
+
+
 def _validated(ds: str, step: str, lake: Lake, run: Callable[[Any], Any]) -> Any:
     """Run ``run(validator)`` with a Great Expectations validator for ``step``; Data Docs into the lake."""
     from visrec.mlops.validation import TableValidator
@@ -143,6 +163,7 @@ def _validated(ds: str, step: str, lake: Lake, run: Callable[[Any], Any]) -> Any
         validator.publish_docs(lake)
 
 
+@_timed
 def ingest_images(ds: str, settings: Settings | None = None, force: bool = False) -> Summary:
     """Catalog images -> ``staging_images`` (validated), bad files quarantined with a reason."""
     from visrec.ingest.catalog_images import ingest_images as ingest
@@ -184,6 +205,7 @@ def _spark_step(ds: str, settings: Settings | None, step: str, job: Callable) ->
     return lake, _validated(ds, step, lake, lambda validator: job(settings, lake, ds, spark, validator))
 
 
+@_timed
 def ingest_events(ds: str, settings: Settings | None = None, force: bool = False) -> Summary:
     """The day's raw event logs -> ``events`` (Spark), malformed/unknown/duplicate rows accounted for."""
     from visrec.ingest.events import ingest_events as job
@@ -204,6 +226,7 @@ def ingest_events(ds: str, settings: Settings | None = None, force: bool = False
     )
 
 
+@_timed
 def build_features(
     ds: str, settings: Settings | None = None, events: Upstream = None, force: bool = False
 ) -> Summary:
@@ -215,6 +238,7 @@ def build_features(
     return record(lake, ds, "build_features", {"rows": rows, "events": _from(events, "table")})
 
 
+@_timed
 def ingest_user_photos(ds: str, settings: Settings | None = None, force: bool = False) -> Summary:
     """The day's uploads -> stored without metadata, staged, bad files quarantined; retention applied."""
     from visrec.ingest.user_photos import ingest_user_photos as ingest
@@ -245,6 +269,7 @@ def ingest(ds: str, settings: Settings | None = None) -> dict[str, Summary]:
     return summaries
 
 
+@_timed
 def train_cnn(
     ds: str,
     settings: Settings | None = None,
@@ -280,6 +305,7 @@ def train_cnn(
     )
 
 
+@_timed
 def embed_items(
     ds: str, settings: Settings | None = None, cnn: Upstream = None, force: bool = False
 ) -> Summary:
@@ -307,6 +333,7 @@ def embed_items(
     )
 
 
+@_timed
 def recognise_user_photos(
     ds: str,
     settings: Settings | None = None,
@@ -337,6 +364,7 @@ def recognise_user_photos(
     )
 
 
+@_timed
 def train_mf(
     ds: str,
     settings: Settings | None = None,
@@ -369,6 +397,7 @@ def train_mf(
     )
 
 
+@_timed
 def train_gan(
     ds: str,
     settings: Settings | None = None,
@@ -381,7 +410,7 @@ def train_gan(
     :class:`visrec.generation.train.GANConfig` fields to change."""
     settings, lake = _prepare("train_gan", ds, settings, force)
 
-    from visrec.generation.train import MODEL_NAME, GANConfig, gan_due
+    from visrec.generation.train import MODEL_NAME, GANConfig, gan_due, sample_grid
     from visrec.generation.train import train_gan as train
     from visrec.mlops.tracking import use_tracking
     from visrec.vision.embed import load_cnn
@@ -403,6 +432,7 @@ def train_gan(
         cnn=cnn,
     )
     items = lake.read_table("staging_images", ds).column("item_id").to_pylist()
+    lake.put_bytes(f"runs/ds={ds}/gan_samples.png", sample_grid(result.model))  # for the report
     return record(
         lake,
         ds,
@@ -420,6 +450,7 @@ def train_gan(
     )
 
 
+@_timed
 def generate_looks(
     ds: str,
     settings: Settings | None = None,
@@ -457,6 +488,7 @@ def generate_looks(
     )
 
 
+@_timed
 def score(
     ds: str,
     settings: Settings | None = None,
@@ -517,6 +549,7 @@ def score(
     )
 
 
+@_timed
 def publish(
     ds: str,
     settings: Settings | None = None,
@@ -544,6 +577,7 @@ def publish(
     )
 
 
+@_timed
 def report(
     ds: str, settings: Settings | None = None, published: Upstream = None, force: bool = False
 ) -> Summary:

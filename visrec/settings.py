@@ -213,9 +213,14 @@ def _checked(cls: type[Settings], flags: dict[str, str], **values: Any) -> Setti
 
 def settings_table() -> str:
     """The settings as a Markdown table (variable, default, allowed values, meaning): the README's."""
-    derived = {"lake_uri": "`file://$VISREC_HOME/lake`", "mlflow_tracking_uri": "`sqlite:///$VISREC_HOME/mlflow.db`",
-               "mlflow_artifact_uri": "`file://$VISREC_HOME/mlartifacts`", "warehouse_path": "`$VISREC_HOME/warehouse.duckdb`",
-               "home": "`./.visrec`", "s3_endpoint": "(AWS)"}  # fmt: skip
+    derived = {
+        "lake_uri": "`file://$VISREC_HOME/lake`",
+        "mlflow_tracking_uri": "`sqlite:///$VISREC_HOME/mlflow.db`",
+        "mlflow_artifact_uri": "`file://$VISREC_HOME/mlartifacts`",
+        "warehouse_path": "`$VISREC_HOME/warehouse.duckdb`",
+        "home": "`./.visrec`",
+        "s3_endpoint": "(AWS)",
+    }
     rows = ["| variable | default | allowed | meaning |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
         bounds = []

@@ -107,8 +107,38 @@ def cmd_synth(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
-    from visrec.devdata.importer import import_hm
+    from visrec.devdata.importer import import_events, import_hm
 
+    if args.layout == "events":
+        if not (args.catalog and args.images):
+            raise VisrecError("import events needs --catalog CSV and --images DIR")
+        out = _lake(args.out, settings)
+        done = import_events(
+            Path(args.source),
+            Path(args.catalog),
+            Path(args.images),
+            out,
+            user_col=args.user_col,
+            item_col=args.item_col,
+            time_col=args.time_col,
+            event_col=args.event_col,
+            default_event=args.default_event,
+            id_col=args.id_col,
+            category_col=args.category_col,
+            progress=_progress(not args.quiet),
+        )
+        print(
+            f"imported events: {done.events} interactions over {done.days} days ({done.first_ds} .. "
+            f"{done.last_ds}), {done.items} catalog items, {done.images} images"
+        )
+        if done.unparsed_times or done.items_without_image:
+            print(
+                f"  left for ingestion to quarantine with a reason: {done.unparsed_times} rows whose time "
+                f"does not parse (in {done.first_ds}'s log), {done.items_without_image} items without an image"
+            )
+        print(f"raw data: {out.url('raw')}")
+        print(f"next:     visrec ingest --start {done.first_ds} --end {done.last_ds}")
+        return 0
     source = Path(args.source)
     if not source.is_dir():
         raise VisrecError(f"source folder {source} does not exist")
@@ -124,9 +154,10 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from visrec import pipeline
-    from visrec.store.lake import check_ds
 
-    for ds in [check_ds(ds) for ds in args.ds]:
+    if not args.ds and not (args.start and args.end):
+        raise VisrecError("give --ds DATE [DATE ...] or --start DATE --end DATE")
+    for ds in _dates(args):
         done = pipeline.ingest(ds, settings)
         ev, im, ph = done["ingest_events"], done["ingest_images"], done["ingest_user_photos"]
         print(
@@ -352,12 +383,27 @@ def build_parser() -> argparse.ArgumentParser:
         "import",
         cmd_import,
         "map an external layout onto the raw contract",
-        "Map an external data layout onto visrec's raw contract. Layouts: hm "
-        "(articles.csv, transactions.csv, images/<article_id>.jpg).",
+        "Map external data onto visrec's raw contract, one events log per day. Layouts: events (your "
+        "own: SOURCE is a CSV or Parquet file of interactions with user, item and time columns; "
+        "--catalog a CSV with an id and a category column, other columns kept as attributes; --images "
+        "a folder of <item_id>.<ext>; times ISO-8601 or unix seconds/milliseconds; bad rows are kept "
+        "for ingestion to quarantine with a reason), hm (SOURCE is a folder with articles.csv, "
+        "transactions.csv, images/<article_id>.jpg).",
     )
-    imp.add_argument("layout", choices=["hm"], help="the source layout")
-    imp.add_argument("source", help="the source folder")
+    imp.add_argument("layout", choices=["events", "hm"], help="the source layout")
+    imp.add_argument("source", help="events: the interactions file; hm: the source folder")
     imp.add_argument("--out", help="output root URI (default: the lake)")
+    imp.add_argument("--catalog", help="events: the catalog CSV")
+    imp.add_argument("--images", help="events: the folder of images named by item id")
+    imp.add_argument("--user-col", default="user_id", help="events: the user column (default user_id)")
+    imp.add_argument("--item-col", default="item_id", help="events: the item column (default item_id)")
+    imp.add_argument("--time-col", default="ts", help="events: the time column (default ts)")
+    imp.add_argument(
+        "--event-col", help="events: the event-type column (default: every row is --default-event)"
+    )
+    imp.add_argument("--default-event", default="purchase", help="events: the event type without --event-col")
+    imp.add_argument("--id-col", default="item_id", help="events: the catalog's id column (default item_id)")
+    imp.add_argument("--category-col", default="category", help="events: the catalog's category column")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     ing = command(
@@ -368,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
         "into clean events and quarantine, interactions / user profiles / item statistics as of "
         "that day, the day's user photos; each table checked with Great Expectations.",
     )
-    ing.add_argument("--ds", required=True, nargs="+", help="the date(s), YYYY-MM-DD")
+    ing.add_argument("--ds", nargs="+", help="the date(s), YYYY-MM-DD")
+    ing.add_argument("--start", help="first date of a range (with --end)")
+    ing.add_argument("--end", help="last date of a range")
     ing.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     train = command(

@@ -233,13 +233,19 @@ def train_gan(
             mlflow.log_metrics({k: v for k, v in metrics.items()})
             mlflow.log_dict(by_class, "class_consistency.json")
             mlflow.log_image(_png_array(sample_grid(gan)), "samples.png")
-            info = mlflow.keras.log_model(gan, name="model", pip_requirements=["keras", "tensorflow-cpu"])
+            example = {"z": np.zeros((1, config.latent_dim), np.float32), "labels": np.array([0], np.int32)}
+            model_uri = registry.log_keras_model(
+                gan,
+                example,
+                np.asarray(gan((example["z"], example["labels"]))),
+                pip_requirements=["keras", "tensorflow-cpu"],
+            )
             current = registry.champion(MODEL_NAME)
             champion_ratio = None
             if current is not None:
                 champion_ratio = mlflow.get_run(current.run_id).data.metrics.get("frechet_ratio")
             registration = registry.register(
-                info.model_uri,
+                model_uri,
                 MODEL_NAME,
                 metric="frechet_ratio",
                 value=metrics["frechet_ratio"],

@@ -116,3 +116,32 @@ def load_keras(uri: str):
         name, alias = uri.removeprefix("models:/").split("@")
         version = f"{name}/{mlflow.MlflowClient().get_model_version_by_alias(name, alias).version}"
     return model, version
+
+
+def log_keras_model(model, example_input, example_output, *, pip_requirements: list[str]) -> str:
+    """Log a Keras ``model`` into the active MLflow run, with a signature and an input example (what
+    the registry's UI shows); returns its URI for :func:`register`.
+
+    ``mlflow.keras.log_model(input_example=...)`` fails in MLflow 3.17 (it writes the example before
+    it creates the model's folder), so the model is saved into a folder made first, then logged."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow.keras
+    from mlflow.models import infer_signature
+
+    import mlflow
+
+    signature = infer_signature(example_input, example_output)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model"
+        path.mkdir()
+        mlflow.keras.save_model(
+            model,
+            str(path),
+            signature=signature,
+            input_example=example_input,
+            pip_requirements=pip_requirements,
+        )
+        mlflow.log_artifacts(str(path), "model")
+    return f"runs:/{mlflow.active_run().info.run_id}/model"

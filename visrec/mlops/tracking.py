@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     import mlflow
 
 
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 def use_tracking(settings: Settings) -> None:
     """Point MLflow (tracking and registry) at ``settings.mlflow_tracking_uri``; SQLite's folder is created."""
     import mlflow
@@ -41,7 +44,8 @@ def ensure_experiment(settings: Settings, name: str | None = None) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = f"{settings.mlflow_artifact_uri.rstrip('/')}/{name}"
-    return client.create_experiment(name, artifact_location=location)
+    # The UI opens a model-training experiment in its training view, not the GenAI one.
+    return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
 
 
 @contextmanager
@@ -64,6 +68,7 @@ def tracked_run(
     all_tags = {"visrec.version": __version__, "visrec.step": name, "visrec.lake": settings.lake_uri}
     if ds:
         all_tags["visrec.ds"] = ds
+        all_tags["visrec.report"] = f"{settings.lake_uri.rstrip('/')}/reports/ds={ds}/index.html"
     all_tags.update(tags or {})
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=nested, tags=all_tags) as run:
         yield run

@@ -33,13 +33,35 @@ def hits_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> int:
     return sum(len(set(recommended[u, :k].tolist()) & relevant[u]) for u in _users_with(relevant))
 
 
-def recall_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:
-    users = _users_with(relevant)
-    if not users:
-        return 0.0
-    return float(
-        np.mean([len(set(recommended[u, :k].tolist()) & relevant[u]) / len(relevant[u]) for u in users])
+def recall_per_user(recommended: np.ndarray, relevant: list[set[int]], k: int) -> np.ndarray:
+    """Recall@K of each user with something relevant (the values :func:`recall_at_k` averages)."""
+    return np.array(
+        [
+            len(set(recommended[u, :k].tolist()) & relevant[u]) / len(relevant[u])
+            for u in _users_with(relevant)
+        ],
+        np.float64,
     )
+
+
+def recall_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:
+    per_user = recall_per_user(recommended, relevant, k)
+    return float(per_user.mean()) if len(per_user) else 0.0
+
+
+def bootstrap_interval(
+    values: np.ndarray, *, samples: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """The ``level`` interval of the mean of ``values`` (one per user) by resampling users with
+    replacement. For the difference between two models, pass the per-user differences on the same
+    users: a paired bootstrap."""
+    values = np.asarray(values, np.float64)
+    if len(values) == 0:
+        return (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
 def ndcg_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:

@@ -244,14 +244,17 @@ def train_mf(
                 FactorScorer.from_model(challenger, split.train).save(Path(tmp) / "eval_factors.npz")
                 mlflow.log_artifact(str(Path(tmp) / "factors.npz"), "scoring")
                 mlflow.log_artifact(str(Path(tmp) / "eval_factors.npz"), "scoring")
-            import mlflow.keras
-
-            info = mlflow.keras.log_model(
-                production.model, name="model", pip_requirements=["keras", "tensorflow-cpu"]
+            example = {name: np.array([0], np.int32) for name in ("users", "pos_items", "neg_items")}
+            example["neg_items"][0] = min(1, full.n_items - 1)
+            model_uri = registry.log_keras_model(
+                production.model,
+                example,
+                np.asarray(production.model(tuple(example.values()))),
+                pip_requirements=["keras", "tensorflow-cpu"],
             )
             gate = config.gate_metric
             registration = registry.register(
-                info.model_uri,
+                model_uri,
                 MODEL_NAME,
                 metric=gate,
                 value=metrics["vbpr"][gate],

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from visrec.report.charts import bar_chart, line_chart
 from visrec.report.html import render
 from visrec.settings import Settings
-from visrec.store.lake import Lake, check_ds, read_release
+from visrec.store.lake import Lake, check_ds, published_dates, read_release
 from visrec.store.runs import run_dates, run_summaries
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,208 @@ def _optional(lake: Lake, table: str, ds: str):
     return lake.read_table(table, ds).to_pandas() if lake.manifest(table, ds) is not None else None
 
 
+LABELS = {
+    "recall_at_20": "Recall@20",
+    "ndcg_at_20": "NDCG@20",
+    "map_at_20": "MAP@20",
+    "hits_at_20": "hits@20",
+    "cold_recall_at_20": "cold-item recall@20",
+    "coverage": "catalog coverage",
+    "novelty": "novelty",
+    "intra_list_diversity": "visual diversity",
+    "fit_seconds": "fit seconds",
+    "test_users": "test users",
+    "held_out_accuracy": "held-out accuracy",
+    "held_out_top5_accuracy": "held-out top-5 accuracy",
+    "majority_class_accuracy": "majority-class accuracy",
+    "train_seconds": "training seconds",
+    "epochs_run": "epochs",
+    "class_consistency": "class consistency",
+    "frechet_ratio": "Frechet ratio",
+    "frechet_distance": "Frechet distance",
+    "frechet_real_vs_real": "Frechet floor (real vs real)",
+    "cnn_accuracy_on_real": "judge's accuracy on real images",
+    "train_cnn": "image model",
+    "train_mf": "recommender",
+    "train_gan": "image generator",
+    "vbpr": "new VBPR",
+    "champion": "champion",
+    "popularity": "popularity",
+}
+TREND_NIGHTS = 30
+
+
+def label(key: str) -> str:
+    """A person's name for a metric or step key (``train_mf.vbpr.recall_at_20`` -> ``recommender, new
+    VBPR: Recall@20``)."""
+    parts = [LABELS.get(p, p.replace("_", " ")) for p in key.split(".")]
+    return ", ".join(parts[:-1]) + (": " if len(parts) > 1 else "") + parts[-1]
+
+
+def _get(summary: dict, *path: str) -> float | None:
+    for key in path:
+        summary = summary.get(key) if isinstance(summary, dict) else None
+    return float(summary) if isinstance(summary, int | float) else None
+
+
+def _nights(lake: Lake, ds: str) -> list[tuple[str, dict]]:
+    """(date, step records) of the last ``TREND_NIGHTS`` nights up to ``ds``."""
+    return [(d, run_summaries(lake, d)) for d in [d for d in run_dates(lake) if d <= ds][-TREND_NIGHTS:]]
+
+
+def _headlines(now: dict, before: dict) -> list[dict]:
+    rows = [
+        ("users scored", ("score", "users"), "{:.0f}"),
+        ("rows published", ("publish", "rows", "recommendations"), "{:.0f}"),
+        ("recommender Recall@20 (new VBPR)", ("train_mf", "metrics", "vbpr", "recall_at_20"), "{:.3f}"),
+        ("popularity Recall@20", ("train_mf", "metrics", "popularity", "recall_at_20"), "{:.3f}"),
+        ("image model held-out accuracy", ("train_cnn", "metrics", "held_out_accuracy"), "{:.3f}"),
+        ("events quarantined", ("ingest_events", "quarantined"), "{:.0f}"),
+        ("images quarantined", ("ingest_images", "quarantined"), "{:.0f}"),
+    ]
+    out = []
+    for name, path, fmt in rows:
+        value, previous = _get(now, *path), _get(before, *path)
+        if value is None:
+            continue
+        change = None if previous is None else value - previous
+        out.append(
+            {
+                "label": name,
+                "value": fmt.format(value),
+                "change": None if change is None else ("+" if change >= 0 else "") + fmt.format(change),
+            }
+        )
+    return out
+
+
+def _trend_charts(nights: list[tuple[str, dict]]) -> list[dict]:
+
+    dates = [d for d, _ in nights]
+
+    def series(*path: str) -> list[float | None]:
+        return [_get(s, *path) for _, s in nights]
+
+    def promoted(step: str) -> list[str]:
+        return [d for d, s in nights if s.get(step, {}).get("promoted") and not s[step].get("reused")]
+
+    charts = [
+        (
+            "Recommender Recall@20 on each night's test window (dashed: a new champion)",
+            line_chart(
+                "Recall@20",
+                dates,
+                {
+                    LABELS[m]: series("train_mf", "metrics", m, "recall_at_20")
+                    for m in ("popularity", "vbpr", "champion")
+                },
+                marks=promoted("train_mf"),
+            ),
+        ),
+        (
+            "Image model held-out accuracy (dashed: a new champion)",
+            line_chart(
+                "held-out accuracy",
+                dates,
+                {"image model": series("train_cnn", "metrics", "held_out_accuracy")},
+                marks=promoted("train_cnn"),
+            ),
+        ),
+        (
+            "Image generator: class consistency and its judge's accuracy on real images, on nights it trained",
+            line_chart(
+                "GAN class consistency",
+                dates,
+                {
+                    "class consistency": series("train_gan", "metrics", "class_consistency"),
+                    "judge on real images": series("train_gan", "metrics", "cnn_accuracy_on_real"),
+                },
+            ),
+        ),
+        (
+            "Image generator: Frechet ratio (1 is the real-vs-real floor; lower is better)",
+            line_chart(
+                "Frechet ratio", dates, {"Frechet ratio": series("train_gan", "metrics", "frechet_ratio")}
+            ),
+        ),
+    ]
+    reasons = sorted(
+        {
+            f"{src}: {r}"
+            for _, s in nights
+            for src in ("ingest_events", "ingest_images")
+            for r in (s.get(src, {}).get("reasons") or {})
+        }
+    )
+    if reasons:
+        stacks = {
+            r: [
+                float((s.get(r.split(": ")[0], {}).get("reasons") or {}).get(r.split(": ")[1], 0))
+                for _, s in nights
+            ]
+            for r in reasons
+        }
+        stacks = {
+            k.replace("ingest_events", "events").replace("ingest_images", "images"): v
+            for k, v in stacks.items()
+        }
+        charts.append(
+            (
+                "Quarantined rows by reason, per night",
+                bar_chart("quarantined", [d[5:] for d in dates], stacks),
+            )
+        )
+    totals = [sum(v.get("seconds", 0) for v in s.values() if isinstance(v, dict)) for _, s in nights]
+    charts.append(
+        (
+            "Run time per night (sum of the steps' seconds)",
+            bar_chart("seconds", [d[5:] for d in dates], {"seconds": totals}),
+        )
+    )
+    return [{"caption": caption, "svg": svg} for caption, svg in charts]
+
+
+def _task_chart(summaries: dict) -> dict | None:
+
+    steps = [
+        (step, s["seconds"]) for step, s in summaries.items() if isinstance(s.get("seconds"), int | float)
+    ]
+    if not steps:
+        return None
+    order = [s for s, _ in sorted(steps, key=lambda x: -x[1])]
+    seconds = dict(steps)
+    svg = bar_chart("seconds", order, {"seconds": [seconds[s] for s in order]})
+    return {"caption": "This night's steps, by wall time", "svg": svg}
+
+
+def _night_row(lake: Lake, ds: str, summaries: dict, published: set[str]) -> dict:
+    score = summaries.get("score", {})
+    total = sum((score.get("sources") or {}).values()) or 1
+    champions = {
+        LABELS[s]: summaries[s].get("champion") or summaries[s].get("version")
+        for s in ("train_cnn", "train_mf", "train_gan")
+        if s in summaries
+    }
+    return {
+        "ds": ds,
+        "status": "published" if ds in published else ("failed or running" if summaries else "no run"),
+        "champions": champions,
+        "users": score.get("users"),
+        "sources": {k: v / total for k, v in sorted((score.get("sources") or {}).items())},
+        "link": f"ds={ds}/index.html",
+    }
+
+
+def build_index(lake: Lake) -> str:
+    """Write ``reports/index.html``: every night, newest first, each linking its page; return its URI."""
+    published = published_dates(lake)
+    nights = [_night_row(lake, d, run_summaries(lake, d), published) for d in reversed(run_dates(lake))]
+    lake.put_bytes(
+        "reports/index.html", render("index.html.j2", title="visrec nightly runs", nights=nights).encode()
+    )
+    return lake.url("reports/index.html")
+
+
 def build_report(settings: Settings, ds: str, *, lake: Lake | None = None, log_to_mlflow: bool = True) -> str:
     """Write ``reports/ds=<ds>/index.html`` (and log it to MLflow); return its URI."""
 
@@ -131,6 +334,17 @@ def build_report(settings: Settings, ds: str, *, lake: Lake | None = None, log_t
     summaries = run_summaries(lake, ds)
     previous_ds = _previous_run(lake, ds)
     previous = run_summaries(lake, previous_ds) if previous_ds else {}
+    gan_grid = next(
+        (
+            lake.get_bytes(f"runs/ds={d}/gan_samples.png")
+            for d in reversed(run_dates(lake))
+            if d <= ds and lake.exists(f"runs/ds={d}/gan_samples.png")
+        ),
+        None,
+    )
+    docs = sorted(
+        {k.split("/")[2] for k in lake.list_keys(f"validation/ds={ds}") if k.endswith("data_docs/index.html")}
+    )
     text = render(
         "nightly.html.j2",
         title=f"visrec nightly run {ds}",
@@ -138,10 +352,18 @@ def build_report(settings: Settings, ds: str, *, lake: Lake | None = None, log_t
         lake_uri=lake.uri,
         sections=sections,
         pngs=pngs,
-        models=[(step, s) for step, s in sorted(summaries.items()) if "version" in s],
-        metrics=_metric_rows(_flat_metrics(summaries), _flat_metrics(previous)),
+        models=[(LABELS.get(step, step), s) for step, s in sorted(summaries.items()) if "version" in s],
+        metrics=[
+            {**m, "name": label(m["name"])}
+            for m in _metric_rows(_flat_metrics(summaries), _flat_metrics(previous))
+        ],
         previous_ds=previous_ds,
         published=sorted(summaries.get("publish", {}).get("rows", {}).items()),
+        headlines=_headlines(summaries, previous),
+        trends=_trend_charts(_nights(lake, ds)),
+        tasks=_task_chart(summaries),
+        gan_grid=gan_grid,
+        data_docs=[(step, lake.url(f"validation/ds={ds}/{step}/data_docs/index.html")) for step in docs],
     )
     key = f"reports/ds={ds}/index.html"
     lake.put_bytes(key, text.encode())
@@ -151,6 +373,7 @@ def build_report(settings: Settings, ds: str, *, lake: Lake | None = None, log_t
 
         with tracked_run(settings, "report", ds=ds):
             mlflow.log_text(text, "report/index.html")
+    build_index(lake)
     log.info("report for %s: %d users, %s", ds, len(users), lake.url(key))
     return lake.url(key)
 

@@ -249,9 +249,15 @@ def train_cnn(
             import matplotlib.pyplot as plt
 
             plt.close(fig)
-            info = mlflow.keras.log_model(model, name="model", pip_requirements=_requirements())
+            example = images.pixels[held_idx[:1] if len(held_idx) else train_idx[:1]]
+            model_uri = registry.log_keras_model(
+                model,
+                example,
+                np.asarray(model.predict(example, verbose=0)),
+                pip_requirements=_requirements(),
+            )
             registration = registry.register(
-                info.model_uri,
+                model_uri,
                 MODEL_NAME,
                 metric="held_out_accuracy",
                 value=metrics["held_out_accuracy"],
