@@ -74,6 +74,6 @@ def bar_chart(
             bar.set_gid(f"mark-{name}-{n}")
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 8 else 0)
-    if len(stacks) > 1:
-        ax.legend(fontsize=8, frameon=False, loc="best")
+    if len(stacks) > 1:  # beside the bars, not over them
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _svg(fig)

@@ -239,12 +239,13 @@ def _trend_charts(nights: list[tuple[str, dict]]) -> list[dict]:
             )
         )
     totals = [sum(v.get("seconds", 0) for v in s.values() if isinstance(v, dict)) for _, s in nights]
-    charts.append(
-        (
-            "Run time per night (sum of the steps' seconds)",
-            bar_chart("seconds", [d[5:] for d in dates], {"seconds": totals}),
+    if any(totals):  # runs recorded before steps were timed have no seconds
+        charts.append(
+            (
+                "Run time per night (sum of the steps' seconds)",
+                bar_chart("seconds", [d[5:] for d in dates], {"seconds": totals}),
+            )
         )
-    )
     return [{"caption": caption, "svg": svg} for caption, svg in charts]
 
 
