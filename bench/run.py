@@ -257,7 +257,7 @@ def bench_mf() -> Figures:
 
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(home=Path(tmp), test_days=2)
+        settings = Settings(home=Path(tmp), test_days=2, test_min_users=1)  # the bench's fixed split
         lake = Lake.from_settings(settings)
         config = ShopConfig()
         generate_shop(config, lake)
@@ -405,7 +405,9 @@ def bench_mf_hm() -> Figures:
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         last, cut = "2020-09-22", date(2020, 7, 9)
-        settings = Settings(home=Path(tmp), test_days=(date.fromisoformat(last) - cut).days + 1)
+        settings = Settings(
+            home=Path(tmp), test_days=(date.fromisoformat(last) - cut).days + 1, test_min_users=1
+        )
         lake = Lake.from_settings(settings)
         import_hm(HM_SAMPLE, lake)
         write_events_table(lake)

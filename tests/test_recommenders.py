@@ -50,7 +50,9 @@ def visual_features(lake: Lake, item_ids: list[str], noise: float = 0.3, seed: i
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     """A synthetic shop with its events and item embeddings written as lake tables (no Spark)."""
-    settings = Settings(home=tmp_path_factory.mktemp("rec"), test_days=2)
+    settings = Settings(
+        home=tmp_path_factory.mktemp("rec"), test_days=2, test_min_users=1
+    )  # calibrated split
     lake = Lake.from_settings(settings)
     generate_shop(SHOP, lake)
     write_events_table(lake)
@@ -194,7 +196,11 @@ def test_train_register_and_score_every_user(shop):
     settings, lake, _ = shop
     result = train_mf(settings, LAST, lake=lake, config=MFConfig(epochs=10))
     assert result.version == "visrec-mf/1" and result.promoted
-    assert set(result.metrics) == {"popularity", "vbpr"}
+    assert set(result.metrics) == {"popularity", "vbpr", "vbpr_published"}
+    # What users get (at most 8 items of a category) is measured beside the raw model, intervals included.
+    raw, capped = result.metrics["vbpr"], result.metrics["vbpr_published"]
+    assert capped["recall_at_20_low"] <= capped["recall_at_20"] <= capped["recall_at_20_high"]
+    assert capped["hits_at_20"] > 0 and capped["recall_at_20"] <= raw["recall_at_20"] + 0.05
     second = train_mf(settings, LAST, lake=lake, config=MFConfig(epochs=10))
     assert "champion" in second.metrics and "vs champion v1" in second.reason
     # Same data, same seed: the champion's evaluation model scores today's window like the challenger.
@@ -330,3 +336,41 @@ def test_generated_looks_widen_the_last_places_of_recommender_lists():
         r for r in recs.to_pylist() if r["user_id"] == "b"
     ]
     assert out.schema == recs.schema
+
+
+def test_test_window_grows_until_it_holds_enough_users():
+    from visrec.recsys.data import test_window_days
+
+    # 20 days of history; user u<n> clicks on day 19 - n % 10: one more day back adds users.
+    rows = [
+        {
+            "user_id": f"u{n}",
+            "item_id": "i1",
+            "event_type": "click",
+            "ts": pd.Timestamp("2026-11-20T12:00:00Z") - pd.Timedelta(days=n % 10),
+        }
+        for n in range(40)
+    ]
+    rows.append(
+        {"user_id": "old", "item_id": "i1", "event_type": "view", "ts": pd.Timestamp("2026-11-01T00:00:00Z")}
+    )
+    events = pd.DataFrame(rows)
+    ds = "2026-11-20"
+    assert test_window_days(Settings(test_days=2, test_min_users=1), events, ds) == 2
+    assert test_window_days(Settings(test_days=2, test_min_users=20), events, ds) == 5  # 4 users a day
+    assert test_window_days(Settings(test_days=2, test_min_users=1000), events, ds) == 10  # all 40 users
+    # Never past half the history.
+    assert (
+        test_window_days(Settings(test_days=2, test_min_users=1000), events[events.user_id != "old"], ds) == 4
+    )
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_users():
+    from visrec.recsys.metrics import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    few, many = rng.random(30), rng.random(3000)
+    low, high = bootstrap_interval(few)
+    assert low <= few.mean() <= high
+    assert np.subtract(*bootstrap_interval(many)[::-1]) < (high - low) / 4
+    assert bootstrap_interval(np.ones(10)) == (1.0, 1.0) and bootstrap_interval(np.array([])) == (0.0, 0.0)

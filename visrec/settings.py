@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     test_days: int = Field(
         2, ge=0, description="evaluation: the last N days before a run's date are the test window"
     )
+    test_min_users: int = Field(
+        1000, ge=1, description="the test window grows back day by day until it holds this many users"
+    )
     top_k: int = Field(20, ge=1, le=1000, description="recommendations per user")
     similar_k: int = Field(10, ge=1, le=1000, description="neighbours per item in similar_items")
     cnn_max_minutes: float = Field(

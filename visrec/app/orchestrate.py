@@ -110,6 +110,11 @@ def run_dates(dates: list[str], settings: Settings, *, airflow: bool = True) -> 
             log.info("running DAG %s for %s through Airflow (log: %s)", DAG_ID, ds, log_path)
             _call([_airflow_bin(), "dags", "test", DAG_ID, ds], env, f"run {DAG_ID} for {ds}", log_path)
             task_seconds = task_durations(ds, env)
+            missing = sorted(set(pipeline.STEPS) - set(task_seconds))
+            if missing:  # Airflow marks a run with tasks it never started as a success
+                raise RunFailed(
+                    f"the {DAG_ID} run for {ds} did not run {', '.join(missing)}; log: {log_path}"
+                )
         else:
             pipeline.run_all(ds, settings, on_step=task_seconds.__setitem__)
         seconds = time.perf_counter() - started

@@ -9,6 +9,7 @@ visual models can see); events on other items are counted and left out.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -42,6 +43,7 @@ class TrainData:
         return self.user_items.shape[1]
 
 
+log = logging.getLogger(__name__)
 INTENT_EVENTS = ("click", "add_to_cart", "purchase")
 
 
@@ -77,13 +79,36 @@ def _frame_indexed(events: pd.DataFrame, item_index: dict[str, int]) -> tuple[pd
     return events[known], int((~known).sum())
 
 
+def test_window_days(settings: Settings, events: pd.DataFrame, ds: str) -> int:
+    """Days in the evaluation's test window: ``VISREC_TEST_DAYS``, grown back one day at a time until
+    the window holds ``VISREC_TEST_MIN_USERS`` users with a click, cart or purchase in it (or every
+    user who has one anywhere in the history, when there are fewer), and never past half the history:
+    a two-day window on sparse data held 17 users, too few to tell models apart."""
+    intent = events[events["event_type"].isin(INTENT_EVENTS)]
+    if intent.empty:
+        return settings.test_days
+    end = pd.Timestamp(end_of_day(ds), tz="UTC")
+    history_days = max(1, int((end - events["ts"].min()).total_seconds() // 86400))
+    longest = max(settings.test_days, history_days // 2)
+    wanted = min(settings.test_min_users, intent["user_id"].nunique())
+    days = settings.test_days
+    while (
+        days < longest
+        and intent.loc[intent["ts"] >= end - pd.Timedelta(days=days), "user_id"].nunique() < wanted
+    ):
+        days += 1
+    if days != settings.test_days:
+        log.info("test window grown from %d to %d days to hold %d users", settings.test_days, days, wanted)
+    return days
+
+
 def build_split(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | None = None) -> Split:
     """The evaluation split as of ``ds`` (see the module docstring); ``events`` as ``load_events``
     gives them, when the caller has them already."""
     item_ids, features, _ = item_embeddings(lake, ds)
     item_index = {item: k for k, item in enumerate(item_ids)}
     events, dropped = _frame_indexed(load_events(lake, ds) if events is None else events, item_index)
-    cut = end_of_day(ds) - timedelta(days=settings.test_days)
+    cut = end_of_day(ds) - timedelta(days=test_window_days(settings, events, ds))
     cut_ts = pd.Timestamp(cut, tz="UTC")
     train_events = events[events["ts"] < cut_ts]
     test_events = events[(events["ts"] >= cut_ts) & events["event_type"].isin(INTENT_EVENTS)]
@@ -139,7 +164,7 @@ def purchased_matrix(events: pd.DataFrame, data: TrainData) -> sp.csr_matrix:
     return out
 
 
-def _categories(lake: Lake, ds: str, item_ids: list[str]) -> list[str]:
+def item_categories(lake: Lake, ds: str, item_ids: list[str]) -> list[str]:
 
     catalog, _ = read_catalog(lake)
     category = dict(

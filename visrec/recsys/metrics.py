@@ -5,6 +5,9 @@ metrics in MLflow.
 ``relevant`` is a list with, for each of those users, the set of item indices they interacted with in
 the test window. Users with nothing relevant are skipped by the accuracy metrics.
 
+Recall and NDCG carry a 95% bootstrap interval over users (``recall_at_20_low`` / ``_high``): on a
+few hundred test users, a difference inside it is noise.
+
 - Hits@K: relevant items in the top K, summed over users (a count: on sparse data a handful of hits
   decides every other metric, so it is reported beside them).
 - Recall@K: hits in the top K / number of relevant items.
@@ -64,17 +67,20 @@ def bootstrap_interval(
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
-def ndcg_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:
-    users = _users_with(relevant)
-    if not users:
-        return 0.0
+def ndcg_per_user(recommended: np.ndarray, relevant: list[set[int]], k: int) -> np.ndarray:
+    """NDCG@K of each user with something relevant (the values :func:`ndcg_at_k` averages)."""
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     out = []
-    for u in users:
+    for u in _users_with(relevant):
         hits = np.array([item in relevant[u] for item in recommended[u, :k]], dtype=float)
         ideal = discounts[: min(k, len(relevant[u]))].sum()
         out.append(float((hits * discounts[: len(hits)]).sum() / ideal))
-    return float(np.mean(out))
+    return np.array(out, np.float64)
+
+
+def ndcg_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:
+    per_user = ndcg_per_user(recommended, relevant, k)
+    return float(per_user.mean()) if len(per_user) else 0.0
 
 
 def map_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:
@@ -134,10 +140,16 @@ def evaluate(
     n_users: int | None = None,
 ) -> dict[str, float]:
     """Every metric at once, keyed like ``recall_at_20``."""
+    recall, ndcg = recall_per_user(recommended, relevant, k), ndcg_per_user(recommended, relevant, k)
+    (recall_low, recall_high), (ndcg_low, ndcg_high) = bootstrap_interval(recall), bootstrap_interval(ndcg)
     out = {
         f"hits_at_{k}": float(hits_at_k(recommended, relevant, k)),
-        f"recall_at_{k}": recall_at_k(recommended, relevant, k),
-        f"ndcg_at_{k}": ndcg_at_k(recommended, relevant, k),
+        f"recall_at_{k}": float(recall.mean()) if len(recall) else 0.0,
+        f"recall_at_{k}_low": recall_low,
+        f"recall_at_{k}_high": recall_high,
+        f"ndcg_at_{k}": float(ndcg.mean()) if len(ndcg) else 0.0,
+        f"ndcg_at_{k}_low": ndcg_low,
+        f"ndcg_at_{k}_high": ndcg_high,
         f"map_at_{k}": map_at_k(recommended, relevant, k),
         "coverage": coverage(recommended[:, :k], n_items),
     }

@@ -13,7 +13,8 @@ import scipy.sparse as sp
 
 from visrec.errors import VisrecError
 from visrec.recsys.baselines import Recommender
-from visrec.recsys.data import TrainData, _categories, full_data, purchased_matrix
+from visrec.recsys.data import TrainData, full_data, item_categories, purchased_matrix
+from visrec.recsys.rules import cap_per_category
 from visrec.recsys.train import MODEL_NAME, FactorScorer, MFConfig, champion_scorer
 from visrec.settings import Settings
 from visrec.store.forgotten import forgotten_users
@@ -45,18 +46,8 @@ def score_all_users(
     users_out, ranks, items_out, scores_out = [], [], [], []
 
     def pick(ids: np.ndarray, scores: np.ndarray) -> tuple[list[int], list[float]]:
-        chosen, chosen_scores, per_cat = [], [], {}
-        for item, score in zip(ids, scores, strict=True):
-            if item < 0:
-                break
-            if max_per_category is not None and per_cat.get(cats[item], 0) >= max_per_category:
-                continue
-            per_cat[cats[item]] = per_cat.get(cats[item], 0) + 1
-            chosen.append(int(item))
-            chosen_scores.append(float(score))
-            if len(chosen) == k:
-                break
-        return chosen, chosen_scores
+        positions = cap_per_category(ids, cats, k, max_per_category)
+        return [int(ids[p]) for p in positions], [float(scores[p]) for p in positions]
 
     for start in range(0, data.n_users, chunk):
         users = np.arange(start, min(start + chunk, data.n_users))
@@ -189,7 +180,7 @@ def score_users(
         for u, vector in zip(photo_users, photo_vectors, strict=True):
             if u in position:
                 vectors[position[u]], has_photos[position[u]] = vector, True
-    categories = _categories(lake, ds, data.item_ids)
+    categories = item_categories(lake, ds, data.item_ids)
     # Segments come from the day's profiles; without them every unknown user gets the global list.
     features_ds = features_ds or ds
     profiles = (

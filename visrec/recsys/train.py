@@ -13,8 +13,9 @@ import numpy as np
 from visrec.errors import VisrecError
 from visrec.mlops import registry
 from visrec.recsys.baselines import FactorRecommender, Recommender
-from visrec.recsys.data import Split, TrainData, build_split, full_data
+from visrec.recsys.data import Split, TrainData, build_split, full_data, item_categories
 from visrec.recsys.metrics import evaluate
+from visrec.recsys.rules import cap_per_category
 from visrec.settings import Settings
 from visrec.store.lake import Lake
 from visrec.store.tables import load_events
@@ -50,6 +51,32 @@ def evaluate_model(model: Recommender, split: Split, k: int = 20) -> dict[str, f
     metrics["fit_seconds"] = fit_seconds
     metrics["test_users"] = float(len(users))
     return metrics
+
+
+def evaluate_published_lists(
+    model: Recommender, split: Split, categories: list[str], k: int, max_per_category: int | None
+) -> dict[str, float]:
+    """The metrics of the lists users get from an already fitted ``model`` after the category cap
+    (the photo blend and generated slots need that night's photos and looks, so they are not applied
+    here): beside the raw model's, they show what a rule costs."""
+    users = np.array([u for u, rel in enumerate(split.relevant) if rel], dtype=np.int64)
+    depth = min(3 * k, split.train.n_items)
+    ids, _ = model.recommend(users, split.train.user_items, N=depth, filter_already_liked_items=True)
+    lists = np.full((len(users), k), -1, np.int64)
+    for row in range(len(users)):
+        positions = cap_per_category(ids[row], categories, k, max_per_category)
+        lists[row, : len(positions)] = ids[row, positions]
+    counts = np.asarray((split.train.user_items > 0).sum(axis=0)).ravel()
+    return evaluate(
+        lists,
+        [split.relevant[u] for u in users],
+        k=k,
+        n_items=split.train.n_items,
+        cold=split.cold,
+        embeddings=split.train.item_features,
+        item_user_counts=counts,
+        n_users=split.train.n_users,
+    )
 
 
 class FactorScorer(FactorRecommender):
@@ -212,6 +239,10 @@ def train_mf(
         "popularity": evaluate_model(Popularity(), split, config.k),
         "vbpr": evaluate_model(challenger, split, config.k),
     }
+    categories = item_categories(lake, ds, split.train.item_ids)
+    metrics["vbpr_published"] = evaluate_published_lists(
+        challenger, split, categories, config.k, config.max_per_category
+    )
     # The gate compares like with like: the champion's own evaluation model (trained before *its*
     # cut, so it never saw today's test window) on today's window, against the challenger's.
     champion = champion_scorer(settings, artifact="eval_factors.npz") if config.register else None
