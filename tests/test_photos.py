@@ -146,3 +146,16 @@ def test_upload_only_users_get_better_than_popular(recognised):
     popular = set(sorted(counts, key=lambda i: -counts[i])[:20])
     popular_recall = np.mean([len(popular & only[users[r]]) / len(only[users[r]]) for r in rows])
     assert photo_recall > popular_recall + 0.05, (photo_recall, popular_recall)
+
+
+def test_a_day_without_retained_photos_writes_empty_tables(recognised):
+    """A shop without uploads (most brought-in data) still gets its tables: empty, with the model's
+    embedding size, so publishing and the warehouse work."""
+    from visrec.vision.embed import load_cnn
+
+    settings, lake, _, _ = recognised
+    model, version = load_cnn()
+    photos, recs = recognise_user_photos(settings, lake, "2027-06-01", model, version)
+    assert photos.num_rows == recs.num_rows == 0
+    stored = lake.read_table("user_photos", "2027-06-01")
+    assert stored.num_rows == 0 and stored.schema.field("embedding").type.list_size == model.embedding_dim

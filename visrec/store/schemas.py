@@ -254,6 +254,18 @@ def _is_any_dim_embedding(field: pa.Field) -> bool:
     return bool(field.metadata) and b"visrec.embedding" in field.metadata
 
 
+def empty_table(schema: pa.Schema, embedding_dim: int) -> pa.Table:
+    """A table of ``schema`` with no rows, its embedding columns fixed at ``embedding_dim``: what a
+    day with nothing to write writes (the lake takes embeddings of one fixed size per partition)."""
+    fields = [
+        pa.field(f.name, pa.list_(pa.float32(), embedding_dim), nullable=False, metadata=f.metadata)
+        if _is_any_dim_embedding(f)
+        else f
+        for f in schema
+    ]
+    return pa.schema(fields).empty_table()
+
+
 def conform(table: pa.Table, schema: pa.Schema, name: str = "table") -> pa.Table:
     """Return ``table`` with exactly ``schema``'s columns, in order and cast to their types.
 

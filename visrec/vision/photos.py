@@ -14,7 +14,7 @@ from visrec.ingest.user_photos import retained_dates
 from visrec.models.topk import topk
 from visrec.settings import Settings
 from visrec.store.lake import Lake
-from visrec.store.schemas import spec_for
+from visrec.store.schemas import empty_table, spec_for
 from visrec.store.tables import decode_pngs, embeddings_matrix, load_events
 from visrec.vision.embed import embed_pixels
 
@@ -31,7 +31,7 @@ def recognise_user_photos(
     dates = retained_dates(settings, lake, ds)
     staged = lake.read_table("staging_user_photos", dates).to_pandas() if dates else None
     if staged is None or staged.empty:
-        empty_photos = spec_for("user_photos").schema.empty_table()
+        empty_photos = empty_table(spec_for("user_photos").schema, model.embedding_dim)
         empty_recs = spec_for("photo_recommendations").schema.empty_table()
         lake.write_table("user_photos", ds, empty_photos)
         lake.write_table("photo_recommendations", ds, empty_recs)
