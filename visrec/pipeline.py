@@ -133,7 +133,8 @@ def _from(upstream: Upstream, key: str) -> Any:
 
 
 def _timed(step: Callable[..., Summary]) -> Callable[..., Summary]:
-    """Record how long a step took (``seconds`` in its run record: the report's task times)."""
+    """Write a step's summary, with how long it took (``seconds``: the report's task times), as its
+    run record: the one place run records are written."""
     import functools
     import time
 
@@ -142,12 +143,8 @@ def _timed(step: Callable[..., Summary]) -> Callable[..., Summary]:
         started = time.perf_counter()
         summary = step(ds, settings, *args, **kwargs)
         settings = settings or Settings.from_env()
-        return record(
-            Lake.from_settings(settings),
-            ds,
-            step.__name__,
-            {**summary, "seconds": round(time.perf_counter() - started, 3)},
-        )
+        summary = {**summary, "seconds": round(time.perf_counter() - started, 3)}
+        return record(Lake.from_settings(settings), ds, step.__name__, summary)
 
     return timed
 
@@ -179,22 +176,17 @@ def ingest_images(ds: str, settings: Settings | None = None, force: bool = False
         return ingest(settings, lake, ds, validator, catalog=catalog)
 
     counts, reasons = _validated(ds, "ingest_images", lake, run)
-    return record(
-        lake,
-        ds,
-        "ingest_images",
-        {
-            "table": lake.url(f"staging/images/ds={ds}"),
-            "files": counts.files,
-            "accepted": counts.accepted,
-            "reused": counts.reused,
-            "quarantined": counts.quarantined,
-            "reasons": reasons,
-            "warnings": counts.warnings,
-            "catalog_rows": catalog.num_rows,
-            "catalog_quarantined": catalog_bad.num_rows,
-        },
-    )
+    return {
+        "table": lake.url(f"staging/images/ds={ds}"),
+        "files": counts.files,
+        "accepted": counts.accepted,
+        "reused": counts.reused,
+        "quarantined": counts.quarantined,
+        "reasons": reasons,
+        "warnings": counts.warnings,
+        "catalog_rows": catalog.num_rows,
+        "catalog_quarantined": catalog_bad.num_rows,
+    }
 
 
 def _spark_step(ds: str, settings: Settings | None, step: str, job: Callable) -> tuple[Lake, Any]:
@@ -211,19 +203,14 @@ def ingest_events(ds: str, settings: Settings | None = None, force: bool = False
     from visrec.ingest.events import ingest_events as job
 
     lake, (counts, reasons) = _spark_step(ds, settings, "ingest_events", job)
-    return record(
-        lake,
-        ds,
-        "ingest_events",
-        {
-            "table": lake.url(f"features/events/ds={ds}"),
-            "raw": counts.raw,
-            "valid": counts.valid,
-            "quarantined": counts.quarantined,
-            "duplicates": counts.duplicates,
-            "reasons": reasons,
-        },
-    )
+    return {
+        "table": lake.url(f"features/events/ds={ds}"),
+        "raw": counts.raw,
+        "valid": counts.valid,
+        "quarantined": counts.quarantined,
+        "duplicates": counts.duplicates,
+        "reasons": reasons,
+    }
 
 
 @_timed
@@ -235,7 +222,7 @@ def build_features(
 
     _prepare("build_features", ds, settings, force)
     lake, rows = _spark_step(ds, settings, "build_features", job)
-    return record(lake, ds, "build_features", {"rows": rows, "events": _from(events, "table")})
+    return {"rows": rows, "events": _from(events, "table")}
 
 
 @_timed
@@ -247,18 +234,13 @@ def ingest_user_photos(ds: str, settings: Settings | None = None, force: bool = 
     counts, reasons = _validated(
         ds, "ingest_user_photos", lake, lambda validator: ingest(settings, lake, ds, validator)
     )
-    return record(
-        lake,
-        ds,
-        "ingest_user_photos",
-        {
-            "files": counts.files,
-            "accepted": counts.accepted,
-            "quarantined": counts.quarantined,
-            "forgotten": counts.forgotten,
-            "reasons": reasons,
-        },
-    )
+    return {
+        "files": counts.files,
+        "accepted": counts.accepted,
+        "quarantined": counts.quarantined,
+        "forgotten": counts.forgotten,
+        "reasons": reasons,
+    }
 
 
 def ingest(ds: str, settings: Settings | None = None) -> dict[str, Summary]:
@@ -290,19 +272,14 @@ def train_cnn(
     result = train(
         settings, ds, lake=lake, config=CNNConfig(max_minutes=settings.cnn_max_minutes, **(config or {}))
     )
-    return record(
-        lake,
-        ds,
-        "train_cnn",
-        {
-            "version": result.version,
-            "promoted": result.promoted,
-            "reason": result.reason,
-            "champion": _champion(MODEL_NAME),
-            "fine_tuned_from": result.fine_tuned_from,
-            "metrics": result.metrics,
-        },
-    )
+    return {
+        "version": result.version,
+        "promoted": result.promoted,
+        "reason": result.reason,
+        "champion": _champion(MODEL_NAME),
+        "fine_tuned_from": result.fine_tuned_from,
+        "metrics": result.metrics,
+    }
 
 
 @_timed
@@ -320,17 +297,12 @@ def embed_items(
     model, version = load_cnn(_from(cnn, "champion"))
     embeddings = embed(settings, ds, lake, model, version)
     similar = build_similar_items(lake, ds, k=settings.similar_k)
-    return record(
-        lake,
-        ds,
-        "embed_items",
-        {
-            "model_version": version,
-            "item_embeddings": embeddings.num_rows,
-            "similar_items": similar.num_rows,
-            "table": lake.url(f"features/item_embeddings/ds={ds}"),
-        },
-    )
+    return {
+        "model_version": version,
+        "item_embeddings": embeddings.num_rows,
+        "similar_items": similar.num_rows,
+        "table": lake.url(f"features/item_embeddings/ds={ds}"),
+    }
 
 
 @_timed
@@ -352,16 +324,11 @@ def recognise_user_photos(
     use_tracking(settings)
     model, version = load_cnn(_from(embeddings, "model_version"))
     recognised, recs = recognise(settings, lake, ds, model, version)
-    return record(
-        lake,
-        ds,
-        "recognise_user_photos",
-        {
-            "model_version": version,
-            "user_photos": recognised.num_rows,
-            "photo_recommendations": recs.num_rows,
-        },
-    )
+    return {
+        "model_version": version,
+        "user_photos": recognised.num_rows,
+        "photo_recommendations": recs.num_rows,
+    }
 
 
 @_timed
@@ -383,18 +350,13 @@ def train_mf(
     if (done := _trained_already(settings, lake, ds, "train_mf")) is not None:
         return done
     result = train(settings, ds, lake=lake, config=MFConfig(**(config or {})))
-    return record(
-        lake,
-        ds,
-        "train_mf",
-        {
-            "version": result.version,
-            "promoted": result.promoted,
-            "reason": result.reason,
-            "champion": _champion(MODEL_NAME),
-            "metrics": result.metrics,
-        },
-    )
+    return {
+        "version": result.version,
+        "promoted": result.promoted,
+        "reason": result.reason,
+        "champion": _champion(MODEL_NAME),
+        "metrics": result.metrics,
+    }
 
 
 @_timed
@@ -433,21 +395,16 @@ def train_gan(
     )
     items = lake.read_table("staging_images", ds).column("item_id").to_pylist()
     lake.put_bytes(f"runs/ds={ds}/gan_samples.png", sample_grid(result.model))  # for the report
-    return record(
-        lake,
-        ds,
-        "train_gan",
-        {
-            "trained": True,
-            "due_because": why,
-            "version": result.version,
-            "promoted": result.promoted,
-            "reason": result.reason,
-            "champion": _champion(MODEL_NAME),
-            "metrics": result.metrics,
-            "items": items,
-        },
-    )
+    return {
+        "trained": True,
+        "due_because": why,
+        "version": result.version,
+        "promoted": result.promoted,
+        "reason": result.reason,
+        "champion": _champion(MODEL_NAME),
+        "metrics": result.metrics,
+        "items": items,
+    }
 
 
 @_timed
@@ -471,21 +428,16 @@ def generate_looks(
     use_tracking(settings)
     gan_version = _from(gan, "champion") or _champion(MODEL_NAME)
     if gan_version is None:
-        return record(lake, ds, "generate_looks", {"looks": 0, "reason": "no GAN champion yet"})
+        return {"looks": 0, "reason": "no GAN champion yet"}
     generator, gan_version = load_gan(gan_version)
     cnn, _ = load_cnn(_from(embeddings, "model_version"))
     scorer = champion_scorer(settings, version=_from(mf, "champion"))
     table = generate(settings, lake, ds, generator, cnn, gan_version, scorer=scorer)
-    return record(
-        lake,
-        ds,
-        "generate_looks",
-        {
-            "gan_version": gan_version,
-            "looks": table.num_rows,
-            "users": len(set(table.column("user_id").to_pylist())),
-        },
-    )
+    return {
+        "gan_version": gan_version,
+        "looks": table.num_rows,
+        "users": len(set(table.column("user_id").to_pylist())),
+    }
 
 
 @_timed
@@ -533,20 +485,15 @@ def score(
         exclude=exclude,
         looks_version=_from(looks, "gan_version") or "visrec-gan",
     )
-    return record(
-        lake,
-        ds,
-        "score",
-        {
-            "rows": table.num_rows,
-            "users": len(set(table.column("user_id").to_pylist())),
-            "k": settings.top_k,
-            "features_ds": features_ds,
-            "sources": dict(Counter(table.column("source").to_pylist())),
-            "model_versions": sorted(set(table.column("model_version").to_pylist())),
-            "table": lake.url(f"published/recommendations/ds={ds}"),
-        },
-    )
+    return {
+        "rows": table.num_rows,
+        "users": len(set(table.column("user_id").to_pylist())),
+        "k": settings.top_k,
+        "features_ds": features_ds,
+        "sources": dict(Counter(table.column("source").to_pylist())),
+        "model_versions": sorted(set(table.column("model_version").to_pylist())),
+        "table": lake.url(f"published/recommendations/ds={ds}"),
+    }
 
 
 @_timed
@@ -565,16 +512,11 @@ def publish(
 
     scored = recommendations or run_summary(lake, ds, "score") or {}
     result = publishing.publish(settings, ds, lake=lake, k=scored.get("k", settings.top_k))
-    return record(
-        lake,
-        ds,
-        "publish",
-        {
-            "rows": result.rows,
-            "warehouse": result.warehouse,
-            "published_at": result.published_at,
-        },
-    )
+    return {
+        "rows": result.rows,
+        "warehouse": result.warehouse,
+        "published_at": result.published_at,
+    }
 
 
 @_timed
@@ -586,7 +528,7 @@ def report(
 
     from visrec.report.nightly import build_report
 
-    return record(lake, ds, "report", {"report": build_report(settings, ds, lake=lake)})
+    return {"report": build_report(settings, ds, lake=lake)}
 
 
 def find_similar(
