@@ -4,6 +4,7 @@ signal on a synthetic shop whose true tastes are known."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 
 import numpy as np
@@ -15,7 +16,7 @@ import scipy.sparse as sp
 from visrec.devdata.synth import CATEGORIES, COLOURS, PATTERNS, ShopConfig, generate_shop, write_events_table
 from visrec.models.mf import VBPR
 from visrec.recsys.baselines import ItemCF, Popularity, SparkALS, SparkItemCF, VisualProfile
-from visrec.recsys.data import TrainData, build_split
+from visrec.recsys.data import Split, TrainData, build_split
 from visrec.recsys.metrics import (
     coverage,
     hits_at_k,
@@ -26,7 +27,8 @@ from visrec.recsys.metrics import (
     recall_at_k,
 )
 from visrec.recsys.score import score_users
-from visrec.recsys.train import MFConfig, evaluate_model, train_mf
+from visrec.recsys.select import select_vbpr
+from visrec.recsys.train import MFConfig, evaluate_model, promotion_gate, train_mf
 from visrec.recsys.vbpr import VBPRRecommender
 from visrec.settings import Settings
 from visrec.store.lake import Lake
@@ -192,17 +194,53 @@ def test_vbpr_learns_the_visual_signal(shop):
     assert vbpr["recall_at_20"] > pop["recall_at_20"]
 
 
+def _noise_split(split: Split, seed: int = 0) -> Split:
+    """The same split with image features that carry nothing about the items."""
+    noise = np.random.default_rng(seed).normal(size=split.train.item_features.shape).astype(np.float32)
+    train = dataclasses.replace(
+        split.train, item_features=noise / np.linalg.norm(noise, axis=1, keepdims=True)
+    )
+    return dataclasses.replace(split, train=train)
+
+
+def test_selection_keeps_the_visual_term_only_where_it_helps(shop):
+    """The search's first two trials are the defaults with and without the visual term; with features
+    that carry the taste the visual one wins on validation, with noise the plain one."""
+    settings, _, split = shop
+    settings = settings.with_overrides(mf_trials=2)
+    informed = select_vbpr(settings, split, LAST)
+    noise = select_vbpr(settings, _noise_split(split), LAST)
+    assert [t["visual_factors"] for t in informed.trials] == [settings.mf_visual_factors, 0]
+    assert informed.visual_helps and informed.params["visual_factors"] > 0
+    assert noise.visual_helps is False and noise.params["visual_factors"] == 0
+    assert 1 <= informed.params["epochs"] <= settings.mf_epochs and informed.validation_users > 0
+
+
+def test_gate_needs_a_margin_the_bootstrap_believes():
+    rng = np.random.default_rng(0)
+    rival = rng.random(400)
+    promote, why = promotion_gate(rival + 0.05, {"popularity": rival}, "recall_at_20")
+    assert promote and "vs popularity" in why and "beaten" in why
+    tie, why = promotion_gate(rival + rng.normal(0, 0.2, 400), {"popularity": rival}, "recall_at_20")
+    assert not tie and "not clearly beaten" in why
+    assert not promotion_gate(np.array([]), {"popularity": np.array([])}, "recall_at_20")[0]
+
+
 def test_train_register_and_score_every_user(shop):
     settings, lake, _ = shop
-    result = train_mf(settings, LAST, lake=lake, config=MFConfig(epochs=10))
-    assert result.version == "visrec-mf/1" and result.promoted
+    settings = settings.with_overrides(mf_trials=0, mf_epochs=10)
+    result = train_mf(settings, LAST, lake=lake)
+    assert result.version == "visrec-mf/1" and result.promoted and result.serving == "model"
+    assert "vs popularity" in result.reason
     assert set(result.metrics) == {"popularity", "vbpr", "vbpr_published"}
     # What users get (at most 8 items of a category) is measured beside the raw model, intervals included.
     raw, capped = result.metrics["vbpr"], result.metrics["vbpr_published"]
     assert capped["recall_at_20_low"] <= capped["recall_at_20"] <= capped["recall_at_20_high"]
     assert capped["hits_at_20"] > 0 and capped["recall_at_20"] <= raw["recall_at_20"] + 0.05
-    second = train_mf(settings, LAST, lake=lake, config=MFConfig(epochs=10))
-    assert "champion" in second.metrics and "vs champion v1" in second.reason
+    second = train_mf(settings, LAST, lake=lake)
+    assert "champion" in second.metrics and "vs champion visrec-mf/1" in second.reason
+    # The same model again cannot beat itself by a real margin: the champion stays, and serves.
+    assert not second.promoted and second.serving == "model"
     # Same data, same seed: the champion's evaluation model scores today's window like the challenger.
     assert second.metrics["champion"]["recall_at_20"] == pytest.approx(
         second.metrics["vbpr"]["recall_at_20"], abs=0.02
@@ -221,7 +259,36 @@ def test_train_register_and_score_every_user(shop):
     assert not any((u, i) in bought for u, i in zip(recs.user_id, recs.item_id, strict=True))
     assert recs.assign(cat=recs.item_id.map(category)).groupby(["user_id", "cat"]).size().max() <= 4
     assert (recs.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
-    assert set(recs.source) == {"mf"} and recs.model_version.iloc[0] in ("visrec-mf/1", "visrec-mf/2")
+    assert set(recs.source) == {"mf"} and set(recs.model_version) == {"visrec-mf/1"}
+
+
+def test_a_model_that_loses_to_popularity_is_not_promoted_and_popularity_serves(tmp_path):
+    """A shop whose test window holds what was popular, with image features that say nothing: the
+    first model is not promoted by default, and every user gets popularity-by-segment lists."""
+    settings = Settings(home=tmp_path, test_days=2, test_min_users=1, mf_trials=0, mf_epochs=2)
+    lake = Lake.from_settings(settings)
+    generate_shop(ShopConfig(users=300, items=200, days=6, seed=5, popularity_bias=(1.0, 1.0)), lake)
+    write_events_table(lake)
+    item_ids = sorted(pd.read_csv(io.BytesIO(lake.get_bytes("raw/catalog/items.csv")), dtype=str)["item_id"])
+    noise = np.random.default_rng(1).normal(size=(len(item_ids), 8)).astype(np.float32)
+    lake.write_table(
+        "item_embeddings",
+        "2026-11-06",
+        pa.table(
+            {
+                "item_id": item_ids,
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(noise.ravel(), pa.float32()), 8),
+                "model_version": ["noise"] * len(item_ids),
+            }
+        ),
+    )
+    result = train_mf(settings, "2026-11-06", lake=lake)
+    assert result.metrics["popularity"]["recall_at_20"] >= result.metrics["vbpr"]["recall_at_20"]
+    assert result.promoted is False and result.serving == "popularity"
+    assert "vs popularity" in result.reason and "not clearly beaten" in result.reason
+    recs = score_users(settings, "2026-11-06", lake=lake).to_pandas()
+    users = lake.read_table("events").column("user_id").unique()
+    assert set(recs.source) == {"popular"} and recs.user_id.nunique() == len(users)
 
 
 def test_segment_popularity_serves_each_segment_its_own_list():

@@ -340,8 +340,9 @@ def train_mf(
     config: dict | None = None,
     force: bool = False,
 ) -> Summary:
-    """Evaluate popularity, the champion and a new VBPR on the same window; register behind the gate.
-    ``config``: :class:`visrec.recsys.train.MFConfig` fields to change."""
+    """Select and evaluate a new VBPR beside popularity and the champion on the same window; register
+    it behind the gate. ``config``: :class:`visrec.recsys.train.MFConfig` fields to change (the model's
+    own settings are ``VISREC_MF_*``)."""
     settings, lake = _prepare("train_mf", ds, settings, force)
 
     from visrec.recsys.train import MODEL_NAME, MFConfig
@@ -355,6 +356,8 @@ def train_mf(
         "promoted": result.promoted,
         "reason": result.reason,
         "champion": _champion(MODEL_NAME),
+        "serving": result.serving,
+        "selected": result.selection,
         "metrics": result.metrics,
     }
 
@@ -471,11 +474,13 @@ def score(
     from collections import Counter
 
     from visrec.recsys.score import score_users
-    from visrec.recsys.train import champion_scorer
+    from visrec.recsys.train import champion_scorer, serving
 
     if looks is None:
         looks = run_summary(lake, ds, "generate_looks")
-    scorer = champion_scorer(settings, version=_from(mf, "champion"))
+    # The champion's lists while it beats popularity (the last training's verdict), else popularity's.
+    serve = _from(mf, "serving") or serving(settings)[0]
+    scorer = champion_scorer(settings, version=_from(mf, "champion")) if serve == "model" else None
     table = score_users(
         settings,
         ds,
@@ -490,6 +495,7 @@ def score(
         "users": len(set(table.column("user_id").to_pylist())),
         "k": settings.top_k,
         "features_ds": features_ds,
+        "serving": "model" if scorer is not None else "popularity",
         "sources": dict(Counter(table.column("source").to_pylist())),
         "model_versions": sorted(set(table.column("model_version").to_pylist())),
         "table": lake.url(f"published/recommendations/ds={ds}"),

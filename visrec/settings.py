@@ -101,6 +101,43 @@ class Settings(BaseSettings):
         description="the GAN's training budget when it trains",
     )
     generated_slots: int = Field(2, ge=0, description="places per list for items nearest generated looks")
+    mf_minutes: float = Field(
+        5.0,
+        gt=0,
+        le=24 * 60,
+        description="the recommender's model search budget per run (trials stop after it)",
+    )
+    mf_trials: int = Field(
+        12,
+        ge=0,
+        le=10_000,
+        description="settings the recommender's search tries (0: the defaults below only)",
+    )
+    mf_factors: int = Field(32, ge=1, le=1024, description="recommender default: collaborative factors")
+    mf_visual_factors: int = Field(
+        32,
+        ge=0,
+        le=1024,
+        description="recommender default: visual factors (0: no visual term for warm items)",
+    )
+    mf_epochs: int = Field(
+        30, ge=1, le=1000, description="recommender: most epochs (training stops early on validation NDCG)"
+    )
+    mf_learning_rate: float = Field(0.01, gt=0, le=1, description="recommender default: Adam's learning rate")
+    mf_l2: float = Field(1e-2, ge=0, le=10, description="recommender default: L2 on the collaborative part")
+    mf_visual_l2: float = Field(1e-2, ge=0, le=10, description="recommender default: L2 on the visual part")
+    mf_negatives: int = Field(
+        4, ge=1, le=100, description="recommender default: sampled negatives per positive"
+    )
+    mf_batch_size: int = Field(8192, ge=1, le=1_000_000, description="recommender: triples per training step")
+    mf_search_factors: str = Field("16,32,64", description="recommender search: collaborative factors tried")
+    mf_search_visual_factors: str = Field("0,16,32", description="recommender search: visual factors tried")
+    mf_search_negatives: str = Field("2,4,8", description="recommender search: negatives tried")
+    mf_search_l2: str = Field("1e-4..1e-1", description="recommender search: collaborative L2 (log scale)")
+    mf_search_visual_l2: str = Field("1e-4..1e-1", description="recommender search: visual L2 (log scale)")
+    mf_search_learning_rate: str = Field(
+        "2e-3..5e-2", description="recommender search: learning rate (log scale)"
+    )
     retrain: bool = Field(False, description="a rerun of a date trains new models instead of reusing them")
 
     @field_validator("event_weights")
@@ -108,6 +145,29 @@ class Settings(BaseSettings):
     def _check_weights(cls, value: str) -> str:
         parse_weights(value)
         return value
+
+    @field_validator("mf_search_factors", "mf_search_visual_factors", "mf_search_negatives")
+    @classmethod
+    def _check_choices(cls, value: str, info) -> str:
+        parse_choices(value, minimum=0 if info.field_name == "mf_search_visual_factors" else 1)
+        return value
+
+    @field_validator("mf_search_l2", "mf_search_visual_l2", "mf_search_learning_rate")
+    @classmethod
+    def _check_range(cls, value: str) -> str:
+        parse_range(value)
+        return value
+
+    def mf_search_space(self) -> dict[str, list[int] | tuple[float, float]]:
+        """The recommender search's choices (lists) and log-scale ranges (pairs), by parameter name."""
+        return {
+            "factors": parse_choices(self.mf_search_factors),
+            "visual_factors": parse_choices(self.mf_search_visual_factors, minimum=0),
+            "negatives": parse_choices(self.mf_search_negatives),
+            "l2": parse_range(self.mf_search_l2),
+            "visual_l2": parse_range(self.mf_search_visual_l2),
+            "learning_rate": parse_range(self.mf_search_learning_rate),
+        }
 
     @field_validator("lake_uri")
     @classmethod
@@ -194,6 +254,29 @@ def parse_weights(text: str) -> dict[str, float]:
     return out
 
 
+def parse_choices(text: str, minimum: int = 1) -> list[int]:
+    """``"16,32,64"`` -> ``[16, 32, 64]``: whole numbers >= ``minimum``, at least one."""
+    try:
+        values = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise ValueError(f"must be whole numbers separated by commas, like 16,32,64; got {text!r}") from None
+    if any(v < minimum or v > 1024 for v in values):
+        raise ValueError(f"each must be between {minimum} and 1024; got {text!r}")
+    return values
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    """``"1e-4..1e-1"`` -> ``(0.0001, 0.1)``: two numbers > 0, the first at most the second."""
+    low, sep, high = text.partition("..")
+    try:
+        bounds = (float(low), float(high))
+    except ValueError:
+        bounds = ()
+    if not sep or not bounds or not 0 < bounds[0] <= bounds[1] < float("inf"):
+        raise ValueError(f"must be low..high with 0 < low <= high, like 1e-4..1e-1; got {text!r}")
+    return bounds
+
+
 def _checked(cls: type[Settings], flags: dict[str, str], **values: Any) -> Settings:
     """Build settings; a bad value becomes one :class:`SettingsError` naming the variable (and the
     command-line flag that set it, from ``flags``), its value and what is allowed."""
@@ -236,6 +319,10 @@ def settings_table() -> str:
             kind = "`file://...` or `s3://...`"
         elif name == "event_weights":
             kind = "each event type `=` a number >= 0"
+        elif name.startswith("mf_search_"):
+            kind = (
+                "`low..high`, 0 < low <= high" if "l2" in name or "rate" in name else "whole numbers, `a,b,c`"
+            )
         allowed = ", ".join(filter(None, [kind, *bounds])) or "text"
         default = derived.get(name) or ("`0`" if field.default is False else f"`{field.default}`")
         rows.append(f"| `{Settings.env_name(name)}` | {default} | {allowed} | {field.description or ''} |")

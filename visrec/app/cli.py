@@ -180,17 +180,16 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from visrec.store.lake import check_ds
 
     ds = check_ds(args.ds)
-    budget = {"cnn": "cnn_max_minutes", "gan": "gan_max_minutes"}.get(args.model)
-    flags = {"cnn_max_minutes": "--max-minutes", "gan_max_minutes": "--max-minutes", "similar_k": "-k"}
-    settings = settings.with_overrides(
-        flags=flags, **({budget: args.max_minutes} if budget else {}), similar_k=args.k
-    )
-    if args.max_minutes is not None and budget is None:
-        raise VisrecError("--max-minutes applies to cnn and gan; mf trains for --epochs")
+    budget = {"cnn": "cnn_max_minutes", "gan": "gan_max_minutes", "mf": "mf_minutes"}[args.model]
+    flags = {budget: "--max-minutes", "similar_k": "-k", "mf_epochs": "--epochs", "mf_trials": "--trials"}
+    settings = settings.with_overrides(flags=flags, **{budget: args.max_minutes}, similar_k=args.k)
+    if args.trials is not None and args.model != "mf":
+        raise VisrecError("--trials applies to mf (the recommender's settings search)")
     settings = settings.with_overrides(retrain=True)  # asked for by hand: a new model, never a reused one
-    config = _given(args, "epochs", "backbone", "backbone_weights")
     if args.model == "mf":
-        return _print_mf(ds, settings, pipeline.train_mf(ds, settings, config=config))
+        settings = settings.with_overrides(flags=flags, mf_epochs=args.epochs, mf_trials=args.trials)
+        return _print_mf(ds, settings, pipeline.train_mf(ds, settings))
+    config = _given(args, "epochs", "backbone", "backbone_weights")
     if args.model == "gan":
         summary = pipeline.train_gan(ds, settings, config=config)
         m = summary["metrics"]
@@ -237,7 +236,11 @@ def _print_mf(ds: str, settings: Settings, summary: dict) -> int:
     print(f"{'model':<12}" + "".join(f"{k:>22}" for k in keys))
     for name, metrics in summary["metrics"].items():
         print(f"{name:<12}" + "".join(f"{metrics.get(k, float('nan')):>22.4f}" for k in keys))
+    print(f"selected settings: {summary['selected']}")
     print(f"registered {summary['version']}: {summary['reason']}")
+    print(
+        f"scoring serves: {'the champion' if summary['serving'] == 'model' else 'popularity-by-segment lists'}"
+    )
     return 0
 
 
@@ -346,6 +349,15 @@ def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _mf_settings_help() -> str:
+    """The recommender's settings and search space (``VISREC_MF_*``), for ``visrec train mf --help``."""
+    lines = ["mf settings (environment variables; the search tries the *_SEARCH_* choices and ranges):"]
+    for name, field in Settings.model_fields.items():
+        if name.startswith("mf_"):
+            lines.append(f"  {Settings.env_name(name):<32} {field.default!s:<12} {field.description}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="visrec",
@@ -356,8 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, func, help: str, description: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=description)
+    def command(
+        name: str, func, help: str, description: str, epilog: str | None = None
+    ) -> argparse.ArgumentParser:
+        formatter = argparse.RawDescriptionHelpFormatter if epilog else argparse.HelpFormatter
+        p = sub.add_parser(name, help=help, description=description, epilog=epilog, formatter_class=formatter)
         p.set_defaults(func=func)
         return p
 
@@ -429,11 +444,17 @@ def build_parser() -> argparse.ArgumentParser:
         "and builds similar_items. mf: the visual recommender (VBPR), compared with popularity "
         "and the champion on a time split. gan: the category-conditioned image generator, judged "
         "by the champion image model.",
+        _mf_settings_help(),
     )
     train.add_argument("model", choices=["cnn", "mf", "gan"], help="which model")
     train.add_argument("--ds", required=True, help="the date, YYYY-MM-DD")
     train.add_argument(
-        "--max-minutes", type=float, help="training budget (default VISREC_CNN_MINUTES / VISREC_GAN_MINUTES)"
+        "--max-minutes",
+        type=float,
+        help="training budget (default VISREC_CNN_MINUTES / VISREC_GAN_MINUTES; mf: the search's, VISREC_MF_MINUTES)",
+    )
+    train.add_argument(
+        "--trials", type=int, help="mf: settings the search tries (default VISREC_MF_TRIALS; 0: the defaults)"
     )
     train.add_argument(
         "-k", type=positive_int, help="neighbours per item in similar_items (default VISREC_SIMILAR_K)"
@@ -441,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--epochs",
         type=positive_int,
-        help="maximum epochs (default: the model config's, cnn 30, mf 20, gan 60)",
+        help="maximum epochs (default: cnn 30, gan 60, mf VISREC_MF_EPOCHS; mf stops early on validation)",
     )
     train.add_argument("--from-scratch", action="store_true", help="cnn: do not fine-tune the champion")
     train.add_argument("--backbone", help="cnn: compact (default) or a keras.applications name")

@@ -153,6 +153,7 @@ class ShopConfig:
     initial_item_share: float = 0.6  # items on sale on day 0; the rest arrive day by day
     uploader_share: float = 0.05  # users who also upload photos of items they like
     upload_only_share: float = 0.02  # extra users (as a share of ``users``) whose only signal is uploads
+    popularity_bias: tuple[float, float] = (0.05, 0.4)  # range of users' share of popularity-driven visits
 
     def __post_init__(self) -> None:
         if self.users < 1 or self.items < len(CATEGORIES) or self.days < 1:
@@ -164,6 +165,8 @@ class ShopConfig:
             raise ValueError(f"corrupt rate must be within [0, 0.5], got {self.corrupt_rate}")
         if not (0.0 <= self.uploader_share <= 1.0 and 0.0 <= self.upload_only_share <= 1.0):
             raise ValueError("uploader_share and upload_only_share must be within [0, 1]")
+        if not 0.0 <= self.popularity_bias[0] <= self.popularity_bias[1] <= 1.0:
+            raise ValueError(f"popularity_bias must be a range within [0, 1], got {self.popularity_bias}")
         if self.image_size < 32:
             raise ValueError(f"image size must be at least 32, got {self.image_size}")
         date.fromisoformat(self.start_date)
@@ -445,7 +448,7 @@ def _make_users(config: ShopConfig, rng: np.random.Generator) -> dict[str, np.nd
     w_col[rows[second], rng.integers(0, n_col, second.sum())] += 1.5
     w_pat[rows, rng.integers(0, n_pat, n)] += 1.8
     activity = np.clip(rng.lognormal(math.log(0.6), 0.9, n), 0.02, 8.0)  # funnels per day
-    pop_bias = rng.uniform(0.05, 0.4, n)  # share of visits driven by what is popular
+    pop_bias = rng.uniform(*config.popularity_bias, n)  # share of visits driven by what is popular
     return {
         "w_cat": w_cat.astype(np.float32),
         "w_col": w_col.astype(np.float32),

@@ -55,27 +55,35 @@ def register(
     tolerance: float = 0.0,
 ) -> Registration:
     """Register ``model_uri`` as a new version of ``name`` and apply the promotion rule."""
-    import mlflow
 
-    client = mlflow.MlflowClient()
-    version = mlflow.register_model(model_uri, name).version
-    client.set_registered_model_alias(name, CHALLENGER, version)
     current = champion(name)
     if current is None or champion_value is None:
-        promoted, reason = True, f"no champion yet; version {version} ({metric}={value:.4f}) becomes champion"
+        promoted, reason = True, f"no champion yet; {metric}={value:.4f} makes it the champion"
     else:
         delta = (value - champion_value) if higher_is_better else (champion_value - value)
         promoted = delta >= -tolerance
         verdict = "promoted" if promoted else "kept the champion"
         reason = (
-            f"challenger v{version} {metric}={value:.4f} vs champion v{current.version} "
+            f"{metric}={value:.4f} vs champion v{current.version} "
             f"{metric}={champion_value:.4f} (tolerance {tolerance}): {verdict}"
         )
+    return register_decided(model_uri, name, promoted, reason)
+
+
+def register_decided(model_uri: str, name: str, promoted: bool, reason: str) -> Registration:
+    """Register ``model_uri`` as a new version of ``name`` (the ``challenger``), and make it the
+    ``champion`` when the caller's gate ``promoted`` it; ``reason`` is kept as the version's tag."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    version = mlflow.register_model(model_uri, name).version
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    verdict = f"version {version} {'promoted to champion' if promoted else 'not promoted'}: {reason}"
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, version)
-    client.set_model_version_tag(name, version, "promotion", reason)
-    log.info("%s: %s", name, reason)
-    return Registration(name=name, version=str(version), promoted=promoted, reason=reason)
+    client.set_model_version_tag(name, version, "promotion", verdict)
+    log.info("%s: %s", name, verdict)
+    return Registration(name=name, version=str(version), promoted=promoted, reason=verdict)
 
 
 def version_exists(model_version: str) -> bool:

@@ -56,6 +56,7 @@ class Split:
     cold: np.ndarray  # items with no interaction before the cut
     cut: datetime
     dropped_events: int
+    events: pd.DataFrame  # the events it was cut from (items with an embedding only)
 
 
 def confidence_matrix(
@@ -109,6 +110,28 @@ def build_split(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | 
     item_index = {item: k for k, item in enumerate(item_ids)}
     events, dropped = _frame_indexed(load_events(lake, ds) if events is None else events, item_index)
     cut = end_of_day(ds) - timedelta(days=test_window_days(settings, events, ds))
+    return split_at(settings, events, item_ids, features, cut, dropped)
+
+
+def validation_split(settings: Settings, split: Split, ds: str) -> Split:
+    """A validation split cut from ``split``'s training events (``split`` as of ``ds``) by time, its
+    window as long as the test window: model selection that never sees the test window."""
+    window = end_of_day(ds) - split.cut
+    earlier = split.events[split.events["ts"] < pd.Timestamp(split.cut, tz="UTC")]
+    return split_at(settings, earlier, split.train.item_ids, split.train.item_features, split.cut - window)
+
+
+def split_at(
+    settings: Settings,
+    events: pd.DataFrame,
+    item_ids: list[str],
+    features: np.ndarray | None,
+    cut: datetime,
+    dropped: int = 0,
+) -> Split:
+    """Events before ``cut`` train; the clicks, carts and purchases from ``cut`` on that are new to the
+    user are what a model should find."""
+    item_index = {item: k for k, item in enumerate(item_ids)}
     cut_ts = pd.Timestamp(cut, tz="UTC")
     train_events = events[events["ts"] < cut_ts]
     test_events = events[(events["ts"] >= cut_ts) & events["event_type"].isin(INTENT_EVENTS)]
@@ -131,7 +154,7 @@ def build_split(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | 
         relevant[u] -= set(train.indices[train.indptr[u] : train.indptr[u + 1]].tolist())
     cold = np.asarray((train > 0).sum(axis=0)).ravel() == 0
     data = TrainData(train, features, recent, user_ids, item_ids)
-    return Split(data, relevant, cold, cut, dropped)
+    return Split(data, relevant, cold, cut, dropped, events)
 
 
 def full_data(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | None = None) -> TrainData:

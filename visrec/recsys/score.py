@@ -15,7 +15,7 @@ from visrec.errors import VisrecError
 from visrec.recsys.baselines import Recommender
 from visrec.recsys.data import TrainData, full_data, item_categories, purchased_matrix
 from visrec.recsys.rules import cap_per_category
-from visrec.recsys.train import MODEL_NAME, FactorScorer, MFConfig, champion_scorer
+from visrec.recsys.train import MODEL_NAME, FactorScorer, MFConfig, champion_scorer, serving
 from visrec.settings import Settings
 from visrec.store.forgotten import forgotten_users
 from visrec.store.lake import Lake
@@ -142,11 +142,13 @@ def score_users(
 
     config = config or MFConfig()
     lake = lake or Lake.from_settings(settings)
-    scorer = scorer or champion_scorer(settings)
     if scorer is None:
-        raise VisrecError(
-            f"no champion {MODEL_NAME} in {settings.mlflow_tracking_uri}; run `visrec train mf --ds {ds}`"
-        )
+        serve, why = serving(settings)
+        scorer = champion_scorer(settings) if serve == "model" else None
+        if scorer is None:
+            log.warning(
+                "scoring %s with popularity-by-segment lists for everyone: %s", ds, why or "no champion"
+            )
     events = load_events(lake, ds)
     data = full_data(settings, lake, ds, events)
     photo_users, photo_vectors, photo_version = photo_profiles(lake, ds)
@@ -191,16 +193,17 @@ def score_users(
     segment_of = {p["user_id"]: p["segment"] for p in profiles}
     segments = [segment_of.get(u) for u in everyone.user_ids]
     popular = SegmentPopularity(segments).fit(everyone)
-    aligned = scorer.aligned(everyone.user_ids, everyone.item_ids)
-    known = aligned.known_users
+    aligned = scorer.aligned(everyone.user_ids, everyone.item_ids) if scorer is not None else None
+    known = aligned.known_users if aligned is not None else np.zeros(everyone.n_users, bool)
+    model_version = scorer.version if scorer is not None else "none"
     weight = settings.photo_weight
     groups = (
-        (known, PhotoBlend(aligned, vectors, has_photos, data.item_features, weight), "mf", scorer.version),
+        (known, PhotoBlend(aligned, vectors, has_photos, data.item_features, weight), "mf", model_version),
         (
             ~known & has_photos,
             PhotoBlend(None, vectors, has_photos, data.item_features, weight),
             "photo",
-            f"{scorer.version}+{photo_version}",
+            f"{model_version}+{photo_version}",
         ),
         (~known & ~has_photos, popular, "popular", "popularity-by-segment"),
     )
@@ -240,7 +243,8 @@ def score_users(
     looks = (
         lake.read_table("generated_looks", ds) if lake.manifest("generated_looks", ds) is not None else None
     )
-    if looks is not None and looks.num_rows and settings.generated_slots > 0:
+    # Generated looks reach a user through the recommender's visual taste: none without a champion.
+    if looks is not None and looks.num_rows and settings.generated_slots > 0 and scorer is not None:
         blend = PhotoBlend(aligned, vectors, has_photos, data.item_features, weight)
         table = add_generated_candidates(
             table,
@@ -252,7 +256,7 @@ def score_users(
             slots=settings.generated_slots,
             max_per_category=config.max_per_category,
             exclude=set(exclude or []),
-            version=f"{scorer.version}+{looks_version}",
+            version=f"{model_version}+{looks_version}",
         )
     lake.write_table("recommendations", ds, table)
     log.info(

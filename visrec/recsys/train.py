@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from visrec.errors import VisrecError
 from visrec.mlops import registry
 from visrec.recsys.baselines import FactorRecommender, Recommender
 from visrec.recsys.data import Split, TrainData, build_split, full_data, item_categories
-from visrec.recsys.metrics import evaluate
+from visrec.recsys.metrics import bootstrap_interval, evaluate, recall_per_user
 from visrec.recsys.rules import cap_per_category
 from visrec.settings import Settings
 from visrec.store.lake import Lake
@@ -23,6 +23,11 @@ from visrec.store.tables import load_events
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "visrec-mf"
+
+
+def test_users(split: Split) -> np.ndarray:
+    """The users with something to find in the split's test window, in index order."""
+    return np.array([u for u, rel in enumerate(split.relevant) if rel], dtype=np.int64)
 
 
 def evaluate_model(model: Recommender, split: Split, k: int = 20) -> dict[str, float]:
@@ -34,7 +39,7 @@ def evaluate_model(model: Recommender, split: Split, k: int = 20) -> dict[str, f
     started = time.perf_counter()
     model = model.fit(split.train)  # a frozen FactorScorer returns an aligned copy rather than itself
     fit_seconds = time.perf_counter() - started
-    users = np.array([u for u, rel in enumerate(split.relevant) if rel], dtype=np.int64)
+    users = test_users(split)
     ids, _ = model.recommend(users, split.train.user_items, N=k, filter_already_liked_items=True)
     relevant = [split.relevant[u] for u in users]
     counts = np.asarray((split.train.user_items > 0).sum(axis=0)).ravel()
@@ -53,13 +58,41 @@ def evaluate_model(model: Recommender, split: Split, k: int = 20) -> dict[str, f
     return metrics
 
 
+def recall_of_fitted(model: Recommender, split: Split, k: int) -> np.ndarray:
+    """Recall@k per test user (``test_users`` order) of an already fitted ``model``: what the
+    promotion gate compares, user by user."""
+    users = test_users(split)
+    ids, _ = model.recommend(users, split.train.user_items, N=k, filter_already_liked_items=True)
+    return recall_per_user(ids, [split.relevant[u] for u in users], k)
+
+
+def promotion_gate(
+    challenger: np.ndarray, rivals: dict[str, np.ndarray], metric: str, seed: int = 0
+) -> tuple[bool, str]:
+    """Whether the challenger beats every rival on the same test users by a margin that a paired
+    bootstrap over users says is real (the 95% interval of the per-user difference above zero), and
+    why, with each interval."""
+    if len(challenger) == 0:
+        return False, f"no test users to compare on: {metric} cannot tell the models apart"
+    parts, beats_all = [], True
+    for name, values in rivals.items():
+        low, high = bootstrap_interval(challenger - values, seed=seed)
+        beats = low > 0
+        beats_all &= beats
+        parts.append(
+            f"vs {name} {values.mean():.4f}: {challenger.mean() - values.mean():+.4f} "
+            f"[{low:+.4f}, {high:+.4f}] {'beaten' if beats else 'not clearly beaten'}"
+        )
+    return beats_all, f"{metric} {challenger.mean():.4f} on {len(challenger)} users; " + "; ".join(parts)
+
+
 def evaluate_published_lists(
     model: Recommender, split: Split, categories: list[str], k: int, max_per_category: int | None
 ) -> dict[str, float]:
     """The metrics of the lists users get from an already fitted ``model`` after the category cap
     (the photo blend and generated slots need that night's photos and looks, so they are not applied
     here): beside the raw model's, they show what a rule costs."""
-    users = np.array([u for u, rel in enumerate(split.relevant) if rel], dtype=np.int64)
+    users = test_users(split)
     depth = min(3 * k, split.train.n_items)
     ids, _ = model.recommend(users, split.train.user_items, N=depth, filter_already_liked_items=True)
     lists = np.full((len(users), k), -1, np.int64)
@@ -161,33 +194,12 @@ class FactorScorer(FactorRecommender):
 
 @dataclass
 class MFConfig:
-    """Hyperparameters of the nightly recommender (VBPR) and its evaluation."""
+    """How the nightly recommender is evaluated and published (its hyperparameters and search space
+    are settings: ``VISREC_MF_*``)."""
 
-    factors: int = 32
-    visual_factors: int = 32
-    epochs: int = 20
-    learning_rate: float = 0.005
-    l2: float = 1e-5  # chosen on the synthetic bench's split (see bench/RESULTS.md)
-    negatives: int = 4
     k: int = 20
     max_per_category: int | None = 8
-    gate_metric: str = "recall_at_20"
-    gate_tolerance: float = 0.002
     register: bool = True
-
-
-def _vbpr(config: MFConfig, seed: int):
-    from visrec.recsys.vbpr import VBPRRecommender
-
-    return VBPRRecommender(
-        config.factors,
-        config.visual_factors,
-        config.epochs,
-        learning_rate=config.learning_rate,
-        l2=config.l2,
-        negatives=config.negatives,
-        seed=seed,
-    )
 
 
 def champion_scorer(
@@ -219,84 +231,158 @@ class MFResult:
     promoted: bool | None
     reason: str
     scorer: FactorScorer
+    serving: str = "model"  # or "popularity": what scoring publishes until the next training
+    selection: dict = field(default_factory=dict)
+
+
+SERVING_TAG = "visrec.serving"
+
+
+def serving(settings: Settings) -> tuple[str, str]:
+    """What the last training decided scoring should publish, ``("model" | "popularity", why)``: the
+    champion's lists only while the champion beats popularity on the latest test window."""
+    from mlflow.exceptions import MlflowException
+
+    import mlflow
+    from visrec.mlops.tracking import use_tracking
+
+    use_tracking(settings)
+    try:
+        tags = mlflow.MlflowClient().get_registered_model(MODEL_NAME).tags
+    except MlflowException:
+        return "popularity", f"no {MODEL_NAME} registered yet"
+    return tags.get(SERVING_TAG, "model"), tags.get(f"{SERVING_TAG}.reason", "")
 
 
 def train_mf(
     settings: Settings, ds: str, *, lake: Lake | None = None, config: MFConfig | None = None
 ) -> MFResult:
-    """Evaluate popularity, the champion and a new VBPR on the split as of ``ds``; refit VBPR on all
-    data; register it as ``visrec-mf`` (champion only if it beats the champion on the split)."""
+    """Select VBPR's settings on a validation window, evaluate popularity, the champion and the
+    selected VBPR on the test window as of ``ds``, refit it on all data and register it as
+    ``visrec-mf``: champion only if it beats popularity and the champion by a real margin (see
+    :func:`promotion_gate`); scoring publishes popularity lists while nothing beats popularity."""
+    import contextlib
+
     import mlflow
     from visrec.mlops.tracking import tracked_run
     from visrec.recsys.baselines import Popularity
+    from visrec.recsys.select import make_vbpr, select_vbpr, selection_note
 
     config = config or MFConfig()
     lake = lake or Lake.from_settings(settings)
     events = load_events(lake, ds)
     split = build_split(settings, lake, ds, events)
-    challenger = _vbpr(config, settings.seed)
-    metrics = {
-        "popularity": evaluate_model(Popularity(), split, config.k),
-        "vbpr": evaluate_model(challenger, split, config.k),
-    }
-    categories = item_categories(lake, ds, split.train.item_ids)
-    metrics["vbpr_published"] = evaluate_published_lists(
-        challenger, split, categories, config.k, config.max_per_category
+    k, gate = config.k, f"recall_at_{config.k}"
+    run = (
+        tracked_run(settings, "train_mf", ds=ds, nested=mlflow.active_run() is not None)
+        if config.register
+        else contextlib.nullcontext()
     )
-    # The gate compares like with like: the champion's own evaluation model (trained before *its*
-    # cut, so it never saw today's test window) on today's window, against the challenger's.
-    champion = champion_scorer(settings, artifact="eval_factors.npz") if config.register else None
-    if champion is not None:
-        metrics["champion"] = evaluate_model(champion, split, config.k)
-    full = full_data(settings, lake, ds, events)
-    production = _vbpr(config, settings.seed).fit(full)
-    scorer = FactorScorer.from_model(production, full)
-    version = promoted = None
-    reason = "not registered"
-    if config.register:
-        nested = mlflow.active_run() is not None
-        with tracked_run(settings, "train_mf", ds=ds, nested=nested):
-            mlflow.log_params(
-                {
-                    **{k: v for k, v in config.__dict__.items()},
-                    "n_users": full.n_users,
-                    "n_items": full.n_items,
-                    "cut": split.cut.isoformat(),
-                    "events_without_embedding": split.dropped_events,
-                }
+    with run:
+        selection = select_vbpr(settings, split, ds)
+        challenger, popularity = make_vbpr(settings, selection.params), Popularity()
+        metrics = {
+            "popularity": evaluate_model(popularity, split, k),
+            "vbpr": evaluate_model(challenger, split, k),
+        }
+        categories = item_categories(lake, ds, split.train.item_ids)
+        metrics["vbpr_published"] = evaluate_published_lists(
+            challenger, split, categories, k, config.max_per_category
+        )
+        rivals = {"popularity": recall_of_fitted(popularity, split, k)}
+        # Like with like: the champion's own evaluation model (trained before *its* cut, so it never
+        # saw today's test window) on today's window, against the challenger's.
+        champion = champion_scorer(settings, artifact="eval_factors.npz") if config.register else None
+        if champion is not None:
+            metrics["champion"] = evaluate_model(champion, split, k)
+            rivals[f"champion {champion.version}"] = recall_of_fitted(champion.fit(split.train), split, k)
+        promote, verdict = promotion_gate(recall_of_fitted(challenger, split, k), rivals, gate, settings.seed)
+        if promote or champion is None:
+            serve = "model" if promote else "popularity"
+        else:  # the champion stays: it serves only while it still beats popularity
+            name = f"champion {champion.version}"
+            kept_beats, _ = promotion_gate(
+                rivals[name], {"popularity": rivals["popularity"]}, gate, settings.seed
             )
-            for name, values in metrics.items():
-                mlflow.log_metrics({f"{name}.{k}": v for k, v in values.items()})
-            import tempfile
-            from pathlib import Path
+            serve = "model" if kept_beats else "popularity"
+        full = full_data(settings, lake, ds, events)
+        production = make_vbpr(settings, selection.params).fit(full)
+        scorer = FactorScorer.from_model(production, full)
+        version = promoted = None
+        reason = f"not registered ({verdict})"
+        if config.register:
+            reason = _register(
+                settings,
+                ds,
+                split,
+                full,
+                selection,
+                metrics,
+                scorer,
+                challenger,
+                production,
+                promote,
+                verdict,
+                serve,
+            )
+            version, promoted = scorer.version, promote
+    log.info(
+        "mf %s: %s; %s; serving %s", ds, {n: round(m[gate], 4) for n, m in metrics.items()}, reason, serve
+    )
+    log.info("mf %s selection: %s", ds, selection_note(selection))
+    return MFResult(metrics, version, promoted, reason, scorer, serve, selection.params)
 
-            with tempfile.TemporaryDirectory() as tmp:
-                scorer.save(Path(tmp) / "factors.npz")
-                FactorScorer.from_model(challenger, split.train).save(Path(tmp) / "eval_factors.npz")
-                mlflow.log_artifact(str(Path(tmp) / "factors.npz"), "scoring")
-                mlflow.log_artifact(str(Path(tmp) / "eval_factors.npz"), "scoring")
-            example = {name: np.array([0], np.int32) for name in ("users", "pos_items", "neg_items")}
-            example["neg_items"][0] = min(1, full.n_items - 1)
-            model_uri = registry.log_keras_model(
-                production.model,
-                example,
-                np.asarray(production.model(tuple(example.values()))),
-                pip_requirements=["keras", "tensorflow-cpu"],
-            )
-            gate = config.gate_metric
-            registration = registry.register(
-                model_uri,
-                MODEL_NAME,
-                metric=gate,
-                value=metrics["vbpr"][gate],
-                champion_value=metrics["champion"][gate] if "champion" in metrics else None,
-                tolerance=config.gate_tolerance,
-            )
-            version, promoted, reason = (
-                f"{MODEL_NAME}/{registration.version}",
-                registration.promoted,
-                registration.reason,
-            )
-            scorer.version = version
-    log.info("mf %s: %s; %s", ds, {n: round(m[config.gate_metric], 4) for n, m in metrics.items()}, reason)
-    return MFResult(metrics, version, promoted, reason, scorer)
+
+def _register(
+    settings, ds, split, full, selection, metrics, scorer, challenger, production, promote, verdict, serve
+) -> str:
+    """Log the training to the active MLflow run, register the model and record what scoring serves."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    mlflow.log_params(
+        {
+            **{f"selected.{k}": v for k, v in selection.params.items()},
+            "selection_trials": len(selection.trials),
+            "selection_validation_users": selection.validation_users,
+            "batch_size": settings.mf_batch_size,
+            "n_users": full.n_users,
+            "n_items": full.n_items,
+            "cut": split.cut.isoformat(),
+            "events_without_embedding": split.dropped_events,
+        }
+    )
+    for name, values in metrics.items():
+        mlflow.log_metrics({f"{name}.{k}": v for k, v in values.items()})
+    if selection.validation_ndcg is not None:
+        mlflow.log_metric("selection.validation_ndcg", selection.validation_ndcg)
+    if selection.visual_helps is not None:
+        mlflow.log_metric("selection.visual_helps", float(selection.visual_helps))
+    mlflow.log_metric("serving_model", float(serve == "model"))
+    with tempfile.TemporaryDirectory() as tmp:
+        scorer.save(Path(tmp) / "factors.npz")
+        FactorScorer.from_model(challenger, split.train).save(Path(tmp) / "eval_factors.npz")
+        mlflow.log_artifact(str(Path(tmp) / "factors.npz"), "scoring")
+        mlflow.log_artifact(str(Path(tmp) / "eval_factors.npz"), "scoring")
+    example = {name: np.array([0], np.int32) for name in ("users", "pos_items", "neg_items")}
+    example["neg_items"][0] = min(1, full.n_items - 1)
+    model_uri = registry.log_keras_model(
+        production.model,
+        example,
+        np.asarray(production.model(tuple(example.values()))),
+        pip_requirements=["keras", "tensorflow-cpu"],
+    )
+    registration = registry.register_decided(model_uri, MODEL_NAME, promote, verdict)
+    scorer.version = f"{MODEL_NAME}/{registration.version}"
+    why = f"{scorer.version} {'promoted' if promote else 'not promoted'}; scoring serves " + (
+        "the champion's lists"
+        if serve == "model"
+        else "popularity-by-segment lists: nothing beats popularity"
+    )
+    client = mlflow.MlflowClient()
+    client.set_registered_model_tag(MODEL_NAME, SERVING_TAG, serve)
+    client.set_registered_model_tag(MODEL_NAME, f"{SERVING_TAG}.reason", why)
+    mlflow.set_tag(SERVING_TAG, serve)
+    return registration.reason
