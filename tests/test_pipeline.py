@@ -48,17 +48,21 @@ def nightly(tmp_path_factory, spark):
     from visrec.ingest.day import ingest_day
 
     home = tmp_path_factory.mktemp("nightly")
-    settings = Settings(home=home, cnn_max_minutes=0.2, gan_max_minutes=0.1, report_users=3, test_days=1)
+    settings = Settings(
+        home=home, cnn_max_minutes=0.2, gan_max_minutes=0.1, report_users=3, test_days=1, mf_trials=2
+    )
     lake = Lake.from_settings(settings)
     generate_shop(
         ShopConfig(
-            users=200,
-            items=120,
+            users=600,
+            items=300,
             days=3,
             seed=5,
             corrupt_rate=0.01,
             uploader_share=0.1,
             upload_only_share=0.05,
+            # Shoppers led by their taste: the recommender must beat popularity here to be served.
+            popularity_bias=(0.0, 0.05),
         ),
         lake,
     )

@@ -40,10 +40,17 @@ def main(argv: list[str] | None = None) -> int:
         default=DEMO_GAN_MINUTES,
         help=f"GAN budget when it trains (default {DEMO_GAN_MINUTES:g})",
     )
+    parser.add_argument(
+        "--mf-minutes",
+        type=float,
+        default=0.5,
+        help="the recommender's settings search budget per run (default 0.5: about five trials here)",
+    )
     parser.add_argument("--no-airflow", action="store_true", help="run the DAG's steps in this process")
     args = parser.parse_args(argv)
     os.environ.setdefault("VISREC_CNN_MINUTES", str(args.cnn_minutes))
     os.environ.setdefault("VISREC_GAN_MINUTES", str(args.gan_minutes))
+    os.environ.setdefault("VISREC_MF_MINUTES", str(args.mf_minutes))
 
     from visrec.logs import setup_logging
 

@@ -112,6 +112,7 @@ LABELS = {
     "train_mf": "recommender",
     "train_gan": "image generator",
     "vbpr": "new VBPR",
+    "vbpr_published": "new VBPR after the category cap",
     "champion": "champion",
     "popularity": "popularity",
 }
