@@ -216,6 +216,29 @@ def test_selection_keeps_the_visual_term_only_where_it_helps(shop):
     assert 1 <= informed.params["epochs"] <= settings.mf_epochs and informed.validation_users > 0
 
 
+def test_each_search_trial_is_an_mlflow_child_run(shop, tmp_path):
+    import mlflow
+
+    settings, lake, _ = shop
+    settings = settings.with_overrides(
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", mf_trials=2, mf_epochs=3
+    )
+    result = train_mf(settings, LAST, lake=lake, config=MFConfig(register=True))
+    parent = mlflow.search_runs(
+        filter_string="tags.`visrec.step` = 'train_mf'", output_format="list", search_all_experiments=True
+    )
+    assert len(parent) == 1
+    children = mlflow.search_runs(
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'",
+        output_format="list",
+        search_all_experiments=True,
+    )
+    assert len(children) == 2 and all("validation_ndcg" in c.data.metrics for c in children)
+    assert {c.data.params["visual_factors"] for c in children} == {"0", str(settings.mf_visual_factors)}
+    assert parent[0].data.params["selected.visual_factors"] == str(result.selection["visual_factors"])
+    assert parent[0].data.tags["visrec.serving"] == result.serving
+
+
 def test_gate_needs_a_margin_the_bootstrap_believes():
     rng = np.random.default_rng(0)
     rival = rng.random(400)

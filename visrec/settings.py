@@ -11,7 +11,7 @@ nothing here names a path of any particular machine.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         ge=0,
         le=10_000,
         description="settings the recommender's search tries (0: the defaults below only)",
+    )
+    mf_promotion: Literal["gate", "always"] = Field(
+        "gate",
+        description="gate: a new recommender becomes champion only if it clearly beats popularity and the "
+        "champion; always: every new one does (shops too small for the gate to decide)",
     )
     mf_factors: int = Field(32, ge=1, le=1024, description="recommender default: collaborative factors")
     mf_visual_factors: int = Field(
@@ -319,6 +324,8 @@ def settings_table() -> str:
             kind = "`file://...` or `s3://...`"
         elif name == "event_weights":
             kind = "each event type `=` a number >= 0"
+        elif name == "mf_promotion":
+            kind = "`gate` or `always`"
         elif name.startswith("mf_search_"):
             kind = (
                 "`low..high`, 0 < low <= high" if "l2" in name or "rate" in name else "whole numbers, `a,b,c`"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,10 @@ from visrec.recsys.rules import cap_per_category
 from visrec.settings import Settings
 from visrec.store.lake import Lake
 from visrec.store.tables import load_events
+
+if TYPE_CHECKING:
+    from visrec.recsys.select import Selection
+    from visrec.recsys.vbpr import VBPRRecommender
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +302,8 @@ def train_mf(
             metrics["champion"] = evaluate_model(champion, split, k)
             rivals[f"champion {champion.version}"] = recall_of_fitted(champion.fit(split.train), split, k)
         promote, verdict = promotion_gate(recall_of_fitted(challenger, split, k), rivals, gate, settings.seed)
+        if settings.mf_promotion == "always" and not promote:
+            promote, verdict = True, f"promoted by VISREC_MF_PROMOTION=always; the gate says: {verdict}"
         if promote or champion is None:
             serve = "model" if promote else "popularity"
         else:  # the champion stays: it serves only while it still beats popularity
@@ -313,17 +320,12 @@ def train_mf(
         if config.register:
             reason = _register(
                 settings,
-                ds,
-                split,
-                full,
-                selection,
-                metrics,
-                scorer,
-                challenger,
-                production,
-                promote,
-                verdict,
-                serve,
+                split=split,
+                full=full,
+                selection=selection,
+                metrics=metrics,
+                models=(challenger, production, scorer),
+                decision=(promote, verdict, serve),
             )
             version, promoted = scorer.version, promote
     log.info(
@@ -334,14 +336,25 @@ def train_mf(
 
 
 def _register(
-    settings, ds, split, full, selection, metrics, scorer, challenger, production, promote, verdict, serve
+    settings: Settings,
+    *,
+    split: Split,
+    full: TrainData,
+    selection: Selection,
+    metrics: dict[str, dict[str, float]],
+    models: tuple[VBPRRecommender, VBPRRecommender, FactorScorer],
+    decision: tuple[bool, str, str],
 ) -> str:
-    """Log the training to the active MLflow run, register the model and record what scoring serves."""
+    """Log the training to the active MLflow run, register the production model (``models``: the
+    evaluated challenger, the production model and its scorer; ``decision``: promote, why, what
+    scoring serves) and record what scoring serves on the registered model."""
     import tempfile
     from pathlib import Path
 
     import mlflow
 
+    challenger, production, scorer = models
+    promote, verdict, serve = decision
     mlflow.log_params(
         {
             **{f"selected.{k}": v for k, v in selection.params.items()},
