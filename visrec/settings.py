@@ -134,7 +134,9 @@ class Settings(BaseSettings):
     mf_negatives: int = Field(
         4, ge=1, le=100, description="recommender default: sampled negatives per positive"
     )
-    mf_batch_size: int = Field(8192, ge=1, le=1_000_000, description="recommender: triples per training step")
+    mf_batch_size: int = Field(
+        32768, ge=1, le=1_000_000, description="recommender: triples per training step"
+    )
     mf_search_factors: str = Field("16,32,64", description="recommender search: collaborative factors tried")
     mf_search_visual_factors: str = Field("0,16,32", description="recommender search: visual factors tried")
     mf_search_negatives: str = Field("2,4,8", description="recommender search: negatives tried")

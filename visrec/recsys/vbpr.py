@@ -97,7 +97,7 @@ class VBPRRecommender(FactorRecommender):
         factors: int = 32,
         visual_factors: int = 32,
         epochs: int = 30,
-        batch_size: int = 8192,
+        batch_size: int = 32768,
         learning_rate: float = 0.01,
         l2: float = 1e-2,
         visual_l2: float | None = None,
