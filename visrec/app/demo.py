@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if mf:
         print(f"              {mf['version']}: {mf['reason']}")
+        if "selected" in mf:
+            print(f"              selected settings: {mf['selected']}")
+        served = "the champion's lists" if mf.get("serving") == "model" else "popularity-by-segment lists"
+        print(f"              scoring serves {served}")
     gans = [run_summaries(lake, d).get("train_gan") for d in dag_days]
     gan = next((g for g in reversed(gans) if g and g.get("trained")), None)
     if gan:
