@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test bench lint format venv clean browser
+.PHONY: demo test test-jax bench lint format venv clean browser
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ browser:
 # Lint first: a formatting or lint error fails the tests (CI runs `make test`).
 test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -q
+
+# The models whose training has no backend-specific code, under Keras's JAX backend (on the CPU here).
+test-jax: $(STAMP)
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/test_backends.py tests/test_recommenders.py -k "backend or vbpr or VBPR or selection"
 
 # The bench compares against implicit (ALS, BPR): a bench-only dependency, installed here.
 $(BENCH_STAMP): $(STAMP)

@@ -54,7 +54,6 @@ class VBPR(keras.Model):
             self.item_features = self.add_weight(
                 shape=(n_items, feature_dim), initializer="zeros", trainable=False, name="item_features"
             )
-        self.loss_tracker = keras.metrics.Mean(name="loss")
 
     def build(self, input_shape=None) -> None:
         for layer in (self.user_factors, self.item_factors, self.item_bias):
@@ -78,52 +77,38 @@ class VBPR(keras.Model):
         vec = self.user_factors(users)
         return ops.concatenate([vec, self.user_visual(users)], axis=-1) if self.visual_factors else vec
 
-    def call(self, inputs):
+    def call(self, inputs, training=False):
+        """``x_ui - x_uj`` for (users, positives, negatives); when training, also the L2 terms on the
+        rows the batch touched (as in the paper's SGD) and on the shared visual weights, the
+        collaborative and the visual parts each with its own strength, as ``add_loss``."""
         users, pos, neg = inputs
-        u = self._user_vec(users)
-        vi, bi = self._item_terms(pos)
-        vj, bj = self._item_terms(neg)
-        return bi - bj + ops.sum(u * (vi - vj), axis=-1)
+        # Written on differences, as in the paper: each row gathered once, and the visual term one
+        # projection of f_i - f_j instead of two.
+        gamma_u, gamma_i, gamma_j = self.user_factors(users), self.item_factors(pos), self.item_factors(neg)
+        bias_i, bias_j = self.item_bias(pos), self.item_bias(neg)
+        diff = ops.squeeze(bias_i - bias_j, -1) + ops.sum(gamma_u * (gamma_i - gamma_j), axis=-1)
+        reg = ops.mean(ops.sum(gamma_u**2 + gamma_i**2 + gamma_j**2, -1)) + ops.mean(bias_i**2 + bias_j**2)
+        penalty = self.l2 * reg
+        if self.visual_factors:
+            theta_u = self.user_visual(users)
+            feats = ops.take(self.item_features, pos, axis=0) - ops.take(self.item_features, neg, axis=0)
+            diff += ops.sum(theta_u * self.projection(feats), -1) + ops.squeeze(self.visual_bias(feats), -1)
+            visual = ops.mean(ops.sum(theta_u**2, -1))
+            visual += ops.sum(self.projection.kernel**2) + ops.sum(self.visual_bias.kernel**2)
+            penalty += self.visual_l2 * visual
+        if training:
+            self.add_loss(penalty)
+        return diff
 
-    def train_step(self, data):
-        import tensorflow as tf
-
-        (users, pos, neg), weights = data
-        with tf.GradientTape() as tape:
-            # x_ui - x_uj written on differences (as in the paper), each row gathered once and used
-            # for both the ranking loss and its L2 term: the visual term is one projection of
-            # f_i - f_j instead of two, half the work of calling the model on each item.
-            gamma_u, gamma_i, gamma_j = (
-                self.user_factors(users),
-                self.item_factors(pos),
-                self.item_factors(neg),
-            )
-            bias_i, bias_j = self.item_bias(pos), self.item_bias(neg)
-            diff = ops.squeeze(bias_i - bias_j, -1) + ops.sum(gamma_u * (gamma_i - gamma_j), axis=-1)
-            # L2 on the rows this batch touched (as in the paper's SGD) and on the shared visual
-            # weights; the collaborative and the visual parts have their own strength.
-            reg = ops.mean(ops.sum(gamma_u**2 + gamma_i**2 + gamma_j**2, -1))
-            reg += ops.mean(bias_i**2 + bias_j**2)
-            loss_reg = self.l2 * reg
-            if self.visual_factors:
-                theta_u = self.user_visual(users)
-                feats = ops.take(self.item_features, pos, axis=0) - ops.take(self.item_features, neg, axis=0)
-                diff += ops.sum(theta_u * self.projection(feats), -1) + ops.squeeze(
-                    self.visual_bias(feats), -1
-                )
-                visual_reg = ops.mean(ops.sum(theta_u**2, -1))
-                visual_reg += ops.sum(self.projection.kernel**2) + ops.sum(self.visual_bias.kernel**2)
-                loss_reg += self.visual_l2 * visual_reg
-            bpr = -ops.sum(weights * ops.log_sigmoid(diff)) / ops.sum(weights)
-            loss = bpr + loss_reg
-        grads = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
-        self.loss_tracker.update_state(bpr)
-        return {"loss": self.loss_tracker.result()}
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker]
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """BPR: ``-log sigmoid(x_ui - x_uj)``, weighted by each positive's confidence (the sample
+        weight), plus the L2 terms ``call`` added. Keras's own ``train_step`` calls this on every
+        backend (TensorFlow, JAX), so the model has no backend-specific code."""
+        weights = ops.ones_like(y_pred) if sample_weight is None else ops.cast(sample_weight, y_pred.dtype)
+        loss = -ops.sum(weights * ops.log_sigmoid(y_pred)) / ops.sum(weights)
+        for extra in self.losses:
+            loss = loss + extra
+        return loss
 
     def get_config(self) -> dict:
         config = super().get_config()

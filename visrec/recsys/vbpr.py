@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class BPRTriples(keras.utils.PyDataset):
-    """Batches of ((user, positive, negative), weight), with fresh negatives every epoch.
+    """Batches of ((user, positive, negative), target placeholder, weight), with fresh negatives every
+    epoch.
 
     Every user-item pair with positive confidence is a positive, repeated once per negative; negatives
     are drawn from the warm items (those with any interaction) and redrawn once when the user liked
@@ -43,6 +44,7 @@ class BPRTriples(keras.utils.PyDataset):
         # Confidence as a weight, compressed so a heavy buyer's pair does not drown the rest.
         self.weights = np.repeat(np.log1p(coo.data), negatives).astype(np.float32)
         self.batch_size = max(1, min(batch_size, len(self.users)))
+        self.zeros = np.zeros(self.batch_size, np.float32)
         self.rng = np.random.default_rng(seed)
         self.on_epoch_end()
 
@@ -58,7 +60,8 @@ class BPRTriples(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         rows = self.order[np.arange(index * self.batch_size, (index + 1) * self.batch_size) % len(self.order)]
-        return (self.users[rows], self.pos[rows], self.neg[rows]), self.weights[rows]
+        # (x, y, sample_weight): BPR has no target (an all-zero placeholder); the weight is the confidence.
+        return (self.users[rows], self.pos[rows], self.neg[rows]), self.zeros, self.weights[rows]
 
 
 class RankingValidation(keras.callbacks.Callback):
