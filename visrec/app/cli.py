@@ -232,7 +232,9 @@ def _print_mf(ds: str, settings: Settings, summary: dict) -> int:
         "intra_list_diversity",
         "novelty",
     ]
-    print(f"mf {ds}, evaluated on the last {settings.test_days} days:")
+    users = int(summary["metrics"]["popularity"].get("test_users", 0))
+    # The window starts at VISREC_TEST_DAYS and grows back until it holds VISREC_TEST_MIN_USERS users.
+    print(f"mf {ds}, evaluated on the test window before it ({users} users with something to find):")
     print(f"{'model':<12}" + "".join(f"{k:>22}" for k in keys))
     for name, metrics in summary["metrics"].items():
         print(f"{name:<12}" + "".join(f"{metrics.get(k, float('nan')):>22.4f}" for k in keys))
