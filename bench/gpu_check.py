@@ -1,11 +1,16 @@
-"""One prepared check that the image model trains on a GPU (run on a lent GPU machine).
+"""One prepared check that the models train on a GPU (run on a lent GPU machine).
 
     KERAS_BACKEND=jax python3 bench/gpu_check.py [--mixed-precision] [--seed N]
+    KERAS_BACKEND=jax python3 bench/gpu_check.py --model vbpr [--users N --interactions N]
 
 The model code (visrec.models.cnn) is backend-agnostic Keras 3; GPU machines here carry JAX with CUDA
 but no TensorFlow, so the check runs it on the JAX backend. It renders a synthetic catalog, trains a
 few epochs on the accelerator and prints the device, the throughput and the held-out accuracy (per
-epoch too: it jumps between early epochs) as JSON. Measured runs: bench/gpu_check_results.jsonl.
+epoch too: it jumps between early epochs) as JSON. ``--model vbpr`` trains the recommender
+(visrec.models.mf, whose loss is in ``compute_loss``, so it too runs on JAX) on random interactions with
+four negatives each and prints triples/s and seconds per epoch per million interactions, the figure
+``make bench`` measures on the CPU (``mf.speed.epoch_seconds_per_million``). It imports only
+visrec.models, which needs no TensorFlow. Measured runs: bench/gpu_check_results.jsonl.
 """
 
 from __future__ import annotations
@@ -17,13 +22,66 @@ import time
 import numpy as np
 
 
+def _devices(backend: str) -> list[str]:
+    if backend != "jax":
+        return []
+    import jax
+
+    return [str(d) for d in jax.devices()]
+
+
+def check_vbpr(args: argparse.Namespace) -> dict:
+    """VBPR on ``args.interactions`` random interactions (Zipf-popular items), 64-dim item features,
+    four negatives per interaction, batches of 32,768 (the nightly defaults)."""
+    import keras
+
+    from visrec.models.mf import VBPR
+
+    keras.utils.set_random_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    n, negatives = args.interactions, 4
+    users = np.repeat(rng.integers(0, args.users, n), negatives).astype(np.int32)
+    pos = np.repeat(rng.zipf(1.2, n) % args.items, negatives).astype(np.int32)
+    neg = rng.integers(0, args.items, users.size).astype(np.int32)
+    model = VBPR(args.users, args.items, feature_dim=64, factors=32, visual_factors=32, l2=1e-2)
+    model.build()
+    model.item_features.assign(rng.normal(size=(args.items, 64)).astype(np.float32))
+    model.compile(optimizer=keras.optimizers.Adam(0.01), jit_compile=True)
+    x, y, w = (users, pos, neg), np.zeros(users.size, np.float32), np.ones(users.size, np.float32)
+    model.fit(x, y, sample_weight=w, batch_size=32768, epochs=1, verbose=0)  # compile / warm up
+    started = time.perf_counter()
+    history = model.fit(x, y, sample_weight=w, batch_size=32768, epochs=args.epochs, verbose=0)
+    train_s = time.perf_counter() - started
+    backend = keras.backend.backend()
+    return {
+        "model": "vbpr",
+        "backend": backend,
+        "devices": _devices(backend),
+        "train_triples_per_s": round(users.size * args.epochs / train_s),
+        "epoch_seconds_per_million": round(train_s / args.epochs / (n / 1e6), 3),
+        "loss_per_epoch": [round(v, 4) for v in history.history["loss"]],
+        "users": args.users,
+        "items": args.items,
+        "interactions": n,
+        "epochs": args.epochs,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--items", type=int, default=8000)
+    parser.add_argument("--model", choices=["cnn", "vbpr"], default="cnn")
+    parser.add_argument("--items", type=int, help="catalog size (default cnn 8000, vbpr 20000)")
+    parser.add_argument("--users", type=int, default=100_000, help="vbpr: users")
+    parser.add_argument("--interactions", type=int, default=1_000_000, help="vbpr: interactions")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--mixed-precision", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.model == "vbpr":
+        args.items = args.items or 20_000
+        print(json.dumps(check_vbpr(args)))
+        return
+    args.items = args.items or 8000
 
     import keras
 
@@ -56,16 +114,12 @@ def main() -> None:
     )
     train_s = time.perf_counter() - started
     backend = keras.backend.backend()
-    devices = []
-    if backend == "jax":
-        import jax
-
-        devices = [str(d) for d in jax.devices()]
     print(
         json.dumps(
             {
+                "model": "cnn",
                 "backend": backend,
-                "devices": devices,
+                "devices": _devices(backend),
                 "mixed_precision": args.mixed_precision,
                 "train_images_per_s": round(split * args.epochs / train_s),
                 "train_seconds": round(train_s, 1),
