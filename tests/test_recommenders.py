@@ -235,7 +235,7 @@ def test_each_search_trial_is_an_mlflow_child_run(shop, tmp_path):
     )
     assert len(children) == 2 and all("validation_ndcg" in c.data.metrics for c in children)
     assert {c.data.params["visual_factors"] for c in children} == {"0", str(settings.mf_visual_factors)}
-    assert parent[0].data.params["selected.visual_factors"] == str(result.selection["visual_factors"])
+    assert parent[0].data.params["selected.visual_factors"] == str(result.selected["visual_factors"])
     assert parent[0].data.tags["visrec.serving"] == result.serving
 
 

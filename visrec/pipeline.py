@@ -357,7 +357,7 @@ def train_mf(
         "reason": result.reason,
         "champion": _champion(MODEL_NAME),
         "serving": result.serving,
-        "selected": result.selection,
+        "selected": result.selected,
         "metrics": result.metrics,
     }
 

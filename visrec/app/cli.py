@@ -188,7 +188,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.with_overrides(retrain=True)  # asked for by hand: a new model, never a reused one
     if args.model == "mf":
         settings = settings.with_overrides(flags=flags, mf_epochs=args.epochs, mf_trials=args.trials)
-        return _print_mf(ds, settings, pipeline.train_mf(ds, settings))
+        return _print_mf(ds, pipeline.train_mf(ds, settings))
     config = _given(args, "epochs", "backbone", "backbone_weights")
     if args.model == "gan":
         summary = pipeline.train_gan(ds, settings, config=config)
@@ -222,7 +222,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print_mf(ds: str, settings: Settings, summary: dict) -> int:
+def _print_mf(ds: str, summary: dict) -> int:
     keys = [
         "recall_at_20",
         "ndcg_at_20",

@@ -64,15 +64,6 @@ class VBPR(keras.Model):
             self.visual_bias.build((None, self.feature_dim))
         self.built = True
 
-    def _item_terms(self, items):
-        """(item vector, item bias) for a batch of item indices."""
-        vec, bias = self.item_factors(items), ops.squeeze(self.item_bias(items), -1)
-        if self.visual_factors:
-            feats = ops.take(self.item_features, items, axis=0)
-            vec = ops.concatenate([vec, self.projection(feats)], axis=-1)
-            bias = bias + ops.squeeze(self.visual_bias(feats), -1)
-        return vec, bias
-
     def _user_vec(self, users):
         vec = self.user_factors(users)
         return ops.concatenate([vec, self.user_visual(users)], axis=-1) if self.visual_factors else vec

@@ -28,12 +28,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def _users_with(relevant: list[set[int]]) -> list[int]:
-    return [u for u, rel in enumerate(relevant) if rel]
+def users_with(relevant: list[set[int]]) -> np.ndarray:
+    """The users (indices) with something relevant: the ones every metric averages over."""
+    return np.array([u for u, rel in enumerate(relevant) if rel], dtype=np.int64)
 
 
 def hits_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> int:
-    return sum(len(set(recommended[u, :k].tolist()) & relevant[u]) for u in _users_with(relevant))
+    return sum(len(set(recommended[u, :k].tolist()) & relevant[u]) for u in users_with(relevant))
 
 
 def recall_per_user(recommended: np.ndarray, relevant: list[set[int]], k: int) -> np.ndarray:
@@ -41,7 +42,7 @@ def recall_per_user(recommended: np.ndarray, relevant: list[set[int]], k: int) -
     return np.array(
         [
             len(set(recommended[u, :k].tolist()) & relevant[u]) / len(relevant[u])
-            for u in _users_with(relevant)
+            for u in users_with(relevant)
         ],
         np.float64,
     )
@@ -71,7 +72,7 @@ def ndcg_per_user(recommended: np.ndarray, relevant: list[set[int]], k: int) -> 
     """NDCG@K of each user with something relevant (the values :func:`ndcg_at_k` averages)."""
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     out = []
-    for u in _users_with(relevant):
+    for u in users_with(relevant):
         hits = np.array([item in relevant[u] for item in recommended[u, :k]], dtype=float)
         ideal = discounts[: min(k, len(relevant[u]))].sum()
         out.append(float((hits * discounts[: len(hits)]).sum() / ideal))
@@ -84,8 +85,8 @@ def ndcg_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> floa
 
 
 def map_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:
-    users = _users_with(relevant)
-    if not users:
+    users = users_with(relevant)
+    if not len(users):
         return 0.0
     out = []
     for u in users:

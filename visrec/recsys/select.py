@@ -18,6 +18,7 @@ import optuna
 
 import mlflow
 from visrec.recsys.data import Split, validation_split
+from visrec.recsys.metrics import users_with
 from visrec.recsys.vbpr import VBPRRecommender
 from visrec.settings import Settings
 
@@ -71,7 +72,7 @@ def select_vbpr(settings: Settings, split: Split, ds: str) -> Selection:
     if settings.mf_trials == 0:
         return Selection(defaults)
     validation = validation_split(settings, split, ds)
-    users = sum(1 for rel in validation.relevant if rel)
+    users = len(users_with(validation.relevant))
     if users == 0 or validation.train.user_items.nnz == 0:
         log.info("mf selection: no validation window before %s; using the default settings", split.cut)
         return Selection(defaults)
@@ -132,13 +133,3 @@ def _inside(value, choices) -> bool:
     if isinstance(choices, list):
         return value in choices
     return choices[0] <= value <= choices[1]
-
-
-def selection_note(selection: Selection) -> str:
-    """One line for logs and reports: what was chosen and how it did on validation."""
-    if selection.validation_ndcg is None:
-        return f"defaults {selection.params} (no search)"
-    return (
-        f"{len(selection.trials)} trials, best validation NDCG {selection.validation_ndcg:.4f} "
-        f"({selection.validation_users} users) with {selection.params}"
-    )

@@ -15,7 +15,7 @@ from visrec.errors import VisrecError
 from visrec.mlops import registry
 from visrec.recsys.baselines import FactorRecommender, Recommender
 from visrec.recsys.data import Split, TrainData, build_split, full_data, item_categories
-from visrec.recsys.metrics import bootstrap_interval, evaluate, recall_per_user
+from visrec.recsys.metrics import bootstrap_interval, evaluate, recall_per_user, users_with
 from visrec.recsys.rules import cap_per_category
 from visrec.settings import Settings
 from visrec.store.lake import Lake
@@ -30,13 +30,14 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "visrec-mf"
 
 
-def test_users(split: Split) -> np.ndarray:
-    """The users with something to find in the split's test window, in index order."""
-    return np.array([u for u, rel in enumerate(split.relevant) if rel], dtype=np.int64)
-
-
 def evaluate_model(model: Recommender, split: Split, k: int = 20) -> dict[str, float]:
     """Fit on the split's training data and measure every metric on its test window."""
+    return fit_and_evaluate(model, split, k)[0]
+
+
+def fit_and_evaluate(model: Recommender, split: Split, k: int = 20) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`evaluate_model`'s metrics, and Recall@k per test user (``users_with`` order): what the
+    promotion gate compares, user by user."""
     if split.train.user_items.nnz == 0:
         raise VisrecError(
             f"no interactions before the cut {split.cut:%Y-%m-%d %H:%M}; ingest more days or lower VISREC_TEST_DAYS"
@@ -44,7 +45,7 @@ def evaluate_model(model: Recommender, split: Split, k: int = 20) -> dict[str, f
     started = time.perf_counter()
     model = model.fit(split.train)  # a frozen FactorScorer returns an aligned copy rather than itself
     fit_seconds = time.perf_counter() - started
-    users = test_users(split)
+    users = users_with(split.relevant)
     ids, _ = model.recommend(users, split.train.user_items, N=k, filter_already_liked_items=True)
     relevant = [split.relevant[u] for u in users]
     counts = np.asarray((split.train.user_items > 0).sum(axis=0)).ravel()
@@ -60,15 +61,7 @@ def evaluate_model(model: Recommender, split: Split, k: int = 20) -> dict[str, f
     )
     metrics["fit_seconds"] = fit_seconds
     metrics["test_users"] = float(len(users))
-    return metrics
-
-
-def recall_of_fitted(model: Recommender, split: Split, k: int) -> np.ndarray:
-    """Recall@k per test user (``test_users`` order) of an already fitted ``model``: what the
-    promotion gate compares, user by user."""
-    users = test_users(split)
-    ids, _ = model.recommend(users, split.train.user_items, N=k, filter_already_liked_items=True)
-    return recall_per_user(ids, [split.relevant[u] for u in users], k)
+    return metrics, recall_per_user(ids, relevant, k)
 
 
 def promotion_gate(
@@ -97,7 +90,7 @@ def evaluate_published_lists(
     """The metrics of the lists users get from an already fitted ``model`` after the category cap
     (the photo blend and generated slots need that night's photos and looks, so they are not applied
     here): beside the raw model's, they show what a rule costs."""
-    users = test_users(split)
+    users = users_with(split.relevant)
     depth = min(3 * k, split.train.n_items)
     ids, _ = model.recommend(users, split.train.user_items, N=depth, filter_already_liked_items=True)
     lists = np.full((len(users), k), -1, np.int64)
@@ -237,7 +230,7 @@ class MFResult:
     reason: str
     scorer: FactorScorer
     serving: str = "model"  # or "popularity": what scoring publishes until the next training
-    selection: dict = field(default_factory=dict)
+    selected: dict = field(default_factory=dict)  # the settings the search chose
 
 
 SERVING_TAG = "visrec.serving"
@@ -271,7 +264,7 @@ def train_mf(
     import mlflow
     from visrec.mlops.tracking import tracked_run
     from visrec.recsys.baselines import Popularity
-    from visrec.recsys.select import make_vbpr, select_vbpr, selection_note
+    from visrec.recsys.select import make_vbpr, select_vbpr
 
     config = config or MFConfig()
     lake = lake or Lake.from_settings(settings)
@@ -286,22 +279,19 @@ def train_mf(
     with run:
         selection = select_vbpr(settings, split, ds)
         challenger, popularity = make_vbpr(settings, selection.params), Popularity()
-        metrics = {
-            "popularity": evaluate_model(popularity, split, k),
-            "vbpr": evaluate_model(challenger, split, k),
-        }
+        metrics, rivals = {}, {}
+        metrics["popularity"], rivals["popularity"] = fit_and_evaluate(popularity, split, k)
+        metrics["vbpr"], recall = fit_and_evaluate(challenger, split, k)
         categories = item_categories(lake, ds, split.train.item_ids)
         metrics["vbpr_published"] = evaluate_published_lists(
             challenger, split, categories, k, config.max_per_category
         )
-        rivals = {"popularity": recall_of_fitted(popularity, split, k)}
         # Like with like: the champion's own evaluation model (trained before *its* cut, so it never
         # saw today's test window) on today's window, against the challenger's.
         champion = champion_scorer(settings, artifact="eval_factors.npz") if config.register else None
         if champion is not None:
-            metrics["champion"] = evaluate_model(champion, split, k)
-            rivals[f"champion {champion.version}"] = recall_of_fitted(champion.fit(split.train), split, k)
-        promote, verdict = promotion_gate(recall_of_fitted(challenger, split, k), rivals, gate, settings.seed)
+            metrics["champion"], rivals[f"champion {champion.version}"] = fit_and_evaluate(champion, split, k)
+        promote, verdict = promotion_gate(recall, rivals, gate, settings.seed)
         if settings.mf_promotion == "always" and not promote:
             promote, verdict = True, f"promoted by VISREC_MF_PROMOTION=always; the gate says: {verdict}"
         if promote or champion is None:
@@ -331,7 +321,6 @@ def train_mf(
     log.info(
         "mf %s: %s; %s; serving %s", ds, {n: round(m[gate], 4) for n, m in metrics.items()}, reason, serve
     )
-    log.info("mf %s selection: %s", ds, selection_note(selection))
     return MFResult(metrics, version, promoted, reason, scorer, serve, selection.params)
 
 

@@ -20,7 +20,7 @@ from keras import ops
 from visrec.models.mf import VBPR
 from visrec.recsys.baselines import FactorRecommender
 from visrec.recsys.data import TrainData
-from visrec.recsys.metrics import ndcg_per_user
+from visrec.recsys.metrics import ndcg_per_user, users_with
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class RankingValidation(keras.callbacks.Callback):
     def __init__(self, recommender: VBPRRecommender, data: TrainData, relevant: list[set[int]], k: int):
         super().__init__()
         self.recommender, self.data, self.k = recommender, data, k
-        self.users = np.array([u for u, rel in enumerate(relevant) if rel], dtype=np.int64)
+        self.users = users_with(relevant)
         self.relevant = [relevant[u] for u in self.users]
         self.history: list[float] = []
 
