@@ -7,7 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test test-jax bench lint format venv clean browser
+CLUSTER_STAMP := $(VENV)/.cluster-installed
+
+.PHONY: demo test test-jax cluster-test bench lint format venv clean browser redis
 
 venv: $(STAMP)
 
@@ -36,12 +38,33 @@ test: $(STAMP) browser lint
 test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/test_backends.py tests/test_recommenders.py -k "backend or vbpr or VBPR or selection"
 
+# Cluster mode needs Debian's redis-server (Celery's broker) and PostgreSQL's server binaries:
+# installed here when this is a root Debian machine.
+redis:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) ; } || \
+	  { echo "redis-server is not installed: apt-get install redis-server"; exit 1; }
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null ; } || \
+	  { echo "PostgreSQL's server is not installed: apt-get install postgresql"; exit 1; }
+
+$(CLUSTER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,cluster]'
+	@touch $(CLUSTER_STAMP)
+
+# The nightly DAG through a real scheduler, Celery workers, Postgres, Redis, MLflow server, S3 and a
+# Spark standalone cluster, all started and stopped by the tests (visrec cluster up|down).
+cluster-test: $(CLUSTER_STAMP) redis
+	$(BIN)/python -m pytest -q -m cluster tests/cluster -s
+
 # The bench compares against implicit (ALS, BPR): a bench-only dependency, installed here.
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,bench,cluster]'
 	@touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+# `bench/run.py cluster` starts the process twin of docker/ (redis-server, PostgreSQL).
+bench: $(BENCH_STAMP) redis
 	$(BIN)/python bench/run.py
 
 lint: $(STAMP)

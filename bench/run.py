@@ -861,6 +861,65 @@ def bench_gan_hm() -> Figures:
     return out
 
 
+def bench_cluster() -> Figures:
+    """Cluster mode beside the in-process default on the same data (visrec.devdata.trial: a small shop,
+    its first day ingested as history, the nightly DAG for the second): the DAG through the scheduler and
+    two Celery workers of `visrec cluster up` (Postgres, Redis, S3, MLflow server, Spark standalone)
+    against `visrec run` (`airflow dags test`, one process, local Spark, SQLite); and whether both
+    published the same tables."""
+    import subprocess
+
+    from visrec.app.cluster import LocalCluster, Ports
+    from visrec.devdata.trial import HISTORY, NIGHT, SETTINGS, SHOP_ARGS, table_hashes
+    from visrec.publish import OUTPUT_TABLES
+    from visrec.settings import Settings
+    from visrec.store.lake import Lake
+
+    visrec = str(Path(sys.executable).with_name("visrec"))
+
+    def call(env: dict, *args: str) -> float:
+        started = time.perf_counter()
+        subprocess.run([visrec, *args], env=env, check=True, capture_output=True)
+        return time.perf_counter() - started
+
+    out: Figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cluster = LocalCluster(Path(tmp) / "cluster", Ports(47500))
+        started = time.perf_counter()
+        try:
+            cluster.up({"visrec_spark": 1, "visrec_training": 1}, SETTINGS)
+            out["cluster.up_seconds"] = _figure(round(time.perf_counter() - started, 1), "s", "12 processes")
+            env = cluster.env()
+            call(env, "synth", *SHOP_ARGS)
+            out["cluster.history_ingest_seconds"] = _figure(
+                round(call(env, "ingest", "--ds", HISTORY), 1), "s", "visrec ingest: Spark cluster, S3 lake"
+            )
+            started = time.perf_counter()
+            state = cluster.wait(cluster.trigger(NIGHT), timeout=1800)
+            out["cluster.dag_seconds"] = _figure(
+                round(time.perf_counter() - started, 1),
+                "s",
+                f"trigger to {state}: scheduler, 2 Celery workers",
+            )
+            os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")})
+            on_cluster = table_hashes(Lake.from_settings(Settings.from_env(env)), NIGHT, OUTPUT_TABLES)
+        finally:
+            cluster.down()
+        home = Path(tmp) / "in-process"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VISREC_", "AIRFLOW"))}
+        env.update(SETTINGS, VISREC_HOME=str(home))
+        call(env, "synth", *SHOP_ARGS)
+        call(env, "ingest", "--ds", HISTORY)
+        out["cluster.in_process_dag_seconds"] = _figure(
+            round(call(env, "run", "--ds", NIGHT), 1), "s", "visrec run: airflow dags test, local[2], SQLite"
+        )
+        same = on_cluster == table_hashes(Lake.from_settings(Settings(home=home)), NIGHT, OUTPUT_TABLES)
+        out["cluster.tables_identical"] = _figure(
+            int(same), "bool", f"{len(on_cluster)} output tables, row hashes"
+        )
+    return out
+
+
 BENCHES: dict[str, Callable[[], Figures]] = {
     "synth": bench_synth,
     "ingest": bench_ingest,
@@ -872,6 +931,7 @@ BENCHES: dict[str, Callable[[], Figures]] = {
     "gan": bench_gan,
     "gan_hm": bench_gan_hm,
     "scoring": bench_scoring,
+    "cluster": bench_cluster,
 }
 
 

@@ -8,8 +8,10 @@ tasks that depend on them through XCom, and those use them: never dataframes. Ev
 partitions, so retries, reruns and backfills (``airflow dags backfill`` or ``visrec run --ds ...``) are
 safe; only ``publish`` changes what readers see, in one step, after validation.
 
-Pools (created by ``visrec run``; create them with ``airflow pools set`` on a shared Airflow):
-``visrec_spark`` (1 slot: one local Spark job at a time) and ``visrec_training`` (1 slot).
+Queues (Celery): Spark jobs go to ``spark``, model training to ``training`` (where a GPU worker plugs
+in), everything else to ``default``; a worker serves some or all of them (``airflow celery worker
+--queues``). Pools: ``visrec_spark`` and ``visrec_training``, sized by ``VISREC_SPARK_POOL_SLOTS`` and
+``VISREC_TRAINING_POOL_SLOTS`` (1 each), created by ``visrec run`` and ``visrec cluster up``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,14 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 
+from visrec.settings import Settings
+
+SETTINGS = Settings.from_env()  # light (pydantic): the schedule; the heavy libraries load in the tasks
+
 SPARK_POOL = "visrec_spark"
 TRAINING_POOL = "visrec_training"
+SPARK = {"pool": SPARK_POOL, "queue": "spark"}
+TRAINING = {"pool": TRAINING_POOL, "queue": "training", "execution_timeout": timedelta(hours=1)}
 
 DEFAULT_ARGS = {
     "owner": "visrec",
@@ -40,7 +48,7 @@ def _run(step: str, ds: str, **upstream: dict) -> dict:
 
 @dag(
     dag_id="visrec_nightly",
-    schedule="@daily",
+    schedule=None if SETTINGS.dag_schedule.lower() == "none" else SETTINGS.dag_schedule,
     # Early enough for any shop's history: a run for a date before start_date runs no task at all.
     start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),
     catchup=False,
@@ -51,7 +59,7 @@ def _run(step: str, ds: str, **upstream: dict) -> dict:
     doc_md=__doc__,
 )
 def visrec_nightly():
-    @task(pool=SPARK_POOL)
+    @task(**SPARK)
     def ingest_events(ds: str | None = None) -> dict:
         return _run("ingest_events", ds)
 
@@ -63,11 +71,11 @@ def visrec_nightly():
     def ingest_user_photos(ds: str | None = None) -> dict:
         return _run("ingest_user_photos", ds)
 
-    @task(pool=SPARK_POOL)
+    @task(**SPARK)
     def build_features(events: dict, ds: str | None = None) -> dict:
         return _run("build_features", ds, events=events)
 
-    @task(pool=TRAINING_POOL, execution_timeout=timedelta(hours=1))
+    @task(**TRAINING)
     def train_cnn(images: dict, ds: str | None = None) -> dict:
         return _run("train_cnn", ds, images=images)
 
@@ -75,11 +83,11 @@ def visrec_nightly():
     def embed_items(cnn: dict, ds: str | None = None) -> dict:
         return _run("embed_items", ds, cnn=cnn)
 
-    @task(pool=TRAINING_POOL, execution_timeout=timedelta(hours=1))
+    @task(**TRAINING)
     def train_mf(features: dict, embeddings: dict, ds: str | None = None) -> dict:
         return _run("train_mf", ds, features=features, embeddings=embeddings)
 
-    @task(pool=TRAINING_POOL, execution_timeout=timedelta(hours=1))
+    @task(**TRAINING)
     def train_gan(embeddings: dict, ds: str | None = None) -> dict:
         return _run("train_gan", ds, embeddings=embeddings)
 

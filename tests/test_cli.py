@@ -21,6 +21,7 @@ COMMANDS = [
     "forget",
     "similar",
     "step",
+    "cluster",
 ]
 
 
@@ -75,6 +76,31 @@ def test_synth_writes_shop_and_says_where(tmp_path: Path):
         (["ingest", "--ds", "2026-02-30"], {}, "not a real date"),
         (["ingest", "--ds", "2026-11-01"], {}, "no catalog at"),
         (["publish", "--ds", "2026-11-01"], {}, "no recommendations for 2026-11-01; run `visrec score"),
+        (
+            ["ingest", "--ds", "2026-11-01"],
+            {"VISREC_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+            "the MLflow tracking server at http://127.0.0.1:9 is unreachable (Connection refused); start it or fix VISREC_MLFLOW_TRACKING_URI",
+        ),
+        (
+            ["train", "mf", "--ds", "2026-11-01"],
+            {"VISREC_SPARK_MASTER": "spark://127.0.0.1:9"},
+            "the Spark master at spark://127.0.0.1:9 is unreachable",
+        ),
+        (
+            ["ingest", "--ds", "2026-11-01"],
+            {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://u:secret@127.0.0.1:9/airflow"},
+            "PostgreSQL (Airflow's metadata) at 127.0.0.1:9/airflow is unreachable",
+        ),
+        (
+            ["score", "--ds", "2026-11-01"],
+            {"AIRFLOW__CELERY__BROKER_URL": "redis://127.0.0.1:9/0"},
+            "fix AIRFLOW__CELERY__BROKER_URL",
+        ),
+        (
+            ["ingest", "--ds", "2026-11-01"],
+            {"VISREC_LAKE_URI": "s3://lake/x", "VISREC_S3_ENDPOINT": "http://127.0.0.1:9"},
+            "S3 (the lake) at http://127.0.0.1:9 is unreachable",
+        ),
         (["run"], {}, "give --ds DATE"),
         (["run", "--start", "2026-11-05", "--end", "2026-11-01"], {}, "is before --start"),
         (["forget", "a/b"], {}, "not a user id"),
@@ -86,6 +112,7 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, args, env, messag
     assert "Traceback" not in result.stderr
     lines = [x for x in result.stderr.splitlines() if x.startswith("visrec: error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "secret" not in result.stderr
 
 
 def test_bad_argument_type_is_a_usage_error(tmp_path: Path):

@@ -96,6 +96,9 @@ invalid_calls = st.one_of(
     st.tuples(st.sampled_from(["publish", "report"]), ds_any).map(lambda a: [a[0], "--ds", a[1]]),
     ds_any.map(lambda d: ["ingest", "--ds", d]).filter(lambda a: a[-1] not in NEVER_INGESTED),
     st.sampled_from(BAD_DATES).map(lambda d: ["run", "--ds", d]),
+    st.tuples(st.sampled_from(BAD_DATES), number).map(
+        lambda a: ["cluster", "run", "--ds", a[0], "--port-base", a[1]]
+    ),
     st.tuples(
         st.sampled_from(["--users", "--items", "--days", "--image-size", "--corrupt-rate"]), number
     ).map(

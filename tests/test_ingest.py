@@ -185,8 +185,17 @@ def test_empty_day_is_not_an_error(tmp_path, spark):
     assert report.events.raw == 0 and report.rows["interactions"] > 0
 
 
-def test_csv_logs_with_a_broken_row(tmp_path, spark):
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_csv_logs_with_a_broken_row(where, tmp_path, spark, request):
+    """The same verdicts whether Spark reads the files (local lake) or its executors do (S3)."""
+    from tests.conftest import make_bucket
+
     settings = Settings(home=tmp_path)
+    if where == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        settings = Settings(
+            home=tmp_path, lake_uri=f"s3://{make_bucket(endpoint)}/lake", s3_endpoint=endpoint
+        )
     lake = Lake.from_settings(settings)
     generate_shop(ShopConfig(users=20, items=20, days=1), lake)
     lake.put_bytes(
@@ -197,7 +206,7 @@ def test_csv_logs_with_a_broken_row(tmp_path, spark):
         b'u2,"i000002,view\n'
         b"u3,i000002,view,not-a-time,c4,\n",
     )
-    counts, reasons = ingest_events(Settings(home=tmp_path, error_budget=1.0), lake, "2026-11-03", spark)
+    counts, reasons = ingest_events(settings.with_overrides(error_budget=1.0), lake, "2026-11-03", spark)
     assert (counts.raw, counts.valid) == (4, 2)
     assert reasons == {"bad_timestamp": 1, "malformed": 1}
     assert lake.read_table("events", "2026-11-03").column("price").to_pylist().count(12.5) == 1
@@ -251,6 +260,36 @@ def test_ingestion_with_the_lake_on_s3(s3_endpoint, tmp_path, spark):
     assert report.events.valid > 0 and report.images.accepted > 0
     assert lake.read_table("interactions", "2026-11-01").num_rows > 0
     assert set(EVENT_TYPES) >= set(lake.read_table("events", "2026-11-01").column("event_type").to_pylist())
+
+
+def test_the_s3_lake_is_read_by_the_executors_with_the_same_result(s3_endpoint, tmp_path, spark):
+    """Events ingested from an S3 lake (lines read inside the executors) and from a local folder are
+    the same rows, the quarantine included, and Spark's view of a table is the same on both."""
+    from tests.conftest import make_bucket
+    from visrec.store.spark import read_table, to_arrow
+
+    shop = ShopConfig(users=40, items=30, days=1, corrupt_rate=0.05)
+    results = []
+    for uri in ((tmp_path / "local").as_uri(), f"s3://{make_bucket(s3_endpoint)}/lake"):
+        settings = Settings(home=tmp_path, lake_uri=uri, s3_endpoint=s3_endpoint, error_budget=0.5)
+        lake = Lake.from_settings(settings)
+        generate_shop(shop, lake)
+        counts, reasons = ingest_events(settings, lake, "2026-11-01", spark)
+        events = lake.read_table("events", "2026-11-01").drop_columns(["ds"]).to_pylist()
+        quarantine = lake.read_table("quarantine/events", "2026-11-01")
+        spark_view = to_arrow(read_table(spark, lake, "events", ["2026-11-01"])).to_pylist()
+        results.append(
+            (
+                counts,
+                reasons,
+                sorted(map(str, events)),
+                sorted(quarantine.column("record").to_pylist()),
+                sorted(map(str, spark_view)),
+            )
+        )
+        assert all(s.startswith(uri) for s in quarantine.column("source").to_pylist())
+    assert results[0] == results[1]
+    assert results[0][0].quarantined > 0
 
 
 def test_spark_submit_entry_points(tmp_path):

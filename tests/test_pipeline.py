@@ -94,6 +94,7 @@ def test_dag_parses_cheaply_with_the_expected_shape(tmp_path):
             "errors": {{k: str(v) for k, v in bag.import_errors.items()}},
             "tasks": {{t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}},
             "pools": {{t.task_id: t.pool for t in dag.tasks}},
+            "queues": {{t.task_id: t.queue for t in dag.tasks}},
             "retries": min(t.retries for t in dag.tasks),
             "max_active_runs": dag.max_active_runs, "catchup": dag.catchup,
             "heavy": sorted(m for m in ("tensorflow", "keras", "pyspark", "mlflow", "visrec.pipeline")
@@ -116,6 +117,10 @@ def test_dag_parses_cheaply_with_the_expected_shape(tmp_path):
     assert (
         info["pools"]["ingest_events"] == "visrec_spark" and info["pools"]["train_cnn"] == "visrec_training"
     )
+    queues = info["queues"]
+    assert {t for t, q in queues.items() if q == "spark"} == {"ingest_events", "build_features"}
+    assert {t for t, q in queues.items() if q == "training"} == {"train_cnn", "train_mf", "train_gan"}
+    assert {q for q in queues.values()} == {"spark", "training", "default"}
     assert info["retries"] >= 1 and info["max_active_runs"] == 1 and info["catchup"] is False
 
 

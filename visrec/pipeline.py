@@ -69,8 +69,11 @@ CHANGES_PUBLISHED = {
 
 
 def _open(settings: Settings | None, ds: str) -> tuple[Settings, Lake]:
+    from visrec.store.services import check_services
+
     settings = settings or Settings.from_env()
     check_ds(ds)
+    check_services(settings)
     return settings, Lake.from_settings(settings)
 
 
@@ -270,7 +273,12 @@ def train_cnn(
     if (done := _trained_already(settings, lake, ds, "train_cnn")) is not None:
         return done
     result = train(
-        settings, ds, lake=lake, config=CNNConfig(max_minutes=settings.cnn_max_minutes, **(config or {}))
+        settings,
+        ds,
+        lake=lake,
+        config=CNNConfig(
+            **{"max_minutes": settings.cnn_max_minutes, "epochs": settings.cnn_epochs, **(config or {})}
+        ),
     )
     return {
         "version": result.version,
@@ -393,7 +401,9 @@ def train_gan(
         settings,
         ds,
         lake=lake,
-        config=GANConfig(max_minutes=settings.gan_max_minutes, **(config or {})),
+        config=GANConfig(
+            **{"max_minutes": settings.gan_max_minutes, "epochs": settings.gan_epochs, **(config or {})}
+        ),
         cnn=cnn,
     )
     items = lake.read_table("staging_images", ds).column("item_id").to_pylist()

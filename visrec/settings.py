@@ -60,6 +60,23 @@ class Settings(BaseSettings):
         0.05, ge=0.0, le=1.0, description="share of a day's input that may be rejected"
     )
     spark_master: str = Field("local[2]", description="where Spark jobs run (a cluster's master URL)")
+    spark_cores: int = Field(
+        2, ge=1, le=100_000, description="on a Spark cluster: the most cores one job takes"
+    )
+    dag_schedule: str = Field(
+        "@daily",
+        min_length=1,
+        description="Airflow: when the nightly DAG runs (a cron or preset; `none`: only when triggered)",
+    )
+    spark_pool_slots: int = Field(
+        1, ge=1, le=1000, description="Airflow: Spark jobs of the DAG at once (the visrec_spark pool)"
+    )
+    training_pool_slots: int = Field(
+        1, ge=1, le=1000, description="Airflow: model trainings at once (the visrec_training pool)"
+    )
+    spark_executor_memory: str = Field(
+        "1g", pattern=r"^[0-9]+[kmgt]$", description="on a Spark cluster: each executor's memory"
+    )
     image_size: int = Field(
         64, ge=16, le=1024, description="side of the staged images and user photos, in pixels"
     )
@@ -86,6 +103,9 @@ class Settings(BaseSettings):
         validation_alias=_env("VISREC_CNN_MINUTES", "cnn_max_minutes"),
         description="the image model's training budget per run",
     )
+    cnn_epochs: int = Field(
+        30, ge=1, le=10_000, description="the image model's most epochs (its budget may stop it sooner)"
+    )
     report_users: int = Field(6, ge=1, description="sample users shown in each run's HTML report")
     photo_retention_days: int = Field(30, ge=1, description="user photos older than this are deleted")
     photo_weight: float = Field(0.5, ge=0.0, description="photo evidence beside behaviour when scoring")
@@ -99,6 +119,9 @@ class Settings(BaseSettings):
         le=24 * 60,
         validation_alias=_env("VISREC_GAN_MINUTES", "gan_max_minutes"),
         description="the GAN's training budget when it trains",
+    )
+    gan_epochs: int = Field(
+        60, ge=1, le=10_000, description="the GAN's most epochs (its budget may stop it sooner)"
     )
     generated_slots: int = Field(2, ge=0, description="places per list for items nearest generated looks")
     mf_minutes: float = Field(

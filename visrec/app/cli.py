@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -293,6 +294,41 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
+    from visrec.app.cluster import LocalCluster, Ports
+    from visrec.app.orchestrate import pool_slots
+
+    root = Path(args.dir) if args.dir else settings.home / "cluster"
+    cluster = LocalCluster(root, Ports(args.port_base) if args.port_base else None)
+    if args.action == "up":
+        # The VISREC_* settings of this shell are what every task will run with.
+        cluster.up(pool_slots(settings), {k: v for k, v in os.environ.items() if k.startswith("VISREC_")})
+        print(
+            f"cluster up: Airflow http://127.0.0.1:{cluster.ports.airflow_api}, MLflow "
+            f"http://127.0.0.1:{cluster.ports.mlflow}, Spark http://127.0.0.1:{cluster.ports.spark_ui}"
+        )
+        print(f"its settings: set -a; . {cluster.env_file()}; set +a")
+    elif args.action == "down":
+        stopped = cluster.down()
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    elif args.action == "status":
+        for name, state in (cluster.status() or {"cluster": "never started here"}).items():
+            print(f"{name:14} {state}")
+    elif args.action == "env":
+        print(cluster.env_file().read_text() if cluster.env_file().exists() else "", end="")
+    else:  # run
+        for ds in _dates(args):
+            run_id = cluster.trigger(ds)
+            print(
+                f"{ds}: triggered {run_id}; waiting (Airflow UI: http://127.0.0.1:{cluster.ports.airflow_api})"
+            )
+            state = cluster.wait(run_id)
+            print(f"{ds}: {state}")
+            if state != "success":
+                raise VisrecError(f"the run for {ds} {state}; its task logs are in the Airflow UI")
+    return 0
+
+
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     from visrec import pipeline
 
@@ -548,6 +584,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--start", help="first date of a range")
     run.add_argument("--end", help="last date of a range")
     run.add_argument("--no-airflow", action="store_true", help="run the same steps in this process")
+
+    clu = command(
+        "cluster",
+        cmd_cluster,
+        "cluster mode on this machine: start, stop or use the local services",
+        "The docker/ stack's topology as local processes on 127.0.0.1: PostgreSQL, Redis, an S3 "
+        "server (moto), the MLflow tracking server, a Spark master with two workers, and Airflow "
+        "(api-server, scheduler, dag-processor, two Celery workers). `up` starts them and writes the "
+        "settings that point visrec at them to <dir>/cluster.env; `run` triggers the nightly DAG "
+        "through the scheduler and waits; `down` stops everything `up` started.",
+    )
+    clu.add_argument("action", choices=("up", "down", "status", "env", "run"), help="what to do")
+    clu.add_argument("--dir", help="the cluster's folder (default VISREC_HOME/cluster)")
+    clu.add_argument("--port-base", type=positive_int, help="first of the 12 ports it uses (default 47100)")
+    clu.add_argument("--ds", nargs="+", help="run: the date(s), YYYY-MM-DD")
+    clu.add_argument("--start", help="run: first date of a range")
+    clu.add_argument("--end", help="run: last date of a range")
 
     sim = command(
         "similar",

@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 
 DAG_ID = "visrec_nightly"
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
-POOLS = {"visrec_spark": "one local Spark job at a time", "visrec_training": "one model training at a time"}
+POOLS = {"visrec_spark": "Spark jobs at once", "visrec_training": "model trainings at once"}
+
+
+def pool_slots(settings: Settings) -> dict[str, int]:
+    """Each pool's size, from the settings."""
+    return {"visrec_spark": settings.spark_pool_slots, "visrec_training": settings.training_pool_slots}
 
 
 class RunFailed(VisrecError):
@@ -70,8 +75,8 @@ def prepare_airflow(settings: Settings) -> dict[str, str]:
     airflow = _airflow_bin()
     if not (home / "airflow.db").exists():
         _call([airflow, "db", "migrate"], env, "create Airflow's metadata database")
-    for pool, description in POOLS.items():
-        _call([airflow, "pools", "set", pool, "1", description], env, f"create the pool {pool}")
+    for pool, slots in pool_slots(settings).items():
+        _call([airflow, "pools", "set", pool, str(slots), POOLS[pool]], env, f"create the pool {pool}")
     return env
 
 

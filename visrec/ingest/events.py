@@ -42,14 +42,14 @@ def ingest_events(
     catalog: pa.Table | None = None,
 ) -> tuple[EventCounts, dict[str, int]]:
     """Raw event logs of ``ds`` -> ``events`` and ``quarantine/events`` partitions of ``ds``."""
-    from visrec.store.spark import local_paths, to_arrow
+    from visrec.store.spark import to_arrow
 
     check_ds(ds)
     keys = lake.list_keys(f"raw/events/dt={ds}")
     unsupported = [k for k in keys if not k.endswith(EVENT_EXTENSIONS)]
-    jsonl = local_paths(lake, [k for k in keys if k.endswith((".jsonl", ".json"))])
-    csv = local_paths(lake, [k for k in keys if k.endswith(".csv")])
-    raw = read_raw_events(spark, jsonl, csv)
+    jsonl = [k for k in keys if k.endswith((".jsonl", ".json"))]
+    csv = [k for k in keys if k.endswith(".csv")]
+    raw = read_raw_events(spark, lake, jsonl, csv)
     classified = classify_events(
         raw, catalog_frame(spark, lake, catalog), ds, settings.max_event_age_days
     ).cache()

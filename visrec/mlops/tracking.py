@@ -33,8 +33,10 @@ def use_tracking(settings: Settings) -> None:
 
 
 def ensure_experiment(settings: Settings, name: str | None = None) -> str:
-    """Return the id of the experiment ``name`` (default: the pipeline's), creating it with an
-    explicit artifact location under ``settings.mlflow_artifact_uri`` when it does not exist."""
+    """Return the id of the experiment ``name`` (default: the pipeline's), creating it when it does
+    not exist: with an explicit artifact location under ``settings.mlflow_artifact_uri`` for a local
+    tracking store, and the server's own (its artifact proxy) for an ``http(s)`` tracking server, so
+    that models never land on whichever machine trained them."""
     import mlflow
 
     use_tracking(settings)
@@ -43,7 +45,9 @@ def ensure_experiment(settings: Settings, name: str | None = None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = f"{settings.mlflow_artifact_uri.rstrip('/')}/{name}"
+    location = None
+    if not settings.mlflow_tracking_uri.startswith(("http://", "https://")):
+        location = f"{settings.mlflow_artifact_uri.rstrip('/')}/{name}"
     # The UI opens a model-training experiment in its training view, not the GenAI one.
     return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
 

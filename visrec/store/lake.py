@@ -137,6 +137,7 @@ class Lake:
 
     def __init__(self, uri: str, *, s3_endpoint: str | None = None, s3_region: str = "us-east-1"):
         self.uri = uri.rstrip("/")
+        self.s3_endpoint, self.s3_region = s3_endpoint, s3_region  # to open the same lake elsewhere
         self.fs, self.root = make_filesystem(self.uri, s3_endpoint, s3_region)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 

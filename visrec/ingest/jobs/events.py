@@ -16,6 +16,7 @@ Reasons, checked in this order (the first that applies is recorded):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -24,6 +25,8 @@ from visrec.store.schemas import EVENT_TYPES
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from visrec.store.lake import Lake
 
 RAW_FIELDS = ("user_id", "item_id", "event_type", "ts", "event_id", "price")
 REQUIRED = ("user_id", "item_id", "event_type", "ts")
@@ -52,15 +55,18 @@ def _raw_schema():
     return T.StructType([*fields, T.StructField("price", T.StringType())])
 
 
-def read_raw_events(spark: SparkSession, jsonl_paths: list[str], csv_paths: list[str]) -> DataFrame:
+def read_raw_events(spark: SparkSession, lake: Lake, jsonl_keys: list[str], csv_keys: list[str]) -> DataFrame:
     """Raw lines as rows: ``source``, ``record`` (the line), the contract's fields as strings, and
-    ``malformed``. Blank lines are not records and are skipped."""
+    ``malformed``. Blank lines are not records and are skipped.
+
+    Spark reads a local lake's files itself; on S3 the executors read the lines (see
+    :func:`visrec.store.spark.read_objects`) and parse them the same way."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
     frames = []
-    if jsonl_paths:
-        text = spark.read.text(jsonl_paths).withColumn("source", F.input_file_name())
+    if jsonl_keys:
+        text = _lines(spark, lake, jsonl_keys, header=False)
         text = text.where(F.trim("value") != "")
         # Parse every field as a string, so a number where a string belongs is not a malformed line.
         schema = T.StructType([T.StructField(n, T.StringType()) for n in RAW_FIELDS])
@@ -74,16 +80,21 @@ def read_raw_events(spark: SparkSession, jsonl_paths: list[str], csv_paths: list
                 (~is_object).alias("malformed"),
             )
         )
-    if csv_paths:
+    if csv_keys:
         schema = T.StructType([*_raw_schema().fields, T.StructField("_corrupt", T.StringType())])
-        csv = (
-            spark.read.option("header", True)
-            .option("mode", "PERMISSIVE")
-            .option("columnNameOfCorruptRecord", "_corrupt")
-            .schema(schema)
-            .csv(csv_paths)
-            .withColumn("source", F.input_file_name())
-        )
+        options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"}
+        if lake.is_local:
+            csv = (
+                spark.read.option("header", True)
+                .options(**options)
+                .schema(schema)
+                .csv([lake.path(k) for k in csv_keys])
+                .withColumn("source", F.input_file_name())
+            )
+        else:
+            text = _lines(spark, lake, csv_keys, header=True).where(F.trim("value") != "")
+            parsed = F.from_csv("value", schema.simpleString(), options)
+            csv = text.select("source", parsed.alias("row")).select("source", "row.*")
         record = F.coalesce(
             F.col("_corrupt"), F.concat_ws(",", *[F.coalesce(F.col(n), F.lit("")) for n in RAW_FIELDS])
         )
@@ -106,6 +117,27 @@ def read_raw_events(spark: SparkSession, jsonl_paths: list[str], csv_paths: list
     for frame in frames[1:]:
         out = out.unionByName(frame)
     return out
+
+
+def _lines(spark: SparkSession, lake: Lake, keys: list[str], header: bool) -> DataFrame:
+    """``source`` and ``value``: each line of the objects ``keys`` (without a CSV's header line)."""
+    from pyspark.sql import functions as F
+
+    if lake.is_local:
+        return spark.read.text([lake.path(k) for k in keys]).withColumn("source", F.input_file_name())
+    import pyarrow as pa
+
+    from visrec.store.spark import read_objects
+
+    schema = pa.schema([("value", pa.string()), ("source", pa.string())])
+
+    def read(lake: Lake, key: str):
+        # Line ends as Spark's text reader knows them (str.splitlines knows more).
+        lines = re.split(r"\r\n|\n|\r", lake.get_bytes(key).decode("utf-8", errors="replace"))
+        lines = lines[1 if header else 0 : -1 if lines[-1] == "" else None]
+        yield pa.record_batch([pa.array(lines, pa.string()), pa.array([lake.url(key)] * len(lines))], schema)
+
+    return read_objects(spark, lake, keys, schema, read)
 
 
 def classify_events(raw: DataFrame, catalog: DataFrame, ds: str, max_age_days: int) -> DataFrame:
