@@ -204,3 +204,46 @@ def test_a_spark_job_survives_a_lost_worker(cluster, tmp_path):
         assert f"SUM {sum(range(10_000))}" in out
     finally:
         cluster.start_spark_worker(2)
+
+
+def test_the_airflow_ui_shows_the_run_with_every_task_green(cluster, nightly, tmp_path):
+    """The run's page in the api-server's UI, rendered by headless Chromium: a row per task, each in
+    state Success (the killed task on its second try); and a screenshot of it."""
+    import re
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (make test installs Debian's chromium when it can)")
+    page = f"http://127.0.0.1:{cluster.ports.airflow_api}/dags/visrec_nightly/runs/{nightly['run_id']}"
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+    ]  # fmt: skip
+    dom = subprocess.run(
+        [chromium, *flags, "--virtual-time-budget=15000", "--dump-dom", page],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    rows = [" ".join(re.sub(r"<[^>]+>", " ", row).split()) for row in re.findall(r"<tr[^>]*>(.*?)</tr>", dom)]
+    tasks = {row.split()[0]: row.split()[1] for row in rows[1:]}
+    assert len(tasks) == 13 and set(tasks.values()) == {"Success"}, rows
+    fault = nightly["fault"]
+    assert re.search(
+        rf"^{fault['task']} Success \S+ \S+ 2 ", next(r for r in rows if r.startswith(fault["task"]))
+    )
+    shot = tmp_path / "airflow-run.png"
+    subprocess.run(
+        [
+            chromium,
+            *flags,
+            "--virtual-time-budget=15000",
+            "--window-size=1400,1100",
+            f"--screenshot={shot}",
+            page,
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 30_000
+    shutil.copy(shot, cluster.root / "airflow-run.png")  # kept beside the cluster's logs
