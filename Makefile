@@ -34,9 +34,11 @@ browser:
 test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -q
 
-# The models whose training has no backend-specific code, under Keras's JAX backend (on the CPU here).
+# The models under Keras's JAX backend (on the CPU here): cross-backend save/load, the recommender's
+# tests and every GAN test (the GAN trains the image model as its judge); "gan" matches test_gan.py.
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/test_backends.py tests/test_recommenders.py -k "backend or vbpr or VBPR or selection"
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/test_backends.py tests/test_gan.py \
+	  tests/test_recommenders.py -k "backend or gan or vbpr or VBPR or selection"
 
 # Cluster mode needs Debian's redis-server (Celery's broker) and PostgreSQL's server binaries:
 # installed here when this is a root Debian machine.

@@ -79,7 +79,12 @@ def test_registered_with_its_quality(trained):
     _, _, result, _ = trained
     assert result.version == "visrec-gan/1" and result.promoted
     version = mlflow.MlflowClient().get_model_version("visrec-gan", "1")
-    metrics = mlflow.get_run(version.run_id).data.metrics
+    run = mlflow.get_run(version.run_id)
+    metrics = run.data.metrics
+    import keras
+
+    assert run.data.tags["visrec.backend"] == keras.backend.backend()  # and the device it trained on
+    assert run.data.tags["visrec.device"].startswith(("cpu", "gpu"))
     assert {"frechet_ratio", "class_consistency", "cnn_accuracy_on_real", "d_loss", "g_loss"} <= set(metrics)
     by_class = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/class_consistency.json")
     assert by_class == pytest.approx(result.consistency_by_class)
@@ -159,23 +164,31 @@ def test_generated_looks_follow_favourite_categories(trained, spark):
 
 def test_diff_augment_shifts_and_cuts_out_and_passes_gradients():
     import keras
-    import tensorflow as tf
 
     from visrec.models.gan import diff_augment
 
-    images = tf.constant(np.ones((16, 32, 32, 3), np.float32))
-    with tf.GradientTape() as tape:
-        tape.watch(images)
-        out = diff_augment(images, keras.random.SeedGenerator(0))
-        total = tf.reduce_sum(out)
-    out = out.numpy()
+    images = np.ones((16, 32, 32, 3), np.float32)
+    augment = lambda x: diff_augment(x, keras.random.SeedGenerator(0))  # noqa: E731 (the same draw each call)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        out = np.asarray(augment(images))
+        grad = np.asarray(jax.grad(lambda x: augment(x).sum())(images))
+    else:
+        import tensorflow as tf
+
+        images = tf.constant(images)
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            out = augment(images)
+            total = tf.reduce_sum(out)
+        out, grad = out.numpy(), tape.gradient(total, images).numpy()
     assert out.shape == (16, 32, 32, 3)
     zeroed = (out == 0).all(axis=-1).mean(axis=(1, 2))
     # Every image loses its cut-out square (a quarter of it, less where it leaves the frame) and what
     # the shift uncovers; nothing else changes.
     assert (zeroed >= 0.1).all() and (zeroed <= 0.6).all(), zeroed
     assert set(np.unique(out)) <= {0.0, 1.0}
-    grad = tape.gradient(total, images).numpy()
     assert grad.sum() == pytest.approx(out.sum())  # each kept pixel reaches exactly one source pixel
 
 

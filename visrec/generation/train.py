@@ -209,7 +209,7 @@ def train_gan(
         (to_unit(pixels), labels), config.batch_size, shuffle_seed=settings.seed, drop_remainder=True
     )
     run = (
-        tracked_run(settings, "train_gan", ds=ds, nested=mlflow.active_run() is not None)
+        tracked_run(settings, "train_gan", ds=ds, nested=mlflow.active_run() is not None, training=True)
         if config.register
         else None
     )

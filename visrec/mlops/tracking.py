@@ -6,6 +6,7 @@ the configured location, never to ``./mlruns`` in whatever folder the process ha
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,8 @@ from visrec.settings import Settings
 if TYPE_CHECKING:
     import mlflow
 
+
+log = logging.getLogger(__name__)
 
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
@@ -52,6 +55,24 @@ def ensure_experiment(settings: Settings, name: str | None = None) -> str:
     return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
 
 
+def training_device() -> tuple[str, str]:
+    """The Keras backend and the device it computes on, e.g. ``("jax", "gpu: NVIDIA H200")``."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return backend, f"{device.platform}: {getattr(device, 'device_kind', device)}"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return backend, f"gpu: {gpus[0].name}" if gpus else "cpu"
+    return backend, "unknown"
+
+
 @contextmanager
 def tracked_run(
     settings: Settings,
@@ -60,11 +81,13 @@ def tracked_run(
     ds: str | None = None,
     nested: bool = False,
     tags: dict[str, str] | None = None,
+    training: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Open an MLflow run tagged with the pipeline's context; nested under the active run if asked.
 
     Tags: ``visrec.version``, ``visrec.step`` (= ``name``), ``visrec.lake``, and ``visrec.ds`` when
-    given. The run ends (FINISHED, or FAILED on an exception) when the block exits.
+    given; for a ``training`` run also ``visrec.backend`` and ``visrec.device`` (what it trains on,
+    also logged). The run ends (FINISHED, or FAILED on an exception) when the block exits.
     """
     import mlflow
 
@@ -73,6 +96,10 @@ def tracked_run(
     if ds:
         all_tags["visrec.ds"] = ds
         all_tags["visrec.report"] = f"{settings.lake_uri.rstrip('/')}/reports/ds={ds}/index.html"
+    if training:
+        backend, device = training_device()
+        all_tags.update({"visrec.backend": backend, "visrec.device": device})
+        log.info("%s trains on %s (Keras backend %s)", name, device, backend)
     all_tags.update(tags or {})
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=nested, tags=all_tags) as run:
         yield run

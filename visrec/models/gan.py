@@ -197,6 +197,23 @@ def diff_augment(images, seed_generator, shift: float = 0.125, cutout: float = 0
     return images * ops.cast(keep, images.dtype)[..., None]
 
 
+class _OptimizerPair:
+    """The discriminator's and the generator's optimizers, seen by Keras's JAX trainer as one: it
+    carries ``variables`` through each step and builds nothing (both are built by ``compile``)."""
+
+    built = True
+
+    def __init__(self, *optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def variables(self) -> list:
+        return [v for optimizer in self.optimizers for v in optimizer.variables]
+
+    def build(self, variables) -> None:
+        pass
+
+
 @keras.saving.register_keras_serializable(package="visrec")
 class ConditionalGAN(keras.Model):
     """Generator and discriminator trained together: ``fit((images, labels))`` with images in [-1, 1].
@@ -243,6 +260,14 @@ class ConditionalGAN(keras.Model):
         # The DCGAN settings (Radford et al. 2016): Adam, lr 2e-4, beta_1 0.5.
         self.d_optimizer = d_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)
         self.g_optimizer = g_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)
+        if keras.backend.backend() == "jax":
+            # JAX's trainer threads `self.optimizer.variables` through each (stateless) step: make
+            # them both optimizers' variables, built now on the weights each one updates.
+            if not self.built:
+                self.build()
+            self.d_optimizer.build(self.discriminator.trainable_variables)
+            self.g_optimizer.build(self.generator.trainable_variables)
+            self.optimizer = _OptimizerPair(self.d_optimizer, self.g_optimizer)
 
     def call(self, inputs, training=False):
         return self.generator(inputs, training=training)
@@ -257,42 +282,111 @@ class ConditionalGAN(keras.Model):
     def _augment(self, images):
         return diff_augment(images, self.seed_generator) if self.augment else images
 
-    def train_step(self, data):
+    def _noise(self, images):
+        return keras.random.normal((ops.shape(images)[0], self.latent_dim), seed=self.seed_generator)
+
+    # The losses, shared by every backend's step.
+    def discriminator_loss(self, images, labels, z):
+        """Real vs generated, with one-sided label smoothing (real targets 1 - s, fake 0), plus the
+        auxiliary classifier's loss on real images only."""
+        bce = keras.losses.BinaryCrossentropy(from_logits=True)
+        cce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        fake = self.generator((z, labels), training=True)
+        real_logits, real_classes = self.discriminator((self._augment(images), labels), training=True)
+        fake_logits, _ = self.discriminator((self._augment(fake), labels), training=True)
+        return (
+            bce(ops.ones_like(real_logits) * (1.0 - self.label_smoothing), real_logits)
+            + bce(ops.zeros_like(fake_logits), fake_logits)
+            + self.class_weight * cce(labels, real_classes)
+        )
+
+    def generator_loss(self, labels, z):
+        """Non-saturating, plus: be recognised as the requested category."""
+        bce = keras.losses.BinaryCrossentropy(from_logits=True)
+        cce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        fake_logits, fake_classes = self.discriminator(
+            (self._augment(self.generator((z, labels), training=True)), labels), training=True
+        )
+        return bce(ops.ones_like(fake_logits), fake_logits) + self.class_weight * cce(labels, fake_classes)
+
+    def train_step(self, *args):
+        """One discriminator update, then one generator update (Keras's per-backend pattern: JAX's
+        trainer hands the step its state and takes the new one back)."""
+        if keras.backend.backend() == "jax":
+            return self._jax_train_step(*args)
+        return self._tf_train_step(*args)
+
+    def _tf_train_step(self, data):
         import tensorflow as tf
 
         images, labels = data
-        batch = ops.shape(images)[0]
-        z = keras.random.normal((batch, self.latent_dim), seed=self.seed_generator)
-        bce = keras.losses.BinaryCrossentropy(from_logits=True)
-        cce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        z = self._noise(images)
         with tf.GradientTape() as tape:
-            fake = self.generator((z, labels), training=True)
-            real_logits, real_classes = self.discriminator((self._augment(images), labels), training=True)
-            fake_logits, _ = self.discriminator((self._augment(fake), labels), training=True)
-            # One-sided label smoothing: real targets 1 - s, fake targets 0; the classifier learns on
-            # real images only.
-            d_loss = (
-                bce(ops.ones_like(real_logits) * (1.0 - self.label_smoothing), real_logits)
-                + bce(ops.zeros_like(fake_logits), fake_logits)
-                + self.class_weight * cce(labels, real_classes)
-            )
+            d_loss = self.discriminator_loss(images, labels, z)
         grads = tape.gradient(d_loss, self.discriminator.trainable_weights)
         self.d_optimizer.apply_gradients(zip(grads, self.discriminator.trainable_weights, strict=True))
-
-        z = keras.random.normal((batch, self.latent_dim), seed=self.seed_generator)
+        z = self._noise(images)
         with tf.GradientTape() as tape:
-            fake_logits, fake_classes = self.discriminator(
-                (self._augment(self.generator((z, labels), training=True)), labels), training=True
-            )
-            # Non-saturating, plus: be recognised as the requested category.
-            g_loss = bce(ops.ones_like(fake_logits), fake_logits) + self.class_weight * cce(
-                labels, fake_classes
-            )
+            g_loss = self.generator_loss(labels, z)
         grads = tape.gradient(g_loss, self.generator.trainable_weights)
         self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_weights, strict=True))
+        return self._logs(d_loss, g_loss)
+
+    def _logs(self, d_loss, g_loss) -> dict:
         self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)
         return {"d_loss": self.d_loss_tracker.result(), "g_loss": self.g_loss_tracker.result()}
+
+    def _jax_train_step(self, state, data):
+        """The same two updates as pure functions of the state, as JAX requires: every variable is
+        read from (and written to) a stateless scope over the state's values, and each network's
+        gradients come from ``jax.value_and_grad`` over its own weights."""
+        import jax
+
+        groups = (self.trainable_variables, self.non_trainable_variables, self.optimizer.variables,
+                  self.metrics_variables)  # fmt: skip
+        variables, values = {}, {}
+        for group, group_values in zip(groups, state, strict=True):
+            for variable, value in zip(group, group_values, strict=True):
+                variables[id(variable)], values[id(variable)] = variable, value
+
+        def run(fn, overrides: dict):
+            """``fn()`` with every variable at its current value (or ``overrides``); returns its
+            result and the values of every variable after it."""
+            mapping = [(variables[k], overrides.get(k, v)) for k, v in values.items()]
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                out = fn()
+            return out, {k: scope.get_current_value(v) for k, v in variables.items()}
+
+        def update(network, optimizer, loss_fn):
+            weights = [id(v) for v in network.trainable_variables]
+
+            def loss_of(weight_values):
+                loss, after = run(loss_fn, dict(zip(weights, weight_values, strict=True)))
+                return loss, {k: v for k, v in after.items() if k not in weights}
+
+            (loss, after), grads = jax.value_and_grad(loss_of, has_aux=True)([values[k] for k in weights])
+            values.update(after)  # batch-norm statistics, the random seed's state
+            slots = [id(v) for v in optimizer.variables]
+            new_weights, new_slots = optimizer.stateless_apply(
+                [values[k] for k in slots], grads, [values[k] for k in weights]
+            )
+            values.update(zip(weights, new_weights, strict=True))
+            values.update(zip(slots, new_slots, strict=True))
+            return loss
+
+        images, labels = data
+        z, after = run(lambda: self._noise(images), {})
+        values.update(after)
+        d_loss = update(
+            self.discriminator, self.d_optimizer, lambda: self.discriminator_loss(images, labels, z)
+        )
+        z, after = run(lambda: self._noise(images), {})
+        values.update(after)
+        g_loss = update(self.generator, self.g_optimizer, lambda: self.generator_loss(labels, z))
+        logs, after = run(lambda: self._logs(d_loss, g_loss), {})
+        values.update(after)
+        return logs, tuple([values[id(v)] for v in group] for group in groups)
 
     def get_config(self) -> dict:
         return {

@@ -272,7 +272,7 @@ def train_mf(
     split = build_split(settings, lake, ds, events)
     k, gate = config.k, f"recall_at_{config.k}"
     run = (
-        tracked_run(settings, "train_mf", ds=ds, nested=mlflow.active_run() is not None)
+        tracked_run(settings, "train_mf", ds=ds, nested=mlflow.active_run() is not None, training=True)
         if config.register
         else contextlib.nullcontext()
     )

@@ -29,13 +29,21 @@ def load_cnn(version: str | None = None):
 
 
 def embed_pixels(model, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """L2-normalised embeddings (n, d) float32 of uint8 images, batched through tf.data."""
-    import tensorflow as tf
+    """L2-normalised embeddings (n, d) float32 of uint8 images, in batches (through tf.data and a
+    traced function on TensorFlow; on another Keras backend, numpy slices through the model)."""
+    import keras
 
     if len(pixels) == 0:
         return np.zeros((0, model.embedding_dim), np.float32)
-    ds = in_memory_batches(pixels, batch_size)
+    if keras.backend.backend() != "tensorflow":
+        batches = (pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size))
+        return np.concatenate([keras.ops.convert_to_numpy(model.embed(b)) for b in batches]).astype(
+            np.float32
+        )
+    import tensorflow as tf
+
     embed = tf.function(lambda x: model.embed(x), reduce_retracing=True)
+    ds = in_memory_batches(pixels, batch_size)
     return np.concatenate([embed(batch).numpy() for batch in ds]).astype(np.float32)
 
 

@@ -191,7 +191,11 @@ def train_cnn(
     )
     held_ds = in_memory_batches((images.pixels[held_idx], one_hot[held_idx]), 256)
     nested = mlflow.active_run() is not None if config.register else False
-    run_ctx = tracked_run(settings, "train_cnn", ds=ds, nested=nested) if config.register else nullcontext()
+    run_ctx = (
+        tracked_run(settings, "train_cnn", ds=ds, nested=nested, training=True)
+        if config.register
+        else nullcontext()
+    )
     with run_ctx:
         if config.register:
             mlflow.log_params(
