@@ -131,19 +131,11 @@ def test_spark_jobs_ran_on_the_standalone_cluster(cluster, nightly):
 
 
 def test_mlflow_keeps_runs_in_postgres_and_models_in_s3(cluster, nightly):
-    import boto3
-
     runs = cluster.query("SELECT count(*) FROM runs WHERE status = 'FINISHED'", database="mlflow")[0][0]
     versions = cluster.query("SELECT DISTINCT name FROM model_versions", database="mlflow")
     assert runs >= 3 and {"visrec-cnn", "visrec-mf", "visrec-gan"} <= {v[0] for v in versions}
     env = cluster.env()
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=env["VISREC_S3_ENDPOINT"],
-        region_name="us-east-1",
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
+    s3 = cluster.s3_client()
     keys = [
         o["Key"]
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket="visrec-mlflow")

@@ -275,22 +275,26 @@ class LocalCluster:
         self._wait_port("redis", self.ports.redis)
 
     def _s3(self) -> None:
-        import boto3
-
         moto = Path(sys.executable).with_name("moto_server")
         self._start("s3", [str(moto), "-H", "127.0.0.1", "-p", str(self.ports.s3)])
         self._wait_port("s3", self.ports.s3)
+        client = self.s3_client()
+        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        for bucket in {BUCKET, ARTIFACT_BUCKET} - existing:
+            client.create_bucket(Bucket=bucket)
+
+    def s3_client(self):
+        """A boto3 S3 client of the cluster's S3 server, with its credentials."""
+        import boto3
+
         env = self.env()
-        client = boto3.client(
+        return boto3.client(
             "s3",
             endpoint_url=env["VISREC_S3_ENDPOINT"],
             region_name="us-east-1",
             aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         )
-        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-        for bucket in {BUCKET, ARTIFACT_BUCKET} - existing:
-            client.create_bucket(Bucket=bucket)
 
     def _mlflow(self) -> None:
         mlflow = Path(sys.executable).with_name("mlflow")
