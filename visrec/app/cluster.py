@@ -229,14 +229,16 @@ class LocalCluster:
     def _postgres(self) -> None:
         bin_dir = _postgres_bin()
         as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if not (self.pgdata / "PG_VERSION").exists():
-            self.pgdata.mkdir(parents=True, exist_ok=True)
-            if as_postgres:
-                shutil.chown(self.pgdata, "postgres", "postgres")
-            self._run(
-                "initialise PostgreSQL",
-                [*as_postgres, f"{bin_dir}/initdb", "-D", str(self.pgdata), "-A", "trust", "-U", "visrec"],
-            )
+        # Left by a cluster that was not stopped with `down`: its S3 objects are gone with the S3
+        # server, so its databases would point at nothing. Start empty, as `down` leaves it.
+        shutil.rmtree(self.pgdata, ignore_errors=True)
+        self.pgdata.mkdir(parents=True)
+        if as_postgres:
+            shutil.chown(self.pgdata, "postgres", "postgres")
+        self._run(
+            "initialise PostgreSQL",
+            [*as_postgres, f"{bin_dir}/initdb", "-D", str(self.pgdata), "-A", "trust", "-U", "visrec"],
+        )
         self._start(
             "postgres",
             [

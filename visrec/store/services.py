@@ -14,10 +14,15 @@ from urllib.parse import urlparse
 
 from visrec.errors import VisrecError
 from visrec.settings import Settings
+from visrec.store.lake import LakeError
 
 
 class ServiceUnreachable(VisrecError):
     """A service the settings point at does not answer."""
+
+
+class LakeUnreachable(ServiceUnreachable, LakeError):
+    """The lake's S3 endpoint does not answer: the lake cannot be read or written."""
 
 
 def _endpoints(settings: Settings, env: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -56,6 +61,7 @@ def check_services(settings: Settings, env: dict[str, str] | None = None, timeou
                 pass
         except OSError as exc:
             safe = url.split("@")[-1]  # never print a password from a connection string
-            raise ServiceUnreachable(
+            error = LakeUnreachable if setting == "VISREC_S3_ENDPOINT" else ServiceUnreachable
+            raise error(
                 f"{service} at {safe} is unreachable ({exc.strerror or exc}); start it or fix {setting}"
             ) from None
