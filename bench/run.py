@@ -861,6 +861,74 @@ def bench_gan_hm() -> Figures:
     return out
 
 
+def bench_vision() -> Figures:
+    """Retrieval with the image model's embedding on hm-sample (issue 24's baseline: the classifier's
+    penultimate layer), from the model and catalog embeddings the cnn bench leaves in bench/.cache.
+    For 2,000 random articles: the share of their 10 nearest catalog neighbours (itself left out) with
+    the same product type, colour group and graphical appearance (look-alike precision@10); for 1,000
+    of them, recall@1 and @5 of the article from a strongly augmented copy of its own photo (shopper
+    photo: zoomed out, turned, relit, cropped, on clutter; then JPEG quality 60)."""
+    import csv
+    import io
+
+    import keras
+    import numpy as np
+    from PIL import Image
+
+    import visrec.models.cnn  # noqa: F401  (registers the model class)
+    from visrec.devdata.synth import shopper_photo
+    from visrec.ingest.images import decode_image, fit_square, to_rgb
+    from visrec.vision.embed import embed_pixels
+
+    cached = CACHE / "hm_embeddings.npz"
+    if not (HM_SAMPLE / "articles.csv").exists() or not cached.exists():
+        print("  vision: needs hm-sample and `python bench/run.py cnn` first; skipped", file=sys.stderr)
+        return {}
+    data = np.load(cached)
+    item_ids, catalog = [str(i) for i in data["item_ids"]], data["embeddings"]
+    with open(HM_SAMPLE / "articles.csv", newline="") as f:
+        rows = {r["article_id"]: r for r in csv.DictReader(f)}
+    look = np.array(
+        [
+            "|".join(
+                rows[i][k] for k in ("product_type_name", "colour_group_name", "graphical_appearance_name")
+            )
+            for i in item_ids
+        ]
+    )
+    kind = np.array([rows[i]["product_type_name"] for i in item_ids])
+    rng = np.random.default_rng(0)
+    queries = rng.choice(len(item_ids), 2000, replace=False)
+    sims = catalog[queries] @ catalog.T
+    sims[np.arange(len(queries)), queries] = -np.inf
+    top10 = np.argpartition(-sims, 10, axis=1)[:, :10]
+    precision = float(np.mean(look[top10] == look[queries][:, None]))
+    same_type = float(np.mean(kind[top10] == kind[queries][:, None]))
+    model = keras.models.load_model(CACHE / "hm_cnn.keras")
+    size = model.image_size
+    photos = []
+    for q in queries[:1000]:
+        pixels = np.asarray(
+            fit_square(to_rgb(decode_image((HM_SAMPLE / "images" / f"{item_ids[q]}.jpg").read_bytes())), size)
+        )
+        buffer = io.BytesIO()
+        Image.fromarray(shopper_photo(pixels, rng)).save(buffer, "JPEG", quality=60)
+        photos.append(np.asarray(fit_square(to_rgb(Image.open(io.BytesIO(buffer.getvalue()))), size)))
+    found = embed_pixels(model, np.stack(photos)) @ catalog.T
+    rank = (found > found[np.arange(1000), queries[:1000]][:, None]).sum(1)
+    note = "hm-sample, the cnn bench's model (bench/.cache), classifier embedding"
+    return {
+        "vision.hm.lookalike_precision_at_10_classifier": _figure(round(precision, 4), "share", note),
+        "vision.hm.same_type_at_10_classifier": _figure(round(same_type, 4), "share", note),
+        "vision.hm.augmented_recall_at_1_classifier": _figure(
+            round(float(np.mean(rank < 1)), 4), "recall", note
+        ),
+        "vision.hm.augmented_recall_at_5_classifier": _figure(
+            round(float(np.mean(rank < 5)), 4), "recall", note
+        ),
+    }
+
+
 def bench_cluster() -> Figures:
     """Cluster mode beside the in-process default on the same data (visrec.devdata.trial: a small shop,
     its first day ingested as history, the nightly DAG for the second): the DAG through the scheduler and
@@ -931,6 +999,7 @@ BENCHES: dict[str, Callable[[], Figures]] = {
     "gan": bench_gan,
     "gan_hm": bench_gan_hm,
     "scoring": bench_scoring,
+    "vision": bench_vision,
     "cluster": bench_cluster,
 }
 
