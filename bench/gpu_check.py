@@ -27,12 +27,17 @@ import time
 import numpy as np
 
 
-def _devices(backend: str) -> list[str]:
-    if backend != "jax":
-        return []
-    import jax
+def _header(model: str) -> dict:
+    """What every result line starts with: the model, the Keras backend and its devices."""
+    import keras
 
-    return [str(d) for d in jax.devices()]
+    backend = keras.backend.backend()
+    devices = []
+    if backend == "jax":
+        import jax
+
+        devices = [str(d) for d in jax.devices()]
+    return {"model": model, "backend": backend, "devices": devices}
 
 
 def check_vbpr(args: argparse.Namespace) -> dict:
@@ -57,11 +62,8 @@ def check_vbpr(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     history = model.fit(x, y, sample_weight=w, batch_size=32768, epochs=args.epochs, verbose=0)
     train_s = time.perf_counter() - started
-    backend = keras.backend.backend()
     return {
-        "model": "vbpr",
-        "backend": backend,
-        "devices": _devices(backend),
+        **_header("vbpr"),
         "train_triples_per_s": round(users.size * args.epochs / train_s),
         "epoch_seconds_per_million": round(train_s / args.epochs / (n / 1e6), 3),
         "loss_per_epoch": [round(v, 4) for v in history.history["loss"]],
@@ -108,11 +110,8 @@ def check_cnn(args: argparse.Namespace, pixels: np.ndarray, labels: np.ndarray) 
         validation_data=(pixels[split:], labels[split:]),
     )
     train_s = time.perf_counter() - started
-    backend = keras.backend.backend()
     return {
-        "model": "cnn",
-        "backend": backend,
-        "devices": _devices(backend),
+        **_header("cnn"),
         "mixed_precision": args.mixed_precision,
         "train_images_per_s": round(split * args.epochs / train_s),
         "train_seconds": round(train_s, 1),
@@ -145,11 +144,8 @@ def check_gan(args: argparse.Namespace, pixels: np.ndarray, labels: np.ndarray, 
     generated = np.asarray(gan.generate(asked, seed=args.seed))
     generated = np.clip((generated + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
     recognised = np.asarray(judge.predict(generated, batch_size=128, verbose=0)).argmax(1)
-    backend = keras.backend.backend()
     return {
-        "model": "gan",
-        "backend": backend,
-        "devices": _devices(backend),
+        **_header("gan"),
         "train_images_per_s": round(len(images) * args.epochs / train_s),
         "train_seconds": round(train_s, 1),
         "class_consistency": round(float(np.mean(recognised == asked)), 4),

@@ -938,7 +938,7 @@ def bench_cluster() -> Figures:
     import subprocess
 
     from visrec.app.cluster import LocalCluster, Ports
-    from visrec.devdata.trial import HISTORY, NIGHT, SETTINGS, SHOP_ARGS, table_hashes
+    from visrec.devdata.trial import HISTORY, NIGHT, SETTINGS, SHOP_ARGS, in_process_env, table_hashes
     from visrec.publish import OUTPUT_TABLES
     from visrec.settings import Settings
     from visrec.store.lake import Lake
@@ -974,8 +974,7 @@ def bench_cluster() -> Figures:
         finally:
             cluster.down()
         home = Path(tmp) / "in-process"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VISREC_", "AIRFLOW"))}
-        env.update(SETTINGS, VISREC_HOME=str(home))
+        env = in_process_env(home)
         call(env, "synth", *SHOP_ARGS)
         call(env, "ingest", "--ds", HISTORY)
         out["cluster.in_process_dag_seconds"] = _figure(

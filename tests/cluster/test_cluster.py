@@ -10,7 +10,6 @@ still publish exactly what an in-process run of the same date publishes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from visrec.app.cluster import WORKERS, LocalCluster, Ports, port_open
-from visrec.devdata.trial import HISTORY, NIGHT, SETTINGS, SHOP_ARGS, table_hashes
+from visrec.devdata.trial import HISTORY, NIGHT, SETTINGS, SHOP_ARGS, in_process_env, table_hashes
 from visrec.publish import OUTPUT_TABLES
 
 pytestmark = pytest.mark.cluster
@@ -95,8 +94,7 @@ def nightly(cluster):
 def in_process(tmp_path_factory):
     """The same shop and date run in one process: file lake, SQLite MLflow, Spark local[2]."""
     home = tmp_path_factory.mktemp("in-process")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VISREC_", "AIRFLOW"))}
-    env.update(SETTINGS, VISREC_HOME=str(home))
+    env = in_process_env(home)
     _visrec(env, "synth", *SHOP_ARGS)
     _visrec(env, "ingest", "--ds", D1)
     _visrec(env, "run", "--no-airflow", "--ds", D2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 from visrec.store.lake import Lake
 
@@ -26,6 +27,13 @@ SETTINGS = {
     "VISREC_TEST_DAYS": "1",
     "VISREC_REPORT_USERS": "2",
 }
+
+
+def in_process_env(home: str) -> dict[str, str]:
+    """This process's environment for an in-process run of the trial under ``home``: :data:`SETTINGS`,
+    and none of the caller's visrec or Airflow settings (which may point at a cluster)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VISREC_", "AIRFLOW"))}
+    return {**env, **SETTINGS, "VISREC_HOME": str(home)}
 
 
 def table_hashes(lake: Lake, ds: str, tables: list[str]) -> dict[str, str]:

@@ -375,17 +375,20 @@ class ConditionalGAN(keras.Model):
             values.update(zip(slots, new_slots, strict=True))
             return loss
 
+        def step(fn):
+            """``fn()`` with its variable updates kept (the noise draws advance the seed)."""
+            out, after = run(fn, {})
+            values.update(after)
+            return out
+
         images, labels = data
-        z, after = run(lambda: self._noise(images), {})
-        values.update(after)
+        z = step(lambda: self._noise(images))
         d_loss = update(
             self.discriminator, self.d_optimizer, lambda: self.discriminator_loss(images, labels, z)
         )
-        z, after = run(lambda: self._noise(images), {})
-        values.update(after)
+        z = step(lambda: self._noise(images))
         g_loss = update(self.generator, self.g_optimizer, lambda: self.generator_loss(labels, z))
-        logs, after = run(lambda: self._logs(d_loss, g_loss), {})
-        values.update(after)
+        logs = step(lambda: self._logs(d_loss, g_loss))
         return logs, tuple([values[id(v)] for v in group] for group in groups)
 
     def get_config(self) -> dict:
