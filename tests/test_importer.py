@@ -93,7 +93,7 @@ def _own_shop(root: Path) -> tuple[Path, Path, Path]:
     return root / "interactions.csv", root / "catalog.csv", images
 
 
-def test_import_events_then_ingest_the_range(tmp_path, monkeypatch, spark):
+def test_import_events_then_ingest_the_range(tmp_path, monkeypatch):
     """`visrec import events` with mapped columns, then `visrec ingest --start --end`: every day's
     events arrive, and each bad row is in quarantine with its reason (nothing silently dropped)."""
     from visrec.app.cli import main

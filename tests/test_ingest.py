@@ -1,4 +1,5 @@
-"""Ingestion on a synthetic shop with injected bad input, through the real Spark job (local[2])."""
+"""Ingestion on a synthetic shop with injected bad input, through the real jobs: DuckDB (the default
+on one machine) and Spark (local[2]), which must agree row for row."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from visrec.ingest.jobs import features
 from visrec.ingest.quarantine import ErrorBudgetExceeded
 from visrec.mlops.validation import TableValidator, ValidationFailed
 from visrec.settings import Settings
+from visrec.store.engine import DuckDBEngine, Engine, SparkEngine
 from visrec.store.lake import Lake
 from visrec.store.schemas import EVENT_TYPES
 
@@ -29,14 +31,19 @@ def _sorted(table: pa.Table, keys: list[str]) -> pa.Table:
     return table.sort_by([(k, "ascending") for k in keys])
 
 
+def _engine(name: str, request) -> Engine:
+    """A DuckDB engine, or the session's local[2] Spark behind the Spark engine."""
+    return DuckDBEngine() if name == "duckdb" else SparkEngine(request.getfixturevalue("spark"))
+
+
 @pytest.fixture(scope="module")
-def dirty(tmp_path_factory, spark):
+def dirty(tmp_path_factory):
     """A corrupted shop, ingested for both days; returns (settings, lake, reports)."""
     home = tmp_path_factory.mktemp("dirty")
     settings = Settings(home=home, error_budget=0.2)
     lake = Lake.from_settings(settings)
     generate_shop(ShopConfig(**SHOP, corrupt_rate=0.04), lake)
-    reports = [ingest_day(settings, ds, lake=lake, spark=spark) for ds in DAYS]
+    reports = [ingest_day(settings, ds, lake=lake) for ds in DAYS]
     return settings, lake, reports
 
 
@@ -91,7 +98,7 @@ def test_every_bad_image_is_quarantined_with_its_reason(dirty):
     assert reports[1].images.reused == staged.num_rows
 
 
-def test_rerun_of_a_day_gives_identical_tables(dirty, spark):
+def test_rerun_of_a_day_gives_identical_tables(dirty):
     settings, lake, _ = dirty
     keys = {
         "events": ["event_id"],
@@ -102,7 +109,7 @@ def test_rerun_of_a_day_gives_identical_tables(dirty, spark):
         "quarantine/events": ["record", "reason"],
     }
     before = {t: _sorted(lake.read_table(t, DAYS[0]), k) for t, k in keys.items()}
-    ingest_day(settings, DAYS[0], lake=lake, spark=spark)
+    ingest_day(settings, DAYS[0], lake=lake)
     for table, key in keys.items():
         assert _sorted(lake.read_table(table, DAYS[0]), key).equals(before[table]), table
 
@@ -124,26 +131,43 @@ def test_profiles_and_features_are_consistent(dirty):
     assert any(k.endswith("index.html") for k in data_docs)
 
 
-def test_confidence_decay_and_counts_by_hand(spark):
+def _events(rows: list[tuple]) -> pa.Table:
+    names = ["user_id", "item_id", "event_type", "ts", "category"]
+    types = [pa.string(), pa.string(), pa.string(), pa.timestamp("us", tz="UTC"), pa.string()]
+    columns = list(zip(*[(*r, "hat") for r in rows], strict=True)) or [()] * len(names)
+    return pa.table([pa.array(c, t) for c, t in zip(columns, types, strict=True)], names=names)
+
+
+WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "spark"])
+def test_confidence_decay_and_counts_by_hand(engine, request):
     rows = [
         ("u1", "i1", "view", datetime(2026, 11, 1, 12, tzinfo=UTC)),
         ("u1", "i1", "purchase", datetime(2026, 10, 2, 0, tzinfo=UTC)),
         ("u2", "i1", "click", datetime(2026, 11, 1, 23, tzinfo=UTC)),
     ]
-    events = spark.createDataFrame(rows, "user_id string, item_id string, event_type string, ts timestamp")
-    weights = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
-    out = {
-        (r.user_id, r.item_id): r
-        for r in features.interactions(events, "2026-11-01", weights, 30.0).collect()
-    }
+    job = _engine(engine, request)
+    job.register("events", _events(rows))
+    sql = features.interactions_sql("2026-11-01", WEIGHTS, 30.0, since=None)
+    out = {(r["user_id"], r["item_id"]): r for r in job.query(sql).to_pylist()}
     # Ages to the end of 2026-11-01: 0.5 days for the view, exactly 31 days for the purchase.
     expected = 1.0 * 0.5 ** (0.5 / 30) + 8.0 * 0.5 ** (31 / 30)
-    assert out[("u1", "i1")].confidence == pytest.approx(expected, rel=1e-5)
-    assert (out[("u1", "i1")].n_view, out[("u1", "i1")].n_purchase, out[("u1", "i1")].n_click) == (1, 1, 0)
-    assert out[("u2", "i1")].confidence == pytest.approx(2.0 * 0.5 ** ((1 / 24) / 30), rel=1e-5)
+    assert out[("u1", "i1")]["confidence"] == pytest.approx(expected, rel=1e-6)
+    assert [out[("u1", "i1")][f"n_{t}"] for t in ("view", "purchase", "click")] == [1, 1, 0]
+    assert out[("u2", "i1")]["confidence"] == pytest.approx(2.0 * 0.5 ** ((1 / 24) / 30), rel=1e-6)
+    # The next day's snapshot from this one: every confidence decayed by exactly one day.
+    job.register("previous", job.query(sql))
+    job.register("events", _events([]))
+    later = job.query(features.interactions_sql("2026-11-02", WEIGHTS, 30.0, since="2026-11-01")).to_pylist()
+    assert {(r["user_id"], r["item_id"]): r["confidence"] for r in later} == pytest.approx(
+        {k: r["confidence"] * 0.5 ** (1 / 30) for k, r in out.items()}, rel=1e-6
+    )
 
 
-def test_segments_follow_documented_thresholds(spark):
+@pytest.mark.parametrize("engine", ["duckdb", "spark"])
+def test_segments_follow_documented_thresholds(engine, request):
     day = lambda d, h=12: datetime(2026, 10, d, h, tzinfo=UTC)  # noqa: E731
     rows = (
         [
@@ -155,39 +179,46 @@ def test_segments_follow_documented_thresholds(spark):
         + [("engaged", "i1", "view", day(d)) for d in (1, 2, 3)]
         + [("casual", "i1", "view", day(1))]
     )
-    events = spark.createDataFrame(
-        [(*r, "hat") for r in rows],
-        "user_id string, item_id string, event_type string, ts timestamp, category string",
+    catalog = pa.table({"item_id": ["i1"], "category": ["hat"], "price": [10.0]})
+    job = _engine(engine, request)
+    job.register("events", _events(rows))
+    job.register("catalog", catalog)
+    job.materialize("interactions", features.interactions_sql("2026-10-31", WEIGHTS, 30.0, since=None))
+    job.materialize("user_days", features.user_days_sql(incremental=False))
+    profiles = features.with_top_categories(
+        job.query(features.user_profiles_sql("2026-10-31", features.price_terciles(catalog))),
+        job.query(features.TOP_CATEGORIES_SQL),
     )
-    catalog = spark.createDataFrame([("i1", "hat", 10.0)], "item_id string, category string, price double")
-    got = {r.user_id: r for r in features.user_profiles(events, catalog, "2026-10-31").collect()}
-    assert {u: r.segment for u, r in got.items()} == {
+    got = {r["user_id"]: r for r in profiles.to_pylist()}
+    assert {u: r["segment"] for u, r in got.items()} == {
         "loyal": "loyal",
         "newbie": "new",
         "engaged": "engaged",
         "casual": "casual",
     }
-    assert got["loyal"].view_to_click == 1.0 and got["loyal"].active_days == 5
-    assert got["loyal"].top_categories[0].category == "hat"
+    assert got["loyal"]["view_to_click"] == 1.0 and got["loyal"]["active_days"] == 5
+    assert got["loyal"]["top_categories"] == [{"category": "hat", "share": 1.0}]
 
 
-def test_empty_day_is_not_an_error(tmp_path, spark):
+def test_empty_day_is_not_an_error(tmp_path):
     settings = Settings(home=tmp_path)
     lake = Lake.from_settings(settings)
     generate_shop(ShopConfig(users=20, items=20, days=1), lake)
     lake.put_bytes("raw/events/dt=2026-11-05/events.jsonl", b"")  # an empty file
-    report = ingest_day(settings, "2026-11-05", lake=lake, spark=spark)
+    report = ingest_day(settings, "2026-11-05", lake=lake)
     assert (report.events.raw, report.events.valid) == (0, 0)
     assert lake.read_table("events", "2026-11-05").num_rows == 0
     # A day with no folder at all, after a day with data: features still come from the history.
-    ingest_day(settings, "2026-11-01", lake=lake, spark=spark)
-    report = ingest_day(settings, "2026-11-06", lake=lake, spark=spark)
+    ingest_day(settings, "2026-11-01", lake=lake)
+    report = ingest_day(settings, "2026-11-06", lake=lake)
     assert report.events.raw == 0 and report.rows["interactions"] > 0
 
 
+@pytest.mark.parametrize("engine", ["duckdb", "spark"])
 @pytest.mark.parametrize("where", ["file", "s3"])
-def test_csv_logs_with_a_broken_row(where, tmp_path, spark, request):
-    """The same verdicts whether Spark reads the files (local lake) or its executors do (S3)."""
+def test_csv_logs_with_a_broken_row(where, engine, tmp_path, request):
+    """The same verdicts from either engine, whether Spark reads the files (local lake) or its
+    executors do (S3)."""
     from tests.conftest import make_bucket
 
     settings = Settings(home=tmp_path)
@@ -206,44 +237,46 @@ def test_csv_logs_with_a_broken_row(where, tmp_path, spark, request):
         b'u2,"i000002,view\n'
         b"u3,i000002,view,not-a-time,c4,\n",
     )
-    counts, reasons = ingest_events(settings.with_overrides(error_budget=1.0), lake, "2026-11-03", spark)
+    counts, reasons = ingest_events(
+        settings.with_overrides(error_budget=1.0), lake, "2026-11-03", _engine(engine, request)
+    )
     assert (counts.raw, counts.valid) == (4, 2)
     assert reasons == {"bad_timestamp": 1, "malformed": 1}
     assert lake.read_table("events", "2026-11-03").column("price").to_pylist().count(12.5) == 1
 
 
-def test_error_budget_stops_the_run_after_writing_the_quarantine(tmp_path, spark):
+def test_error_budget_stops_the_run_after_writing_the_quarantine(tmp_path):
     settings = Settings(home=tmp_path, error_budget=0.05)
     lake = Lake.from_settings(settings)
     generate_shop(ShopConfig(users=100, items=50, days=1, corrupt_rate=0.3), lake)
     with pytest.raises(ErrorBudgetExceeded, match=r"exceeds the error budget of 5.0%.*reasons"):
-        ingest_events(settings, lake, "2026-11-01", spark)
+        ingest_events(settings, lake, "2026-11-01")
     assert lake.read_table("quarantine/events", "2026-11-01").num_rows > 0
     assert lake.partitions("events") == []
     with pytest.raises(ErrorBudgetExceeded, match="images of 2026-11-01"):
         ingest_images(settings, lake, "2026-11-01")
 
 
-def test_a_broken_table_stops_with_the_failed_expectations_named(tmp_path, spark, monkeypatch):
+def test_a_broken_table_stops_with_the_failed_expectations_named(tmp_path, monkeypatch):
     settings = Settings(home=tmp_path)
     lake = Lake.from_settings(settings)
     generate_shop(ShopConfig(users=30, items=20, days=1), lake)
-    ingest_events(settings, lake, "2026-11-01", spark)
+    ingest_events(settings, lake, "2026-11-01")
     # A bug upstream makes confidences negative: the suite must stop the table from being written.
-    from pyspark.sql.functions import col
-
-    real = features.interactions
+    real = features.interactions_sql
     monkeypatch.setattr(
-        features, "interactions", lambda *a: real(*a).withColumn("confidence", -col("confidence"))
+        features,
+        "interactions_sql",
+        lambda *a: f"SELECT * REPLACE (-confidence AS confidence) FROM ({real(*a)})",
     )
     with pytest.raises(
         ValidationFailed, match=r"interactions .* expect_column_values_to_be_between\(column=confidence"
     ):
-        build_features(settings, lake, "2026-11-01", spark, TableValidator("2026-11-01"))
+        build_features(settings, lake, "2026-11-01", validator=TableValidator("2026-11-01"))
     assert lake.partitions("interactions") == []
 
 
-def test_ingestion_with_the_lake_on_s3(s3_endpoint, tmp_path, spark):
+def test_ingestion_with_the_lake_on_s3(s3_endpoint, tmp_path):
     from tests.conftest import make_bucket
 
     settings = Settings(
@@ -255,7 +288,6 @@ def test_ingestion_with_the_lake_on_s3(s3_endpoint, tmp_path, spark):
         Settings(home=tmp_path, lake_uri=settings.lake_uri, s3_endpoint=s3_endpoint, error_budget=0.5),
         "2026-11-01",
         lake=lake,
-        spark=spark,
     )
     assert report.events.valid > 0 and report.images.accepted > 0
     assert lake.read_table("interactions", "2026-11-01").num_rows > 0
@@ -266,6 +298,7 @@ def test_the_s3_lake_is_read_by_the_executors_with_the_same_result(s3_endpoint, 
     """Events ingested from an S3 lake (lines read inside the executors) and from a local folder are
     the same rows, the quarantine included, and Spark's view of a table is the same on both."""
     from tests.conftest import make_bucket
+    from visrec.store.engine import SparkEngine
     from visrec.store.spark import read_table, to_arrow
 
     shop = ShopConfig(users=40, items=30, days=1, corrupt_rate=0.05)
@@ -274,7 +307,7 @@ def test_the_s3_lake_is_read_by_the_executors_with_the_same_result(s3_endpoint, 
         settings = Settings(home=tmp_path, lake_uri=uri, s3_endpoint=s3_endpoint, error_budget=0.5)
         lake = Lake.from_settings(settings)
         generate_shop(shop, lake)
-        counts, reasons = ingest_events(settings, lake, "2026-11-01", spark)
+        counts, reasons = ingest_events(settings, lake, "2026-11-01", SparkEngine(spark))
         events = lake.read_table("events", "2026-11-01").drop_columns(["ds"]).to_pylist()
         quarantine = lake.read_table("quarantine/events", "2026-11-01")
         spark_view = to_arrow(read_table(spark, lake, "events", ["2026-11-01"])).to_pylist()

@@ -42,7 +42,7 @@ def _copy_outputs(lake: Lake, src: str, dst: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def nightly(tmp_path_factory, spark):
+def nightly(tmp_path_factory):
     """A tiny shop: day 1 ingested as history, then the DAG run for days 2 and 3 by Airflow. One or two
     days of history cannot tell the recommender from popularity (measured: 200 to 800 users, the gate's
     interval always straddled zero), so every new model is promoted here (``VISREC_MF_PROMOTION=always``)
@@ -73,7 +73,7 @@ def nightly(tmp_path_factory, spark):
         ),
         lake,
     )
-    ingest_day(settings, D1, lake=lake, spark=spark)
+    ingest_day(settings, D1, lake=lake)
     from visrec.ingest.user_photos import ingest_user_photos
 
     ingest_user_photos(settings, lake, D1)
@@ -363,7 +363,7 @@ def test_a_published_date_is_changed_only_with_force_and_old_features_only_on_re
     assert "2030-01-01" not in {d for parts in read_release(lake)["tables"].values() for d in parts}
 
 
-def test_whole_dag_on_s3_and_a_store_outage_publishes_nothing_half(tmp_path, spark, monkeypatch):
+def test_whole_dag_on_s3_and_a_store_outage_publishes_nothing_half(tmp_path, monkeypatch):
     from moto.server import ThreadedMotoServer
 
     from visrec.app.orchestrate import run_dates
@@ -392,7 +392,7 @@ def test_whole_dag_on_s3_and_a_store_outage_publishes_nothing_half(tmp_path, spa
         )
         lake = Lake.from_settings(settings)
         generate_shop(ShopConfig(users=120, items=80, days=2, seed=9), lake)
-        ingest_day(settings, D1, lake=lake, spark=spark)
+        ingest_day(settings, D1, lake=lake)
         run_dates([D2], settings)
         assert read_release(lake)["ds"] == D2
         rows = _warehouse(settings, "SELECT count(*) FROM recommendations")[0][0]

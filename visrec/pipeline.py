@@ -192,20 +192,20 @@ def ingest_images(ds: str, settings: Settings | None = None, force: bool = False
     }
 
 
-def _spark_step(ds: str, settings: Settings | None, step: str, job: Callable) -> tuple[Lake, Any]:
-    from visrec.store.spark import get_spark
+def _engine_step(ds: str, settings: Settings | None, step: str, job: Callable) -> tuple[Lake, Any]:
+    from visrec.store.engine import open_engine
 
     settings, lake = _open(settings, ds)
-    spark = get_spark(settings, f"visrec-{step}")
-    return lake, _validated(ds, step, lake, lambda validator: job(settings, lake, ds, spark, validator))
+    engine = open_engine(settings, f"visrec-{step}")
+    return lake, _validated(ds, step, lake, lambda validator: job(settings, lake, ds, engine, validator))
 
 
 @_timed
 def ingest_events(ds: str, settings: Settings | None = None, force: bool = False) -> Summary:
-    """The day's raw event logs -> ``events`` (Spark), malformed/unknown/duplicate rows accounted for."""
+    """The day's raw event logs -> ``events`` (DuckDB or Spark), malformed/unknown/duplicate rows accounted for."""
     from visrec.ingest.events import ingest_events as job
 
-    lake, (counts, reasons) = _spark_step(ds, settings, "ingest_events", job)
+    lake, (counts, reasons) = _engine_step(ds, settings, "ingest_events", job)
     return {
         "table": lake.url(f"features/events/ds={ds}"),
         "raw": counts.raw,
@@ -220,11 +220,11 @@ def ingest_events(ds: str, settings: Settings | None = None, force: bool = False
 def build_features(
     ds: str, settings: Settings | None = None, events: Upstream = None, force: bool = False
 ) -> Summary:
-    """All clean events up to ``ds`` -> interactions, user_profiles, item_stats (Spark)."""
+    """Clean events up to ``ds`` -> interactions, user_days, user_profiles, item_stats (incremental)."""
     from visrec.ingest.features import build_features as job
 
     _prepare("build_features", ds, settings, force)
-    lake, rows = _spark_step(ds, settings, "build_features", job)
+    lake, rows = _engine_step(ds, settings, "build_features", job)
     return {"rows": rows, "events": _from(events, "table")}
 
 

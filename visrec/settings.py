@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     error_budget: float = Field(
         0.05, ge=0.0, le=1.0, description="share of a day's input that may be rejected"
     )
+    engine: Literal["auto", "duckdb", "spark"] = Field(
+        "auto",
+        description="what runs the data jobs: duckdb (in this process), spark, or auto: spark when the "
+        "Spark master is a cluster, otherwise duckdb",
+    )
     spark_master: str = Field("local[2]", description="where Spark jobs run (a cluster's master URL)")
     spark_cores: int = Field(
         2, ge=1, le=100_000, description="on a Spark cluster: the most cores one job takes"

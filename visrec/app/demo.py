@@ -88,17 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         dag_days = days[-max(1, min(args.dag_days, len(days))) :]
         history = [d for d in days if d not in dag_days]
         if history:
-            from visrec.store.spark import get_spark
+            from visrec.store.engine import open_engine
 
-            spark = get_spark(settings, "visrec-demo-history")
+            engine = open_engine(settings, "visrec-demo-history")
             for ds in history:
-                report = ingest_day(settings, ds, lake=lake, spark=spark)
+                report = ingest_day(settings, ds, lake=lake, engine=engine)
                 ingest_user_photos(settings, lake, ds)
                 print(
                     f"[demo] history {ds}: {report.events.valid} events, {report.events.quarantined} "
                     f"quarantined, {report.images.accepted} images"
                 )
-            spark.stop()  # the DAG's tasks start their own
         print(
             f"[demo] running the visrec_nightly DAG for {', '.join(dag_days)}"
             + (" in this process" if args.no_airflow else " with `airflow dags test`")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 from visrec.ingest.catalog_images import ImageCounts, ingest_images
 from visrec.ingest.events import ingest_events
 from visrec.ingest.features import build_features
@@ -21,11 +19,9 @@ from visrec.ingest.quarantine import _reasons
 from visrec.mlops.validation import TableValidator
 from visrec.settings import Settings
 from visrec.store.catalog import read_catalog
+from visrec.store.engine import Engine, open_engine
 from visrec.store.lake import Lake, check_ds
 from visrec.store.schemas import quarantine_spec
-
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
 
 
 @dataclass
@@ -45,16 +41,16 @@ def ingest_day(
     ds: str,
     *,
     lake: Lake | None = None,
-    spark: SparkSession | None = None,
+    engine: Engine | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    rebuild: bool = False,
 ) -> IngestReport:
-    """All ingestion steps for ``ds``: events, features, images; Data Docs into the lake."""
-    from visrec.store.spark import get_spark
-
+    """All ingestion steps for ``ds``: events, features (``rebuild``: from the whole history), images;
+    Data Docs into the lake."""
     lake = lake or Lake.from_settings(settings)
     check_ds(ds)
-    catalog, catalog_bad = read_catalog(lake)  # before Spark starts: a missing catalog fails fast
-    spark = spark or get_spark(settings)
+    catalog, catalog_bad = read_catalog(lake)  # before an engine starts: a missing catalog fails fast
+    engine = engine or open_engine(settings)
     validator = TableValidator(ds)
     report = IngestReport(ds=ds)
     try:
@@ -62,9 +58,9 @@ def ingest_day(
         validator.validate("catalog", catalog.to_pandas())
         # The catalog is read once above and handed to every step.
         report.events, report.quarantine_reasons["events"] = ingest_events(
-            settings, lake, ds, spark, validator, catalog
+            settings, lake, ds, engine, validator, catalog
         )
-        report.rows = build_features(settings, lake, ds, spark, validator, catalog)
+        report.rows = build_features(settings, lake, ds, engine, validator, catalog, rebuild)
         report.images, report.quarantine_reasons["images"] = ingest_images(
             settings, lake, ds, validator, progress, catalog
         )

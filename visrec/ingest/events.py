@@ -1,4 +1,4 @@
-"""Event ingestion (Spark): a day's raw logs -> ``events`` and ``quarantine/events``."""
+"""Event ingestion: a day's (or a range of days') raw logs -> ``events`` and ``quarantine/events``."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import logging
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from visrec.ingest.jobs.events import EventCounts, classify_events, read_raw_events, split_events
+from visrec.ingest.jobs import events as job
+from visrec.ingest.jobs.events import EventCounts
 from visrec.ingest.quarantine import _check_budget, _reasons
 from visrec.settings import Settings
 from visrec.store.catalog import read_catalog
+from visrec.store.engine import Engine, open_engine
 from visrec.store.forgotten import drop_forgotten, drop_mentions, forgotten_users
 from visrec.store.lake import Lake, check_ds
 from visrec.store.schemas import QUARANTINE, quarantine_spec
@@ -18,83 +21,105 @@ from visrec.store.schemas import QUARANTINE, quarantine_spec
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
-
     from visrec.mlops.validation import TableValidator
 
 
 EVENT_EXTENSIONS = (".jsonl", ".json", ".csv")
 
 
-def catalog_frame(spark: SparkSession, lake: Lake, catalog: pa.Table | None = None) -> DataFrame:
-    """The catalog (read from the lake unless the caller already has it) as a Spark DataFrame."""
-    if catalog is None:
-        catalog, _ = read_catalog(lake)
-    return spark.createDataFrame(catalog.select(["item_id", "category", "price"]).to_pandas())
-
-
 def ingest_events(
     settings: Settings,
     lake: Lake,
     ds: str,
-    spark: SparkSession,
+    engine: Engine | None = None,
     validator: TableValidator | None = None,
     catalog: pa.Table | None = None,
 ) -> tuple[EventCounts, dict[str, int]]:
     """Raw event logs of ``ds`` -> ``events`` and ``quarantine/events`` partitions of ``ds``."""
-    from visrec.store.spark import to_arrow
+    return ingest_event_days(settings, lake, [ds], engine, validator, catalog)[ds]
 
-    check_ds(ds)
-    keys = lake.list_keys(f"raw/events/dt={ds}")
-    unsupported = [k for k in keys if not k.endswith(EVENT_EXTENSIONS)]
-    jsonl = [k for k in keys if k.endswith((".jsonl", ".json"))]
-    csv = [k for k in keys if k.endswith(".csv")]
-    raw = read_raw_events(spark, lake, jsonl, csv)
-    classified = classify_events(
-        raw, catalog_frame(spark, lake, catalog), ds, settings.max_event_age_days
-    ).cache()
-    valid_df, quarantine_df = split_events(classified)
-    valid = to_arrow(valid_df)
-    quarantine = to_arrow(quarantine_df)
+
+def ingest_event_days(
+    settings: Settings,
+    lake: Lake,
+    days: list[str],
+    engine: Engine | None = None,
+    validator: TableValidator | None = None,
+    catalog: pa.Table | None = None,
+) -> dict[str, tuple[EventCounts, dict[str, int]]]:
+    """Raw event logs of each of ``days`` -> its ``events`` and ``quarantine/events`` partitions, every
+    line parsed in one job. Days are written in order; a day over the error budget stops there (after
+    its quarantine is written), leaving the days before it ingested."""
+    for ds in days:
+        check_ds(ds)
+    engine = engine or open_engine(settings, "visrec-ingest-events")
+    if catalog is None:
+        catalog, _ = read_catalog(lake)
+    keys = {ds: lake.list_keys(f"raw/events/dt={ds}") for ds in days}
+    every = [k for ks in keys.values() for k in ks]
+    job.register_raw_events(
+        engine,
+        lake,
+        [k for k in every if k.endswith((".jsonl", ".json"))],
+        [k for k in every if k.endswith(".csv")],
+    )
+    engine.register("catalog", catalog.select(["item_id", "category", "price"]))
+    engine.register("bounds", job.day_bounds(days, settings.max_event_age_days))
+    engine.materialize("classified", job.CLASSIFY)
+    valid_all = engine.query(job.VALID)
+    quarantine_all = engine.query(job.QUARANTINE_ROWS)
+    lines = {r["dt"]: r for r in engine.query(job.LINE_COUNTS).to_pylist()}
+    engine.drop("classified", "raw_events", "raw_lines", "raw_files", "raw_csv", "bounds")
     # Users who asked to be forgotten: their lines are dropped here, before anything is stored.
-
     forgotten = forgotten_users(lake)
-    valid, forgotten_valid = drop_forgotten(valid, forgotten)
-    quarantine, forgotten_quarantined = drop_mentions(quarantine, forgotten)
-    if unsupported:
-        extra = pa.table(
-            {
-                "source": unsupported,
-                "record": unsupported,
-                "reason": ["unsupported_file"] * len(unsupported),
-                "detail": [f"not one of {EVENT_EXTENSIONS}"] * len(unsupported),
-            },
-            schema=QUARANTINE,
+    out = {}
+    for ds in days:
+        valid = _day(valid_all, ds, days)
+        quarantine = _day(quarantine_all, ds, days)
+        valid, forgotten_valid = drop_forgotten(valid, forgotten)
+        quarantine, forgotten_quarantined = drop_mentions(quarantine, forgotten)
+        unsupported = [k for k in keys[ds] if not k.endswith(EVENT_EXTENSIONS)]
+        if unsupported:
+            extra = pa.table(
+                {
+                    "source": [lake.url(k) for k in unsupported],
+                    "record": unsupported,
+                    "reason": ["unsupported_file"] * len(unsupported),
+                    "detail": [f"not one of {EVENT_EXTENSIONS}"] * len(unsupported),
+                },
+                schema=QUARANTINE,
+            )
+            quarantine = pa.concat_tables([quarantine.cast(QUARANTINE), extra])
+        seen = lines.get(ds, {"lines": 0, "valid_lines": 0})
+        counts = EventCounts(
+            raw=int(seen["lines"]) + len(unsupported),
+            valid=valid.num_rows,
+            quarantined=quarantine.num_rows,
+            duplicates=int(seen["valid_lines"]) - valid.num_rows - forgotten_valid,
+            forgotten=forgotten_valid + forgotten_quarantined,
         )
-        quarantine = pa.concat_tables([quarantine.cast(QUARANTINE), extra])
-    n_raw = classified.count()
-    n_valid_rows = classified.where("reason IS NULL").count()
-    classified.unpersist()
-    counts = EventCounts(
-        raw=n_raw + len(unsupported),
-        valid=valid.num_rows,
-        quarantined=quarantine.num_rows,
-        duplicates=n_valid_rows - valid.num_rows - forgotten_valid,
-        forgotten=forgotten_valid + forgotten_quarantined,
-    )
-    reasons = _reasons(quarantine)
-    lake.write_table(quarantine_spec("events"), ds, quarantine)
-    _check_budget(f"events of {ds}", counts.quarantined, counts.raw, settings.error_budget, reasons)
-    if validator is not None:
-        validator.validate("events", valid.to_pandas())
-    lake.write_table("events", ds, valid)
-    log.info(
-        "events %s: %d raw, %d valid, %d quarantined %s, %d duplicates dropped",
-        ds,
-        counts.raw,
-        counts.valid,
-        counts.quarantined,
-        reasons,
-        counts.duplicates,
-    )
-    return counts, reasons
+        reasons = _reasons(quarantine)
+        lake.write_table(quarantine_spec("events"), ds, quarantine)
+        _check_budget(f"events of {ds}", counts.quarantined, counts.raw, settings.error_budget, reasons)
+        if validator is not None:
+            validator.validate("events", valid.to_pandas())
+        lake.write_table("events", ds, valid)
+        log.info(
+            "events %s: %d raw, %d valid, %d quarantined %s, %d duplicates dropped (%s)",
+            ds,
+            counts.raw,
+            counts.valid,
+            counts.quarantined,
+            reasons,
+            counts.duplicates,
+            engine.name,
+        )
+        out[ds] = (counts, reasons)
+    return out
+
+
+def _day(table: pa.Table, ds: str, days: list[str]) -> pa.Table:
+    """The rows of one ``dt`` without the ``dt`` column."""
+    if len(days) > 1:
+        table = table.filter(pc.equal(table.column("dt"), ds))
+    return table.drop_columns(["dt"])

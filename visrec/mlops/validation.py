@@ -51,6 +51,7 @@ def _suites() -> dict[str, list]:
             *[E.ExpectColumnValuesToBeBetween(column=f"n_{t}", min_value=0) for t in EVENT_TYPES],
             E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="last_ts", column_B="first_ts", or_equal=True),
         ],
+        "user_days": [E.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "day"])],
         "user_profiles": [
             E.ExpectColumnValuesToBeUnique(column="user_id"),
             E.ExpectColumnValuesToBeInSet(column="segment", value_set=segments),

@@ -84,6 +84,10 @@ INTERACTIONS = pa.schema(
         _ts("last_ts"),
     ]
 )
+# Internal state of the incremental features: one row per user and UTC day with an event.
+USER_DAYS = pa.schema(
+    [pa.field("user_id", pa.string(), nullable=False), pa.field("day", pa.date32(), nullable=False)]
+)
 USER_PROFILES = pa.schema(
     [
         pa.field("user_id", pa.string(), nullable=False),
@@ -210,6 +214,7 @@ TABLES: dict[str, TableSpec] = {
     for spec in [
         TableSpec("events", "features/events", EVENTS, ()),
         TableSpec("interactions", "features/interactions", INTERACTIONS, ("user_id", "item_id")),
+        TableSpec("user_days", "features/user_days", USER_DAYS, ("user_id", "day")),
         TableSpec("user_profiles", "features/user_profiles", USER_PROFILES, ("user_id",)),
         TableSpec("item_stats", "features/item_stats", ITEM_STATS, ("item_id",)),
         TableSpec("staging_images", "staging/images", STAGING_IMAGES, ("item_id",)),

@@ -1,4 +1,4 @@
-"""Event ingestion (Spark): a day's raw logs -> clean events + quarantine.
+"""Event ingestion: raw logs -> clean events + quarantine, one SQL definition for every engine.
 
 Every raw line ends in exactly one place: the clean ``events`` partition, the quarantine (with a
 reason), or the count of exact duplicates dropped. So ``raw = valid + quarantined + duplicates``.
@@ -12,6 +12,11 @@ Reasons, checked in this order (the first that applies is recorded):
 ``unknown_item``        item_id not in the catalog
 ``future_timestamp``    ts after the end of the day being ingested (plus one hour of clock skew)
 ``stale_timestamp``     ts more than ``max_event_age_days`` before the day
+
+Reading the files is the engine's own business (:func:`register_raw_events`); what happens to a line
+after that (:data:`CLASSIFY`, :data:`VALID`, :data:`QUARANTINE_ROWS`) is SQL that DuckDB runs as it is
+and Spark after SQLGlot's translation. Every relation carries ``dt``, the day of the raw folder a line
+came from, so one query ingests one day or a whole range of days.
 """
 
 from __future__ import annotations
@@ -21,16 +26,30 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+
 from visrec.store.schemas import EVENT_TYPES
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from visrec.store.engine import Engine
     from visrec.store.lake import Lake
 
 RAW_FIELDS = ("user_id", "item_id", "event_type", "ts", "event_id", "price")
 REQUIRED = ("user_id", "item_id", "event_type", "ts")
 CLOCK_SKEW = timedelta(hours=1)
+DT = re.compile(r"dt=(\d{4}-\d{2}-\d{2})/")
+
+# One row per raw line: where it came from, the line, the contract's fields as strings, malformed.
+# ``file`` is an index into RAW_FILES (one row per file, not per line).
+RAW_LINES = pa.schema([("file", pa.int32()), ("value", pa.large_string())])
+RAW_FILES = pa.schema([("file", pa.int32()), ("dt", pa.string()), ("source", pa.string())])
+RAW_EVENTS = pa.schema(
+    [("dt", pa.string()), ("source", pa.string()), ("record", pa.string())]
+    + [(n, pa.string()) for n in RAW_FIELDS]
+    + [("malformed", pa.bool_())]
+)
 
 
 @dataclass
@@ -48,30 +67,127 @@ class EventCounts:
         return self.quarantined / self.raw if self.raw else 0.0
 
 
-def _raw_schema():
-    from pyspark.sql import types as T
-
-    fields = [T.StructField(n, T.StringType()) for n in RAW_FIELDS if n != "price"]
-    return T.StructType([*fields, T.StructField("price", T.StringType())])
+def day_of(key: str) -> str:
+    """The ``dt`` of a raw event object's key (``raw/events/dt=<day>/...``)."""
+    return DT.search(key).group(1)
 
 
-def read_raw_events(spark: SparkSession, lake: Lake, jsonl_keys: list[str], csv_keys: list[str]) -> DataFrame:
-    """Raw lines as rows: ``source``, ``record`` (the line), the contract's fields as strings, and
-    ``malformed``. Blank lines are not records and are skipped.
+# --- reading: per engine ---------------------------------------------------------------------------
+def register_raw_events(engine: Engine, lake: Lake, jsonl_keys: list[str], csv_keys: list[str]) -> None:
+    """Make the raw lines of ``jsonl_keys`` and ``csv_keys`` readable as ``raw_events``
+    (:data:`RAW_EVENTS`). Blank lines are not records and are skipped."""
+    if engine.name == "spark":
+        engine.register_frame("raw_events", read_raw_events_spark(engine.spark, lake, jsonl_keys, csv_keys))
+        return
+    lines = [_lines(lake, key, n) for n, key in enumerate(jsonl_keys)]
+    engine.register("raw_lines", pa.concat_tables(lines) if lines else RAW_LINES.empty_table())
+    files = [(n, day_of(key), lake.url(key)) for n, key in enumerate(jsonl_keys)]
+    engine.register("raw_files", pa.Table.from_pylist([dict(zip(RAW_FILES.names, f)) for f in files], RAW_FILES))
+    csv = [_csv_rows(lake, key) for key in csv_keys]
+    engine.register("raw_csv", pa.concat_tables(csv) if csv else RAW_EVENTS.empty_table())
+    fields = ", ".join(f"{n}" for n in RAW_FIELDS)
+    paths = ", ".join(f"'$.{n}'" for n in RAW_FIELDS)
+    parsed = ", ".join(f"j[{i + 1}] AS {n}" for i, n in enumerate(RAW_FIELDS))
+    engine.view(
+        "raw_events",
+        f"""
+        SELECT dt, source, value AS record, {parsed}, NOT ok AS malformed
+        FROM (
+            SELECT dt, source, value, ok,
+                   CASE WHEN ok THEN json_extract_string(value, [{paths}]) END AS j
+            FROM (
+                SELECT dt, source, CAST(value AS VARCHAR) AS value,
+                       CASE WHEN json_valid(value) THEN json_type(value) = 'OBJECT' ELSE false END AS ok
+                FROM raw_lines JOIN raw_files ON raw_lines.file = raw_files.file
+                -- Blank lines (spaces only, as Spark's trim) are skipped; trim runs on few lines.
+                WHERE value <> '' AND (left(value, 1) <> ' ' OR trim(value) <> '')
+            )
+        )
+        UNION ALL BY NAME
+        SELECT dt, source, record, {fields}, malformed FROM raw_csv
+        """,
+    )
 
-    Spark reads a local lake's files itself; on S3 the executors read the lines (see
-    :func:`visrec.store.spark.read_objects`) and parse them the same way."""
+
+def _text(lake: Lake, key: str) -> str:
+    data = lake.get_bytes(key)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:  # as Spark's text reader does: bad bytes become U+FFFD, the line stays
+        return data.decode("utf-8", errors="replace")
+
+
+def _split_lines(data: bytes) -> pa.LargeStringArray:
+    """The lines of ``data``, split where Spark's text reader splits (``\r\n``, ``\n`` or ``\r``).
+    Bytes that are not UTF-8 become U+FFFD, as in Spark's reader. (numpy finds the line ends and the
+    array is built from the buffers directly: a per-line Python or regex split costs seconds on a
+    2-million-line log.)"""
+    import numpy as np
+
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
+    # Without the newlines, line i ends where its newline was, less the i newlines before it.
+    offsets = np.concatenate([[0], ends - np.arange(len(ends))]).astype(np.int64)
+    lines = pa.LargeStringArray.from_buffers(
+        len(ends), pa.py_buffer(offsets), pa.py_buffer(data.replace(b"\n", b""))
+    )
+    try:
+        lines.validate(full=True)  # UTF-8
+    except pa.ArrowInvalid:
+        return _split_lines(data.decode("utf-8", errors="replace").encode("utf-8"))
+    return lines
+
+
+def _lines(lake: Lake, key: str, file: int) -> pa.Table:
+    import numpy as np
+
+    lines = _split_lines(lake.get_bytes(key))
+    return pa.table([pa.array(np.full(len(lines), file, np.int32)), lines], schema=RAW_LINES)
+
+
+def _csv_rows(lake: Lake, key: str) -> pa.Table:
+    """A CSV log's rows, as Spark reads them: one row per line after the header, the contract's
+    fields by position, every field a string, empty = missing. A line that is not one row of exactly
+    those fields (a quote left open, too few or too many fields) is ``malformed``, with its text."""
+    import csv
+
+    lines = _split_lines(lake.get_bytes(key)).to_pylist()[1:]
+    rows: list[dict] = []
+    for line in lines:
+        if not line.strip(" "):
+            continue
+        try:
+            fields = next(csv.reader([line], strict=True))
+        except csv.Error:
+            fields = []
+        row = {"record": line, "malformed": len(fields) != len(RAW_FIELDS)}
+        if not row["malformed"]:
+            row |= {n: v or None for n, v in zip(RAW_FIELDS, fields, strict=True)}
+            row["record"] = ",".join(fields)
+        rows.append(row)
+    table = pa.Table.from_pylist(rows, schema=RAW_EVENTS.remove(0).remove(0))
+    n = table.num_rows
+    return table.add_column(0, "source", pa.array([lake.url(key)] * n)).add_column(
+        0, "dt", pa.array([day_of(key)] * n)
+    )
+
+
+def read_raw_events_spark(spark: SparkSession, lake: Lake, jsonl_keys: list[str], csv_keys: list[str]) -> DataFrame:
+    """:data:`RAW_EVENTS` as a Spark DataFrame. Spark reads a local lake's files itself; on S3 the
+    executors read the lines (see :func:`visrec.store.spark.read_objects`) and parse them the same way."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
+    strings = T.StructType([T.StructField(n, T.StringType()) for n in RAW_FIELDS])
     frames = []
     if jsonl_keys:
-        text = _lines(spark, lake, jsonl_keys, header=False)
-        text = text.where(F.trim("value") != "")
+        text = _spark_lines(spark, lake, jsonl_keys, header=False).where(F.trim("value") != "")
         # Parse every field as a string, so a number where a string belongs is not a malformed line.
-        schema = T.StructType([T.StructField(n, T.StringType()) for n in RAW_FIELDS])
-        parsed = F.from_json("value", schema)
-        is_object = F.try_parse_json("value").isNotNull() & F.trim("value").startswith("{")
+        parsed = F.from_json("value", strings)
+        is_object = F.try_parse_json("value").isNotNull() & F.ltrim("value").startswith("{")
         frames.append(
             text.select(
                 "source",
@@ -81,7 +197,7 @@ def read_raw_events(spark: SparkSession, lake: Lake, jsonl_keys: list[str], csv_
             )
         )
     if csv_keys:
-        schema = T.StructType([*_raw_schema().fields, T.StructField("_corrupt", T.StringType())])
+        schema = T.StructType([*strings.fields, T.StructField("_corrupt", T.StringType())])
         options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"}
         if lake.is_local:
             csv = (
@@ -92,7 +208,7 @@ def read_raw_events(spark: SparkSession, lake: Lake, jsonl_keys: list[str], csv_
                 .withColumn("source", F.input_file_name())
             )
         else:
-            text = _lines(spark, lake, csv_keys, header=True).where(F.trim("value") != "")
+            text = _spark_lines(spark, lake, csv_keys, header=True).where(F.trim("value") != "")
             parsed = F.from_csv("value", schema.simpleString(), options)
             csv = text.select("source", parsed.alias("row")).select("source", "row.*")
         record = F.coalesce(
@@ -107,95 +223,106 @@ def read_raw_events(spark: SparkSession, lake: Lake, jsonl_keys: list[str], csv_
             )
         )
     if not frames:
-        schema = T.StructType(
-            [T.StructField("source", T.StringType()), T.StructField("record", T.StringType())]
-            + [T.StructField(n, T.StringType()) for n in RAW_FIELDS]
-            + [T.StructField("malformed", T.BooleanType())]
-        )
-        return spark.createDataFrame([], schema)
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        return spark.createDataFrame([], from_arrow_schema(RAW_EVENTS))
     out = frames[0]
     for frame in frames[1:]:
         out = out.unionByName(frame)
-    return out
+    return out.withColumn("dt", F.regexp_extract("source", DT.pattern, 1))
 
 
-def _lines(spark: SparkSession, lake: Lake, keys: list[str], header: bool) -> DataFrame:
+def _spark_lines(spark: SparkSession, lake: Lake, keys: list[str], header: bool) -> DataFrame:
     """``source`` and ``value``: each line of the objects ``keys`` (without a CSV's header line)."""
     from pyspark.sql import functions as F
 
     if lake.is_local:
         return spark.read.text([lake.path(k) for k in keys]).withColumn("source", F.input_file_name())
-    import pyarrow as pa
-
     from visrec.store.spark import read_objects
 
     schema = pa.schema([("value", pa.string()), ("source", pa.string())])
 
     def read(lake: Lake, key: str):
-        # Line ends as Spark's text reader knows them (str.splitlines knows more).
-        lines = re.split(r"\r\n|\n|\r", lake.get_bytes(key).decode("utf-8", errors="replace"))
-        lines = lines[1 if header else 0 : -1 if lines[-1] == "" else None]
-        yield pa.record_batch([pa.array(lines, pa.string()), pa.array([lake.url(key)] * len(lines))], schema)
+        lines = _split_lines(lake.get_bytes(key)).cast(pa.string())
+        lines = lines.slice(1) if header else lines
+        yield pa.record_batch([lines, pa.array([lake.url(key)] * len(lines))], schema)
 
     return read_objects(spark, lake, keys, schema, read)
 
 
-def classify_events(raw: DataFrame, catalog: DataFrame, ds: str, max_age_days: int) -> DataFrame:
-    """Add ``ts_parsed``, ``category`` and ``reason`` (null for a valid row) to raw event rows."""
-    from pyspark.sql import functions as F
-
-    day = date.fromisoformat(ds)
-    latest = datetime.combine(day + timedelta(days=1), datetime.min.time()) + CLOCK_SKEW
-    earliest = datetime.combine(day - timedelta(days=max_age_days), datetime.min.time())
-    items = catalog.select(F.col("item_id").alias("_item"), F.col("category"))
-    df = raw.withColumn("ts_parsed", F.try_to_timestamp(F.col("ts")))
-    df = df.join(F.broadcast(items), df.item_id == items._item, "left").drop("_item")
-    blank = [F.col(n).isNull() | (F.trim(F.col(n)) == "") for n in REQUIRED]
-    any_blank = blank[0]
-    for cond in blank[1:]:
-        any_blank = any_blank | cond
-    reason = (
-        F.when(F.col("malformed"), "malformed")
-        .when(any_blank, "missing_field")
-        .when(F.col("ts_parsed").isNull(), "bad_timestamp")
-        .when(~F.col("event_type").isin(*EVENT_TYPES), "unknown_event_type")
-        .when(F.col("category").isNull(), "unknown_item")
-        .when(F.col("ts_parsed") >= F.lit(latest), "future_timestamp")
-        .when(F.col("ts_parsed") < F.lit(earliest), "stale_timestamp")
+# --- what happens to a line: one SQL definition ----------------------------------------------------
+def day_bounds(days: list[str], max_age_days: int) -> pa.Table:
+    """Per ingested day: the earliest and latest accepted event time, and how a detail names them."""
+    rows = []
+    for ds in days:
+        day = date.fromisoformat(ds)
+        latest = datetime.combine(day + timedelta(days=1), datetime.min.time()) + CLOCK_SKEW
+        earliest = datetime.combine(day - timedelta(days=max_age_days), datetime.min.time())
+        rows.append((ds, earliest, latest, f" outside [{earliest:%Y-%m-%d}, {latest:%Y-%m-%dT%H:%M}]"))
+    dt, earliest, latest, text = zip(*rows, strict=True) if rows else ([], [], [], [])
+    ts = pa.timestamp("us", tz="UTC")
+    return pa.table(
+        {
+            "dt": pa.array(dt, pa.string()),
+            "earliest": pa.array(earliest, ts),
+            "latest": pa.array(latest, ts),
+            "bounds_text": pa.array(text, pa.string()),
+        }
     )
-    missing = F.concat_ws(", ", *[F.when(b, F.lit(n)) for n, b in zip(REQUIRED, blank, strict=True)])
-    detail = (
-        F.when(F.col("malformed"), "not a JSON object / CSV row")
-        .when(any_blank, F.concat(F.lit("missing: "), missing))
-        .when(F.col("ts_parsed").isNull(), F.concat(F.lit("unparseable ts "), F.col("ts")))
-        .when(~F.col("event_type").isin(*EVENT_TYPES), F.concat(F.lit("event_type "), F.col("event_type")))
-        .when(F.col("category").isNull(), F.concat(F.lit("item_id not in catalog: "), F.col("item_id")))
-        .otherwise(
-            F.concat(
-                F.lit("ts "), F.col("ts"), F.lit(f" outside [{earliest:%Y-%m-%d}, {latest:%Y-%m-%dT%H:%M}]")
-            )
-        )
-    )
-    return df.withColumn("reason", reason).withColumn("detail", F.when(reason.isNotNull(), detail))
 
 
-def split_events(classified: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """Return ``(valid, quarantine)``; ``valid`` keeps one row per exact duplicate, with the
-    ``events`` table's columns."""
-    from pyspark.sql import functions as F
+def _blank(name: str) -> str:
+    return f"({name} IS NULL OR trim({name}) = '')"
 
-    quarantine = classified.where(F.col("reason").isNotNull()).select("source", "record", "reason", "detail")
-    valid = (
-        classified.where(F.col("reason").isNull())
-        .dropDuplicates(list(RAW_FIELDS))
-        .select(
-            "user_id",
-            "item_id",
-            "event_type",
-            F.col("ts_parsed").alias("ts"),
-            "event_id",
-            F.col("price").try_cast("double").alias("price"),
-            "category",
-        )
-    )
-    return valid, quarantine
+
+_ANY_BLANK = " OR ".join(_blank(f"r.{n}") for n in REQUIRED)
+_TYPES = ", ".join(f"'{t}'" for t in EVENT_TYPES)
+_MISSING = ", ".join(f"CASE WHEN {_blank(n)} THEN '{n}' END" for n in REQUIRED)
+
+# raw_events + catalog (item_id, category) + bounds (day_bounds) -> every line with its verdict.
+CLASSIFY = f"""
+SELECT dt, source, record, {", ".join(RAW_FIELDS)}, ts_parsed, category, reason,
+       CASE
+           WHEN reason IS NULL THEN NULL
+           WHEN reason = 'malformed' THEN 'not a JSON object / CSV row'
+           WHEN reason = 'missing_field' THEN 'missing: ' || concat_ws(', ', {_MISSING})
+           WHEN reason = 'bad_timestamp' THEN 'unparseable ts ' || ts
+           WHEN reason = 'unknown_event_type' THEN 'event_type ' || event_type
+           WHEN reason = 'unknown_item' THEN 'item_id not in catalog: ' || item_id
+           ELSE 'ts ' || ts || bounds_text
+       END AS detail
+FROM (
+    SELECT r.*, c.category, b.bounds_text,
+           CASE
+               WHEN r.malformed THEN 'malformed'
+               WHEN {_ANY_BLANK} THEN 'missing_field'
+               WHEN r.ts_parsed IS NULL THEN 'bad_timestamp'
+               WHEN r.event_type NOT IN ({_TYPES}) THEN 'unknown_event_type'
+               WHEN c.category IS NULL THEN 'unknown_item'
+               WHEN r.ts_parsed >= b.latest THEN 'future_timestamp'
+               WHEN r.ts_parsed < b.earliest THEN 'stale_timestamp'
+           END AS reason
+    FROM (SELECT *, TRY_CAST(ts AS TIMESTAMPTZ) AS ts_parsed FROM raw_events) AS r
+    JOIN bounds AS b ON r.dt = b.dt
+    LEFT JOIN (SELECT item_id, category FROM catalog) AS c ON r.item_id = c.item_id
+)
+"""
+
+QUARANTINE_ROWS = "SELECT dt, source, record, reason, detail FROM classified WHERE reason IS NOT NULL"
+
+# One row per exact duplicate (the same raw fields) of a valid line, with the events table's columns.
+VALID = f"""
+SELECT dt, user_id, item_id, event_type, ts_parsed AS ts, event_id, TRY_CAST(price AS DOUBLE) AS price,
+       category
+FROM (
+    SELECT dt, {", ".join(RAW_FIELDS)}, ANY_VALUE(ts_parsed) AS ts_parsed, ANY_VALUE(category) AS category
+    FROM classified WHERE reason IS NULL
+    GROUP BY dt, {", ".join(RAW_FIELDS)}
+)
+"""
+
+# Lines and valid lines per day, before duplicates are dropped.
+LINE_COUNTS = """
+SELECT dt, COUNT(*) AS lines, SUM(CASE WHEN reason IS NULL THEN 1 ELSE 0 END) AS valid_lines
+FROM classified GROUP BY dt
+"""
