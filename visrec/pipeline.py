@@ -218,10 +218,18 @@ def ingest_events(ds: str, settings: Settings | None = None, force: bool = False
 
 @_timed
 def build_features(
-    ds: str, settings: Settings | None = None, events: Upstream = None, force: bool = False
+    ds: str,
+    settings: Settings | None = None,
+    events: Upstream = None,
+    force: bool = False,
+    rebuild: bool = False,
 ) -> Summary:
-    """Clean events up to ``ds`` -> interactions, user_days, user_profiles, item_stats (incremental)."""
-    from visrec.ingest.features import build_features as job
+    """Clean events up to ``ds`` -> interactions, user_days, user_profiles, item_stats: from the
+    previous day's snapshot and the new events, or (``rebuild``) from the whole history."""
+    from visrec.ingest.features import build_features as features
+
+    def job(*args):
+        return features(*args, rebuild=rebuild)
 
     _prepare("build_features", ds, settings, force)
     lake, rows = _engine_step(ds, settings, "build_features", job)
@@ -246,12 +254,72 @@ def ingest_user_photos(ds: str, settings: Settings | None = None, force: bool = 
     }
 
 
-def ingest(ds: str, settings: Settings | None = None) -> dict[str, Summary]:
+def ingest(ds: str, settings: Settings | None = None, rebuild: bool = False) -> dict[str, Summary]:
     """Every ingestion step for ``ds`` (what ``visrec ingest`` runs): images, events, features, uploads."""
     summaries = {"ingest_images": ingest_images(ds, settings), "ingest_events": ingest_events(ds, settings)}
-    summaries["build_features"] = build_features(ds, settings, summaries["ingest_events"])
+    summaries["build_features"] = build_features(ds, settings, summaries["ingest_events"], rebuild=rebuild)
     summaries["ingest_user_photos"] = ingest_user_photos(ds, settings)
     return summaries
+
+
+def ingest_range(days: list[str], settings: Settings | None = None, rebuild: bool = False) -> Summary:
+    """A range of days in one pass (``visrec ingest --start --end``; see
+    :func:`visrec.ingest.day.ingest_days`), then each day's user photos where it has uploads (the last
+    day's always: it applies the retention). Writes each day's run records."""
+    import time
+
+    from visrec.ingest.day import ingest_days
+
+    days = sorted(days)
+    settings, lake = _open(settings, days[-1])
+    started = time.perf_counter()
+    reports = ingest_days(settings, days, lake=lake, rebuild=rebuild)
+    for report in reports:
+        ev = report.events
+        record(
+            lake,
+            report.ds,
+            "ingest_events",
+            {
+                "table": lake.url(f"features/events/ds={report.ds}"),
+                "raw": ev.raw,
+                "valid": ev.valid,
+                "quarantined": ev.quarantined,
+                "duplicates": ev.duplicates,
+                "reasons": report.quarantine_reasons["events"],
+                "backfill": f"{days[0]}..{days[-1]}",
+            },
+        )
+        record(lake, report.ds, "build_features", {"rows": report.rows, "backfill": f"{days[0]}..{days[-1]}"})
+    photos = {
+        ds: ingest_user_photos(ds, settings)
+        for ds in days
+        if ds == days[-1] or lake.list_keys(f"raw/user_images/dt={ds}")
+    }
+    images = reports[-1].images
+    return {
+        "days": len(days),
+        "events": {
+            "raw": sum(r.events.raw for r in reports),
+            "valid": sum(r.events.valid for r in reports),
+            "quarantined": sum(r.events.quarantined for r in reports),
+            "duplicates": sum(r.events.duplicates for r in reports),
+        },
+        "quarantine_reasons": {
+            r.ds: r.quarantine_reasons["events"] for r in reports if r.quarantine_reasons["events"]
+        },
+        "images": {
+            "files": images.files,
+            "accepted": images.accepted,
+            "reused": images.reused,
+            "quarantined": images.quarantined,
+            "reasons": reports[-1].quarantine_reasons["images"],
+        },
+        "rows": reports[-1].rows,
+        "user_photos": {ds: p["accepted"] for ds, p in photos.items()},
+        "data_docs": reports[-1].data_docs,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 @_timed

@@ -158,8 +158,24 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.ds and not (args.start and args.end):
         raise VisrecError("give --ds DATE [DATE ...] or --start DATE --end DATE")
+    if not args.ds:
+        done = pipeline.ingest_range(_dates(args), settings, rebuild=args.rebuild)
+        ev, im = done["events"], done["images"]
+        print(
+            f"ingested {args.start} .. {args.end} ({done['days']} days) in one pass in {done['seconds']:.1f}s: "
+            f"events {ev['raw']} raw -> {ev['valid']} valid, {ev['quarantined']} quarantined, "
+            f"{ev['duplicates']} duplicates dropped; images (as of {args.end}) {im['files']} files -> "
+            f"{im['accepted']} accepted ({im['reused']} unchanged), {im['quarantined']} quarantined; "
+            f"features of {args.end}: {done['rows']}"
+        )
+        for ds, reasons in done["quarantine_reasons"].items():
+            print(f"  quarantined events of {ds}: {reasons}")
+        if im["reasons"]:
+            print(f"  quarantined images: {im['reasons']}")
+        print(f"  data docs: {done['data_docs']}")
+        return 0
     for ds in _dates(args):
-        done = pipeline.ingest(ds, settings)
+        done = pipeline.ingest(ds, settings, rebuild=args.rebuild)
         ev, im, ph = done["ingest_events"], done["ingest_images"], done["ingest_user_photos"]
         print(
             f"ingested {ds}: events {ev['raw']} raw -> {ev['valid']} valid, {ev['quarantined']} quarantined, "
@@ -463,13 +479,18 @@ def build_parser() -> argparse.ArgumentParser:
         "ingest",
         cmd_ingest,
         "the ingestion steps for a date: images, events, features, user photos",
-        "Ingest one or more dates: catalog images into staging/images, the day's event logs (Spark) "
-        "into clean events and quarantine, interactions / user profiles / item statistics as of "
-        "that day, the day's user photos; each table checked with Great Expectations.",
+        "Ingest one or more dates: catalog images into staging/images, the day's event logs into "
+        "clean events and quarantine (DuckDB here, Spark on a cluster), interactions / user profiles "
+        "/ item statistics as of that day (from the previous day's snapshot), the day's user photos; "
+        "each table checked with Great Expectations. --start/--end ingests the range in one pass "
+        "(a backfill: every log parsed in one job, images checked once, for the last day).",
     )
     ing.add_argument("--ds", nargs="+", help="the date(s), YYYY-MM-DD")
     ing.add_argument("--start", help="first date of a range (with --end)")
     ing.add_argument("--end", help="last date of a range")
+    ing.add_argument(
+        "--rebuild", action="store_true", help="features from the whole event history, not the previous day's"
+    )
     ing.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     train = command(

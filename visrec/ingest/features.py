@@ -38,8 +38,50 @@ def previous_snapshot(lake: Lake, ds: str, history: list[str]) -> str | None:
     built = min(lake.manifest(t, since).written_at for t in SNAPSHOTS)
     late = [d for d in history if d <= since and lake.manifest("events", d).written_at > built]
     if late:
-        log.info("features %s: events of %s were written after the snapshot of %s: rebuilding", ds, late, since)
+        log.info(
+            "features %s: events of %s were written after the snapshot of %s: rebuilding", ds, late, since
+        )
         return None
+    return since
+
+
+def feature_tables(
+    settings: Settings,
+    lake: Lake,
+    engine: Engine,
+    catalog: pa.Table,
+    ds: str,
+    history: list[str],
+    since: str | None,
+) -> dict[str, pa.Table]:
+    """The feature tables of ``ds`` from the event partitions ``history`` (those up to ``ds``): from
+    the whole history when ``since`` is None, otherwise from the snapshot of ``since`` (registered in
+    ``engine`` as ``previous`` and ``previous_days``) and the partitions after it."""
+    engine.register("catalog", catalog.select(["item_id", "category", "price"]))
+    engine.register_lake("events", lake, "events", [d for d in history if since is None or d > since])
+    sql = job.interactions_sql(ds, settings.weights(), settings.decay_half_life_days, since)
+    engine.materialize("interactions", sql)
+    engine.materialize("user_days", job.user_days_sql(incremental=since is not None))
+    tables = {
+        "interactions": engine.query("SELECT * FROM interactions"),
+        "user_days": engine.query("SELECT * FROM user_days"),
+        "user_profiles": job.with_top_categories(
+            engine.query(job.user_profiles_sql(ds, job.price_terciles(catalog))),
+            engine.query(job.TOP_CATEGORIES_SQL),
+        ),
+    }
+    engine.register_lake("events", lake, "events", job.stats_days(ds, history))
+    tables["item_stats"] = engine.query(job.item_stats_sql(ds))
+    engine.drop("catalog", "events", "interactions", "user_days")
+    return tables
+
+
+def _start(lake: Lake, engine: Engine, ds: str, history: list[str], rebuild: bool) -> str | None:
+    """Register the snapshot the features of ``ds`` start from; return its date (None: rebuild)."""
+    since = None if rebuild else previous_snapshot(lake, ds, history)
+    if since is not None:
+        engine.register_lake("previous", lake, "interactions", [since])
+        engine.register_lake("previous_days", lake, "user_days", [since])
     return since
 
 
@@ -54,37 +96,63 @@ def build_features(
 ) -> dict[str, int]:
     """Clean events up to ``ds`` -> ``interactions``, ``user_days``, ``user_profiles`` and
     ``item_stats`` of ``ds``; returns each table's row count."""
+    return build_feature_days(settings, lake, [ds], engine, validator, catalog, rebuild)[ds]
+
+
+def build_feature_days(
+    settings: Settings,
+    lake: Lake,
+    days: list[str],
+    engine: Engine | None = None,
+    validator: TableValidator | None = None,
+    catalog: pa.Table | None = None,
+    rebuild: bool = False,
+    chunk_days: int = 31,
+) -> dict[str, dict[str, int]]:
+    """The feature tables of each of ``days`` (ascending), each day's from the day before it. The
+    tables of ``chunk_days`` days are validated together (one Great Expectations run per table, keys
+    unique within each day) and then written, so a long backfill does not pay a validation per day
+    and memory holds one chunk."""
     engine = engine or open_engine(settings, "visrec-build-features")
     if catalog is None:
         catalog, _ = read_catalog(lake)
-    history = [d for d in lake.partitions("events") if d <= ds]
-    since = None if rebuild else previous_snapshot(lake, ds, history)
-    fresh = [d for d in history if since is None or d > since]
-    engine.register("catalog", catalog.select(["item_id", "category", "price"]))
-    engine.register_lake("events", lake, "events", fresh)
-    if since is not None:
-        engine.register_lake("previous", lake, "interactions", [since])
-        engine.register_lake("previous_days", lake, "user_days", [since])
-    sql = job.interactions_sql(ds, settings.weights(), settings.decay_half_life_days, since)
-    engine.materialize("interactions", sql)
-    engine.materialize("user_days", job.user_days_sql(incremental=since is not None))
-    tables = {
-        "interactions": engine.query("SELECT * FROM interactions"),
-        "user_days": engine.query("SELECT * FROM user_days"),
-        "user_profiles": job.with_top_categories(
-            engine.query(job.user_profiles_sql(ds, job.price_terciles(catalog))),
-            engine.query(job.TOP_CATEGORIES_SQL),
-        ),
-    }
-    engine.register_lake("events", lake, "events", job.stats_days(ds, history))
-    tables["item_stats"] = engine.query(job.item_stats_sql(ds))
-    engine.drop("catalog", "events", "previous", "previous_days", "interactions", "user_days")
-    rows = {}
-    for name, table in tables.items():
+    days = sorted(days)
+    every = lake.partitions("events")
+    since = _start(lake, engine, days[0], [d for d in every if d <= days[0]], rebuild)
+    rows: dict[str, dict[str, int]] = {}
+    for first in range(0, len(days), chunk_days):
+        chunk: dict[str, dict[str, pa.Table]] = {}
+        for ds in days[first : first + chunk_days]:
+            history = [d for d in every if d <= ds]
+            chunk[ds] = feature_tables(settings, lake, engine, catalog, ds, history, since)
+            how = f"from {since} + the events after it" if since else f"from {len(history)} days of events"
+            log.info("features %s %s (%s)", ds, how, engine.name)
+            # The next day starts from this one's snapshot, kept in the engine.
+            engine.register("previous", chunk[ds]["interactions"])
+            engine.register("previous_days", chunk[ds]["user_days"])
+            since = ds
         if validator is not None:
-            validator.validate(name, table.to_pandas())
-        lake.write_table(name, ds, table)
-        rows[name] = table.num_rows
-    how = f"from {since} + {len(fresh)} days of events" if since else f"from {len(fresh)} days of events"
-    log.info("features %s %s (%s): %s", ds, how, engine.name, rows)
+            for name in FEATURE_TABLES:
+                if len(chunk) == 1:
+                    validator.validate(name, next(iter(chunk.values()))[name].to_pandas())
+                else:
+                    validator.validate(
+                        name, _with_ds({ds: t[name] for ds, t in chunk.items()}), partitioned=True
+                    )
+        for ds, tables in chunk.items():
+            for name, table in tables.items():
+                lake.write_table(name, ds, table)
+            rows[ds] = {name: table.num_rows for name, table in tables.items()}
+            log.info("features %s: %s", ds, rows[ds])
+    engine.drop("previous", "previous_days")
     return rows
+
+
+FEATURE_TABLES = ("interactions", "user_days", "user_profiles", "item_stats")
+
+
+def _with_ds(tables: dict[str, pa.Table]):
+    """One pandas frame of several days' tables, with their ``ds``."""
+    return pa.concat_tables(
+        [t.append_column("ds", pa.array([ds] * t.num_rows, pa.string())) for ds, t in tables.items()]
+    ).to_pandas()

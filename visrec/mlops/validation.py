@@ -29,6 +29,18 @@ class ValidationFailed(VisrecError):
     """A table broke its suite; the message lists the failed expectations."""
 
 
+def _within_ds(expectation):
+    """A uniqueness expectation made to hold within each ``ds``; any other one unchanged."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    if isinstance(expectation, E.ExpectColumnValuesToBeUnique):
+        return E.ExpectCompoundColumnsToBeUnique(column_list=["ds", expectation.column])
+    if isinstance(expectation, E.ExpectCompoundColumnsToBeUnique):
+        return E.ExpectCompoundColumnsToBeUnique(column_list=["ds", *expectation.column_list])
+    return expectation
+
+
 def _suites() -> dict[str, list]:
     import great_expectations as gx
 
@@ -136,29 +148,37 @@ class TableValidator:
         self.source = self.context.data_sources.add_pandas("visrec")
         self.suites = _suites()
         self.results: dict[str, bool] = {}
+        self.runs: dict[str, int] = {}
 
-    def validate(self, table: str, df: pd.DataFrame) -> None:
-        """Validate ``df`` against ``table``'s suite; raise :class:`ValidationFailed` on failure."""
+    def validate(self, table: str, df: pd.DataFrame, partitioned: bool = False) -> None:
+        """Validate ``df`` against ``table``'s suite; raise :class:`ValidationFailed` on failure.
+        ``partitioned``: ``df`` holds several dates' partitions, told apart by its ``ds`` column, and
+        keys need to be unique within each date only (one run for a backfill's many days)."""
         gx = self._gx
         expectations = self.suites[table]
-        suite = self.context.suites.add(gx.ExpectationSuite(name=table))
+        if partitioned:
+            expectations = [_within_ds(e) for e in expectations]
+        # A table validated again by the same validator (a backfill's next chunk) gets its own name.
+        self.runs[table] = self.runs.get(table, 0) + 1
+        name = table if self.runs[table] == 1 else f"{table}-{self.runs[table]}"
+        suite = self.context.suites.add(gx.ExpectationSuite(name=name))
         for expectation in expectations:
             suite.add_expectation(expectation.copy())
-        batch = self.source.add_dataframe_asset(table).add_batch_definition_whole_dataframe(table)
+        batch = self.source.add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
         definition = self.context.validation_definitions.add(
-            gx.ValidationDefinition(name=table, data=batch, suite=suite)
+            gx.ValidationDefinition(name=name, data=batch, suite=suite)
         )
         checkpoint = self.context.checkpoints.add(
             gx.Checkpoint(
-                name=table,
+                name=name,
                 validation_definitions=[definition],
                 actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")],
             )
         )
         result = checkpoint.run(
-            batch_parameters={"dataframe": df}, run_id=gx.RunIdentifier(run_name=f"{table}-{self.ds}")
+            batch_parameters={"dataframe": df}, run_id=gx.RunIdentifier(run_name=f"{name}-{self.ds}")
         )
-        self.results[table] = result.success
+        self.results[table] = self.results.get(table, True) and result.success
         if result.success:
             log.info("validated %s (%d rows): %d expectations met", table, len(df), len(expectations))
             return

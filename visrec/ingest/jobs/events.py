@@ -81,8 +81,12 @@ def register_raw_events(engine: Engine, lake: Lake, jsonl_keys: list[str], csv_k
         return
     lines = [_lines(lake, key, n) for n, key in enumerate(jsonl_keys)]
     engine.register("raw_lines", pa.concat_tables(lines) if lines else RAW_LINES.empty_table())
-    files = [(n, day_of(key), lake.url(key)) for n, key in enumerate(jsonl_keys)]
-    engine.register("raw_files", pa.Table.from_pylist([dict(zip(RAW_FILES.names, f)) for f in files], RAW_FILES))
+    files = {
+        "file": list(range(len(jsonl_keys))),
+        "dt": [day_of(k) for k in jsonl_keys],
+        "source": [lake.url(k) for k in jsonl_keys],
+    }
+    engine.register("raw_files", pa.table(files, schema=RAW_FILES))
     csv = [_csv_rows(lake, key) for key in csv_keys]
     engine.register("raw_csv", pa.concat_tables(csv) if csv else RAW_EVENTS.empty_table())
     fields = ", ".join(f"{n}" for n in RAW_FIELDS)
@@ -175,7 +179,9 @@ def _csv_rows(lake: Lake, key: str) -> pa.Table:
     )
 
 
-def read_raw_events_spark(spark: SparkSession, lake: Lake, jsonl_keys: list[str], csv_keys: list[str]) -> DataFrame:
+def read_raw_events_spark(
+    spark: SparkSession, lake: Lake, jsonl_keys: list[str], csv_keys: list[str]
+) -> DataFrame:
     """:data:`RAW_EVENTS` as a Spark DataFrame. Spark reads a local lake's files itself; on S3 the
     executors read the lines (see :func:`visrec.store.spark.read_objects`) and parse them the same way."""
     from pyspark.sql import functions as F

@@ -195,7 +195,8 @@ def with_top_categories(profiles: pa.Table, top: pa.Table) -> pa.Table:
     offsets = np.concatenate([[0], np.cumsum(last - first)]).astype(np.int32)
     rows = np.repeat(first - offsets[:-1], last - first) + np.arange(offsets[-1])
     entries = pa.StructArray.from_arrays(
-        [top.column(n).combine_chunks().take(rows) for n in ("category", "share")], names=["category", "share"]
+        [top.column(n).combine_chunks().take(rows) for n in ("category", "share")],
+        names=["category", "share"],
     )
     return profiles.append_column("top_categories", pa.ListArray.from_arrays(pa.array(offsets), entries))
 
