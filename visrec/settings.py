@@ -10,6 +10,7 @@ nothing here names a path of any particular machine.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,8 +62,8 @@ class Settings(BaseSettings):
     )
     engine: Literal["auto", "duckdb", "spark"] = Field(
         "auto",
-        description="what runs the data jobs: duckdb (in this process), spark, or auto: spark when the "
-        "Spark master is a cluster, otherwise duckdb",
+        description="what runs the data jobs (events, features): duckdb in this process, or spark; auto: "
+        "spark when `VISREC_SPARK_MASTER` is a cluster, otherwise duckdb",
     )
     spark_master: str = Field("local[2]", description="where Spark jobs run (a cluster's master URL)")
     spark_cores: int = Field(
@@ -354,8 +355,9 @@ def settings_table() -> str:
             kind = "`file://...` or `s3://...`"
         elif name == "event_weights":
             kind = "each event type `=` a number >= 0"
-        elif name == "mf_promotion":
-            kind = "`gate` or `always`"
+        elif typing.get_origin(field.annotation) is Literal:
+            *first, last = (f"`{v}`" for v in typing.get_args(field.annotation))
+            kind = f"{', '.join(first)} or {last}"
         elif name.startswith("mf_search_"):
             kind = (
                 "`low..high`, 0 < low <= high" if "l2" in name or "rate" in name else "whole numbers, `a,b,c`"
