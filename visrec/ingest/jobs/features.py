@@ -95,7 +95,6 @@ def interactions_sql(ds: str, weights: dict[str, float], half_life_days: float, 
         SELECT user_id, item_id, CAST(confidence AS FLOAT) AS confidence,
                {", ".join(f"CAST(n_{t} AS INTEGER) AS n_{t}" for t in EVENT_TYPES)}, first_ts, last_ts
         FROM ({fresh}) AS pairs
-        ORDER BY user_id, item_id
     """
 
 
@@ -104,7 +103,7 @@ def user_days_sql(incremental: bool) -> str:
     days = "SELECT DISTINCT user_id, CAST(ts AS DATE) AS day FROM events"
     if incremental:
         days = f"{days} UNION SELECT user_id, day FROM previous_days"
-    return f"SELECT user_id, day FROM ({days}) AS d ORDER BY user_id, day"
+    return f"SELECT user_id, day FROM ({days}) AS d"
 
 
 def price_terciles(catalog: pa.Table) -> tuple[float, float] | None:
