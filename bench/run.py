@@ -222,7 +222,7 @@ def bench_backfill() -> Figures:
         settings = Settings(home=Path(tmp), error_budget=0.5)
         lake = Lake.from_settings(settings)
         config = ShopConfig(
-            users=200, items=1666, days=213, seed=7, uploader_share=0.0, upload_only_share=0.0
+            users=240, items=1666, days=213, seed=7, uploader_share=0.0, upload_only_share=0.0
         )
         shop = generate_shop(config, lake)
         days = sorted({k.split("dt=")[1].split("/")[0] for k in lake.list_keys("raw/events")})

@@ -268,9 +268,11 @@ def test_train_register_and_score_every_user(shop):
     assert second.metrics["champion"]["recall_at_20"] == pytest.approx(
         second.metrics["vbpr"]["recall_at_20"], abs=0.02
     )
-    recs = score_users(
+    scored = score_users(
         settings.with_overrides(top_k=10), LAST, lake=lake, config=MFConfig(max_per_category=4)
-    ).to_pandas()
+    )
+    recs = lake.read_table("recommendations", LAST).to_pandas()
+    assert (scored.rows, scored.users) == (len(recs), recs["user_id"].nunique())
     catalog = pd.read_csv(io.BytesIO(lake.get_bytes("raw/catalog/items.csv")), dtype=str)
     category = dict(zip(catalog["item_id"], catalog["category"], strict=True))
     events = lake.read_table("events").to_pandas()
@@ -309,7 +311,8 @@ def test_a_model_that_loses_to_popularity_is_not_promoted_and_popularity_serves(
     assert result.metrics["popularity"]["recall_at_20"] >= result.metrics["vbpr"]["recall_at_20"]
     assert result.promoted is False and result.serving == "popularity"
     assert "vs popularity" in result.reason and "not clearly beaten" in result.reason
-    recs = score_users(settings, "2026-11-06", lake=lake).to_pandas()
+    score_users(settings, "2026-11-06", lake=lake)
+    recs = lake.read_table("recommendations", "2026-11-06").to_pandas()
     users = lake.read_table("events").column("user_id").unique()
     assert set(recs.source) == {"popular"} and recs.user_id.nunique() == len(users)
 
@@ -464,3 +467,59 @@ def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_users():
     assert low <= few.mean() <= high
     assert np.subtract(*bootstrap_interval(many)[::-1]) < (high - low) / 4
     assert bootstrap_interval(np.ones(10)) == (1.0, 1.0) and bootstrap_interval(np.array([])) == (0.0, 0.0)
+
+
+def test_scoring_in_spark_shards_writes_the_same_table(tmp_path, spark, monkeypatch):
+    """Distributed scoring: Spark tasks score ranges of users and write their own parts of the
+    partition; the table is the one single-process scoring writes, generated looks and the users the
+    model does not know (popularity) included."""
+    from visrec.recsys.score import ScoreGroup
+    from visrec.recsys.train import FactorScorer
+
+    settings = Settings(home=tmp_path)
+    lake = Lake.from_settings(settings)
+    generate_shop(ShopConfig(users=200, items=100, days=3, seed=4), lake)
+    write_events_table(lake)
+    ds = "2026-11-03"
+    item_ids = sorted(pd.read_csv(io.BytesIO(lake.get_bytes("raw/catalog/items.csv")), dtype=str)["item_id"])
+    emb = visual_features(lake, item_ids)
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), emb.shape[1])
+    lake.write_table(
+        "item_embeddings",
+        ds,
+        pa.table({"item_id": item_ids, "embedding": embedding, "model_version": ["t"] * 100}),
+    )
+    users = sorted(set(lake.read_table("events").column("user_id").to_pylist()))
+    known = users[: len(users) * 9 // 10]  # the rest: popularity by segment
+    rng = np.random.default_rng(0)
+    scorer = FactorScorer(
+        known,
+        item_ids,
+        rng.normal(size=(len(known), 8)).astype(np.float32),
+        rng.normal(size=(100, 8)).astype(np.float32),
+        rng.normal(size=100).astype(np.float32),
+        "visrec-mf/7",
+    )
+    looks = [
+        {
+            "user_id": u,
+            "rank": 1,
+            "image_uri": f"file:///looks/{u}.png",
+            "category": "skirt",
+            "preference_score": 1.0,
+            "nearest_item_ids": item_ids[n : n + 5],
+            "nearest_scores": [0.9] * 5,
+        }
+        for n, u in enumerate(known[::10])
+    ]
+    lake.write_table("generated_looks", ds, pa.Table.from_pylist(looks))
+    monkeypatch.setattr(ScoreGroup, "CHUNK", 16)  # many ranges on a small shop
+    settings = settings.with_overrides(top_k=10, generated_slots=2)
+    single = score_users(settings, ds, lake=lake, scorer=scorer)
+    one = lake.read_table("recommendations", ds)
+    sharded = score_users(settings, ds, lake=lake, scorer=scorer, spark=spark, shards=4)
+    parts = lake.read_table("recommendations", ds)
+    assert len(lake.manifest("recommendations", ds).files) >= 4  # one file per task
+    assert sharded == single and single.sources.get("generated", 0) > 0 and single.sources["popular"] > 0
+    keys = [("user_id", "ascending"), ("rank", "ascending")]
+    assert parts.sort_by(keys).equals(one.sort_by(keys))

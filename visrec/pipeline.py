@@ -549,17 +549,21 @@ def score(
     if not force:
         check_unpublished(lake, "score", ds)
 
-    from collections import Counter
-
     from visrec.recsys.score import score_users
     from visrec.recsys.train import champion_scorer, serving
+    from visrec.store.engine import engine_name
 
     if looks is None:
         looks = run_summary(lake, ds, "generate_looks")
     # The champion's lists while it beats popularity (the last training's verdict), else popularity's.
     serve = _from(mf, "serving") or serving(settings)[0]
     scorer = champion_scorer(settings, version=_from(mf, "champion")) if serve == "model" else None
-    table = score_users(
+    spark = None
+    if engine_name(settings) == "spark":  # on a cluster, Spark tasks score the users in shards
+        from visrec.store.spark import get_spark
+
+        spark = get_spark(settings, "visrec-score")
+    scored = score_users(
         settings,
         ds,
         features_ds=features_ds,
@@ -567,16 +571,19 @@ def score(
         scorer=scorer,
         exclude=exclude,
         looks_version=_from(looks, "gan_version") or "visrec-gan",
+        spark=spark,
+        shards=2 * settings.spark_cores,
     )
     return {
-        "rows": table.num_rows,
-        "users": len(set(table.column("user_id").to_pylist())),
+        "rows": scored.rows,
+        "users": scored.users,
         "k": settings.top_k,
         "features_ds": features_ds,
         "serving": "model" if scorer is not None else "popularity",
-        "sources": dict(Counter(table.column("source").to_pylist())),
-        "model_versions": sorted(set(table.column("model_version").to_pylist())),
+        "sources": scored.sources,
+        "model_versions": scored.model_versions,
         "table": lake.url(f"published/recommendations/ds={ds}"),
+        **({"shards": 2 * settings.spark_cores} if spark is not None else {}),
     }
 
 

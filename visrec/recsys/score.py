@@ -5,6 +5,7 @@ evidence, generated looks' nearest items, popularity for users without history, 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -37,9 +38,12 @@ def score_all_users(
     model_version: str = "",
     source: str = "mf",
     chunk: int = 2048,
+    rows: range | None = None,
 ) -> pa.Table:
-    """Top ``k`` for every user in chunks: already-bought and excluded items filtered, at most
-    ``max_per_category`` items of one category per list (greedy over 3k candidates)."""
+    """Top ``k`` for every user (or the users ``rows``, a range starting at a multiple of ``chunk``)
+    in chunks of ``chunk`` users: already-bought and excluded items filtered, at most
+    ``max_per_category`` items of one category per list (greedy over 3k candidates). A user's list
+    does not depend on which range it was scored in."""
     item_index = {i: n for n, i in enumerate(data.item_ids)}
     filter_items = np.array([item_index[i] for i in (exclude or []) if i in item_index], dtype=np.int64)
     cats = np.array(categories)
@@ -49,8 +53,9 @@ def score_all_users(
         positions = cap_per_category(ids, cats, k, max_per_category)
         return [int(ids[p]) for p in positions], [float(scores[p]) for p in positions]
 
-    for start in range(0, data.n_users, chunk):
-        users = np.arange(start, min(start + chunk, data.n_users))
+    rows = rows if rows is not None else range(data.n_users)
+    for start in range(rows.start, rows.stop, chunk):
+        users = np.arange(start, min(start + chunk, rows.stop))
         picked: dict[int, tuple[list[int], list[float]]] = {}
         todo, depth = users, k if max_per_category is None else min(3 * k, data.n_items)
         # The category cap can skip many candidates: users left short are asked again, deeper.
@@ -119,6 +124,140 @@ class PhotoBlend(Recommender):
         return out
 
 
+@dataclass
+class ScoreSummary:
+    """What a scoring run wrote (from the rows, or summed over the parts Spark tasks wrote)."""
+
+    rows: int = 0
+    users: int = 0
+    sources: dict[str, int] = field(default_factory=dict)
+    model_versions: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, table: pa.Table) -> ScoreSummary:
+        from collections import Counter
+
+        return cls(
+            rows=table.num_rows,
+            users=len(set(table.column("user_id").to_pylist())),
+            sources=dict(Counter(table.column("source").to_pylist())),
+            model_versions=sorted(set(table.column("model_version").to_pylist())),
+        )
+
+    @classmethod
+    def total(cls, parts: list[ScoredPart]) -> ScoreSummary:
+        """Each user is in exactly one part, so users add up."""
+        out = cls()
+        for part in parts:
+            out.rows += part.summary.rows
+            out.users += part.summary.users
+            for source, n in part.summary.sources.items():
+                out.sources[source] = out.sources.get(source, 0) + n
+            out.model_versions = sorted(set(out.model_versions) | set(part.summary.model_versions))
+        return out
+
+
+@dataclass
+class ScoredPart:
+    """One file a Spark task wrote into the partition's version, with what it holds."""
+
+    name: str
+    rows: int
+    summary: ScoreSummary
+
+
+@dataclass
+class ScoreGroup:
+    """Scoring one group of users (one model, one ``source``), whole or one range of users at a time:
+    what a Spark task receives (picklable) in distributed scoring. ``looks``: the generated looks of
+    this group's users, when generated items may widen their lists."""
+
+    model: Recommender
+    data: TrainData
+    purchased: sp.csr_matrix
+    categories: list[str]
+    k: int
+    max_per_category: int | None
+    exclude: list[str]
+    version: str
+    source: str
+    looks: pa.Table | None = None
+    looks_version: str = ""
+    slots: int = 0
+
+    CHUNK = 2048  # users per top-K batch; ranges of users start at multiples of it
+
+    def run(self, rows: range | None = None) -> pa.Table:
+        """The rows of ``recommendations`` for the users ``rows`` (all by default)."""
+        table = score_all_users(
+            self.model,
+            self.data,
+            self.purchased,
+            self.categories,
+            k=self.k,
+            max_per_category=self.max_per_category,
+            exclude=self.exclude,
+            model_version=self.version,
+            source=self.source,
+            chunk=self.CHUNK,
+            rows=rows,
+        )
+        if self.looks is not None and self.looks.num_rows and table.num_rows:
+            table = add_generated_candidates(
+                table,
+                self.looks,
+                self.model,
+                self.data,
+                self.purchased,
+                self.categories,
+                slots=self.slots,
+                max_per_category=self.max_per_category,
+                exclude=set(self.exclude),
+                version=f"{self.version}+{self.looks_version}",
+            )
+        return table
+
+
+def score_in_shards(
+    spark, lake: Lake, ds: str, version: str, groups: list[ScoreGroup], shards: int
+) -> list[ScoredPart]:
+    """Distributed scoring: each group's users cut into ``shards`` ranges (whole chunks), one Spark
+    task per range; each task scores its users and writes its part of the ``recommendations``
+    partition's ``version`` straight into the lake, returning only the part's name and row count (the
+    rows never pass through the driver). Returns the parts, for :meth:`Lake.commit`."""
+    import json
+    import pickle
+
+    from pyspark.sql import types as T
+
+    uri, endpoint, region = lake.uri, lake.s3_endpoint, lake.s3_region
+    jobs = spark.sparkContext.broadcast(pickle.dumps(groups))
+    tasks = []
+    for g, group in enumerate(groups):
+        per_shard = -(-group.data.n_users // max(1, shards))
+        step = max(ScoreGroup.CHUNK, -(-per_shard // ScoreGroup.CHUNK) * ScoreGroup.CHUNK)
+        tasks += [(g, lo, min(lo + step, group.data.n_users)) for lo in range(0, group.data.n_users, step)]
+
+    def run(batches):
+        here = Lake(uri, s3_endpoint=endpoint, s3_region=region)
+        todo = pickle.loads(jobs.value)
+        for batch in batches:
+            for g, lo, hi in zip(*(batch.column(n).to_pylist() for n in ("group", "lo", "hi")), strict=True):
+                part = todo[g].run(range(lo, hi))
+                name = here.write_part("recommendations", ds, version, f"part-{g}-{lo:09d}", part)
+                summary = json.dumps(asdict(ScoreSummary.of(part)))
+                yield pa.record_batch([pa.array([name]), pa.array([summary])], ["name", "summary"])
+
+    frame = spark.createDataFrame(tasks, "group int, lo long, hi long").repartition(max(1, len(tasks)))
+    schema = T.StructType([T.StructField("name", T.StringType()), T.StructField("summary", T.StringType())])
+    rows = frame.mapInArrow(run, schema).collect()
+    jobs.unpersist()
+    parts = [ScoredPart(r["name"], 0, ScoreSummary(**json.loads(r["summary"]))) for r in rows]
+    for part in parts:
+        part.rows = part.summary.rows
+    return sorted(parts, key=lambda p: p.name)
+
+
 def score_users(
     settings: Settings,
     ds: str,
@@ -129,8 +268,12 @@ def score_users(
     exclude: list[str] | None = None,
     looks_version: str = "visrec-gan",
     features_ds: str | None = None,
-) -> pa.Table:
-    """Recommendations for every user as of ``ds`` -> ``recommendations``.
+    spark=None,
+    shards: int = 8,
+) -> ScoreSummary:
+    """Recommendations for every user as of ``ds`` -> ``recommendations``; returns what was written.
+    With ``spark``, the users are scored in ``shards`` ranges per group by Spark tasks that write
+    their parts of the partition themselves (:func:`score_in_shards`): the same rows.
 
     Users the champion recommender knows: its scores, blended with their photos' visual evidence when
     they uploaded any (``source='mf'``); when the day has generated looks for them, real items nearest
@@ -207,7 +350,12 @@ def score_users(
         ),
         (~known & ~has_photos, popular, "popular", "popularity-by-segment"),
     )
-    parts = []
+    looks = (
+        lake.read_table("generated_looks", ds) if lake.manifest("generated_looks", ds) is not None else None
+    )
+    # Generated looks reach a user through the recommender's visual taste: none without a champion.
+    widen = looks is not None and looks.num_rows > 0 and settings.generated_slots > 0 and scorer is not None
+    jobs = []
     for mask, model, source, version in groups:
         if not mask.any():
             continue
@@ -224,50 +372,41 @@ def score_users(
             model = PhotoBlend(base, vectors[index], has_photos[index], data.item_features, weight)
         elif isinstance(model, SegmentPopularity):
             model = model.for_users([segments[i] for i in index])
-        parts.append(
-            score_all_users(
+        jobs.append(
+            ScoreGroup(
                 model,
                 sub,
                 purchased[index],
                 categories,
                 k=settings.top_k,
                 max_per_category=config.max_per_category,
-                exclude=exclude,
-                model_version=version,
+                exclude=list(exclude or []),
+                version=version,
                 source=source,
+                looks=looks if widen and source == "mf" else None,
+                looks_version=looks_version,
+                slots=settings.generated_slots,
             )
         )
-    table = pa.concat_tables(parts) if parts else None
-    if table is None:
-        table = RECOMMENDATIONS.empty_table()
-    looks = (
-        lake.read_table("generated_looks", ds) if lake.manifest("generated_looks", ds) is not None else None
-    )
-    # Generated looks reach a user through the recommender's visual taste: none without a champion.
-    if looks is not None and looks.num_rows and settings.generated_slots > 0 and scorer is not None:
-        blend = PhotoBlend(aligned, vectors, has_photos, data.item_features, weight)
-        table = add_generated_candidates(
-            table,
-            looks,
-            blend,
-            everyone,
-            purchased,
-            categories,
-            slots=settings.generated_slots,
-            max_per_category=config.max_per_category,
-            exclude=set(exclude or []),
-            version=f"{model_version}+{looks_version}",
-        )
-    lake.write_table("recommendations", ds, table)
+    if spark is None:
+        table = pa.concat_tables([job.run() for job in jobs]) if jobs else RECOMMENDATIONS.empty_table()
+        lake.write_table("recommendations", ds, table)
+        summary = ScoreSummary.of(table)
+    else:
+        version = lake.new_version()
+        parts = score_in_shards(spark, lake, ds, version, jobs, shards=shards)
+        lake.commit("recommendations", ds, version, [(p.name, p.rows) for p in parts])
+        summary = ScoreSummary.total(parts)
     log.info(
-        "scored %d users for %s (%d with photos, %d upload-only): %d rows",
+        "scored %d users for %s (%d with photos, %d upload-only%s): %d rows",
         everyone.n_users,
         ds,
         int(has_photos.sum()),
         int((~known & has_photos).sum()),
-        table.num_rows,
+        f", {shards} shards on Spark" if spark is not None else "",
+        summary.rows,
     )
-    return table
+    return summary
 
 
 def add_generated_candidates(

@@ -238,25 +238,41 @@ class Lake:
         The data is checked against the table's schema first. A rerun for the same ``ds`` replaces the
         partition; it never appends. Old versions beyond the previous one are removed afterwards.
         """
+        version = self.new_version()
+        name = self.write_part(table, ds, version, "part-0", data)
+        return self.commit(table, ds, version, [(name, data.num_rows)])
+
+    @staticmethod
+    def new_version() -> str:
+        """A fresh version name for a partition (they sort by time)."""
+        return f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+
+    def write_part(self, table: str | TableSpec, ds: str, version: str, part: str, data: pa.Table) -> str:
+        """Write one Parquet file of a partition's (uncommitted) ``version``, checked against the
+        table's schema; return its name within the partition. Readers see nothing until
+        :meth:`commit`, so many writers (e.g. Spark tasks) can each write their own part."""
         spec = self._spec(table)
         data = conform(data, spec.schema, spec.name)
-        version = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
-        part_dir = f"{spec.path}/ds={check_ds(ds)}"
-        file_key = f"{part_dir}/v={version}/part-0.parquet"
+        name = f"v={version}/{part}.parquet"
         buffer = io.BytesIO()
         pq.write_table(data, buffer, compression="zstd")
-        self.put_bytes(file_key, buffer.getvalue())
+        self.put_bytes(f"{spec.path}/ds={check_ds(ds)}/{name}", buffer.getvalue())
+        return name
+
+    def commit(self, table: str | TableSpec, ds: str, version: str, parts: list[tuple[str, int]]) -> Manifest:
+        """Make ``version`` (its ``parts``: file names and row counts) the partition readers see: one
+        write of the pointer, the switch."""
+        spec = self._spec(table)
         manifest = Manifest(
             table=spec.name,
             ds=ds,
             version=version,
-            files=(f"v={version}/part-0.parquet",),
-            rows=data.num_rows,
+            files=tuple(name for name, _ in parts),
+            rows=sum(rows for _, rows in parts),
             written_at=datetime.now(UTC).isoformat(),
         )
-        # The switch: from here on readers see the new version.
         self.put_bytes(self._pointer_key(spec, ds), manifest.to_json())
-        self._drop_old_versions(part_dir, keep=version)
+        self._drop_old_versions(f"{spec.path}/ds={check_ds(ds)}", keep=version)
         return manifest
 
     def _drop_old_versions(self, part_dir: str, keep: str) -> None:
