@@ -834,6 +834,259 @@ def bench_scoring() -> Figures:
     return out
 
 
+SCALE_SIZES = (1, 4, 16)
+SCALE_BASE = dict(users=6_000, items=300, days=10)  # 1x: about 130k events; 16x: about 2M
+
+
+def _scale_worker(size: int) -> dict:
+    """Every stage of one size of the scaling benchmark, in a fresh process (its peak RSS its own):
+    returns each stage's seconds and the work it did."""
+    import resource
+
+    import numpy as np
+    import pyarrow as pa
+    import scipy.sparse as sp
+
+    from visrec.devdata.synth import ShopConfig, generate_shop
+    from visrec.ingest.catalog_images import ingest_images
+    from visrec.ingest.events import ingest_event_days
+    from visrec.ingest.features import build_features
+    from visrec.models.cnn import ImageClassifier
+    from visrec.recsys.baselines import FactorRecommender
+    from visrec.recsys.data import TrainData
+    from visrec.recsys.select import default_params, make_vbpr
+    from visrec.settings import Settings
+    from visrec.store.lake import Lake
+    from visrec.store.tables import load_staged_images
+    from visrec.vision.embed import embed_pixels
+
+    out: dict = {}
+
+    def timed(stage: str, work: float, unit: str, run):
+        started = time.perf_counter()
+        result = run()
+        out[stage] = {"seconds": time.perf_counter() - started, "work": work, "unit": unit}
+        return result
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(home=Path(tmp), error_budget=0.5)
+        lake = Lake.from_settings(settings)
+        config = ShopConfig(
+            users=SCALE_BASE["users"] * size,
+            items=SCALE_BASE["items"] * size,
+            days=SCALE_BASE["days"],
+            seed=3,
+            uploader_share=0.0,
+            upload_only_share=0.0,
+        )
+        shop = generate_shop(config, lake)
+        days = sorted({k.split("dt=")[1].split("/")[0] for k in lake.list_keys("raw/events")})
+        last = days[-1]
+        counts = timed("ingest", shop.events, "events", lambda: ingest_event_days(settings, lake, days))
+        valid = sum(c.valid for c, _ in counts.values())
+        rows = timed("features", valid, "events", lambda: build_features(settings, lake, last, rebuild=True))
+        timed("image_ingest", config.items, "images", lambda: ingest_images(settings, lake, last))
+        images = load_staged_images(lake, last)
+        model = ImageClassifier(sorted(set(images.categories)))
+        embed_pixels(model, images.pixels[:256])  # builds and traces the model
+        vectors = timed("embed", len(images.pixels), "images", lambda: embed_pixels(model, images.pixels))
+        # The recommender's training: one epoch beyond the first (which also compiles), default settings.
+        pairs = lake.read_table("interactions", last)
+        users = {u: n for n, u in enumerate(sorted(set(pairs.column("user_id").to_pylist())))}
+        items = {i: n for n, i in enumerate(images.item_ids)}
+        keep = [i in items for i in pairs.column("item_id").to_pylist()]
+        pairs = pairs.filter(pa.array(keep))
+        matrix = sp.csr_matrix(
+            (
+                pairs.column("confidence").to_numpy(),
+                (
+                    [users[u] for u in pairs.column("user_id").to_pylist()],
+                    [items[i] for i in pairs.column("item_id").to_pylist()],
+                ),
+            ),
+            shape=(len(users), len(items)),
+        )
+        data = TrainData(matrix, vectors, None)
+        one = timed(
+            "train_mf_1",
+            matrix.nnz,
+            "interactions",
+            lambda: make_vbpr(settings, {**default_params(settings), "epochs": 1}).fit(data),
+        )
+        two = timed(
+            "train_mf_2",
+            matrix.nnz,
+            "interactions",
+            lambda: make_vbpr(settings, {**default_params(settings), "epochs": 2}).fit(data),
+        )
+        del one, two
+        out["train_mf_epoch"] = {
+            "seconds": out.pop("train_mf_2")["seconds"] - out.pop("train_mf_1")["seconds"],
+            "work": matrix.nnz,
+            "unit": "interactions",
+        }
+        # Scoring every user: a factor model of the shop's size (64 dims), top 20, seen items filtered.
+        rng = np.random.default_rng(0)
+        scorer = FactorRecommender()
+        scorer.user_vectors = rng.standard_normal((len(users), 64), dtype=np.float32)
+        scorer.item_vectors = rng.standard_normal((len(items), 64), dtype=np.float32)
+        scorer.item_biases = np.zeros(len(items), np.float32)
+        scorer.recommend(np.arange(min(4096, len(users))), matrix, N=20)  # warm-up
+        timed(
+            "score",
+            len(users) * len(items),
+            "user-item scores",
+            lambda: scorer.recommend(np.arange(len(users)), matrix, N=20),
+        )
+        out["_rows"] = rows
+        out["_users"], out["_items"] = len(users), len(items)
+    out["_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return out
+
+
+def _scale_score_distributed(size: int) -> dict:
+    """Distributed scoring (Spark local[2], 8 shards) of a random factor model of one size's users
+    and items, in a fresh process: seconds and the driver's peak RSS (the Python driver, whose
+    memory holds the model; the rows are written by the tasks)."""
+    import resource
+
+    import numpy as np
+    import scipy.sparse as sp
+
+    from visrec.recsys.data import TrainData
+    from visrec.recsys.score import ScoreGroup, score_in_shards
+    from visrec.recsys.train import FactorScorer
+    from visrec.settings import Settings
+    from visrec.store.lake import Lake
+    from visrec.store.spark import get_spark
+
+    n_users, n_items = SCALE_BASE["users"] * size, SCALE_BASE["items"] * size
+    rng = np.random.default_rng(0)
+    user_ids, item_ids = [f"u{n:08d}" for n in range(n_users)], [f"i{n:07d}" for n in range(n_items)]
+    model = FactorScorer(
+        user_ids,
+        item_ids,
+        rng.standard_normal((n_users, 64), dtype=np.float32),
+        rng.standard_normal((n_items, 64), dtype=np.float32),
+        np.zeros(n_items, np.float32),
+        "random",
+    )
+    seen = sp.csr_matrix((n_users, n_items), dtype=np.float32)
+    data = TrainData(seen, None, None, user_ids, item_ids)
+    group = ScoreGroup(model, data, seen, ["c"] * n_items, 20, None, [], "random", "mf")
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(home=Path(tmp))
+        lake = Lake.from_settings(settings)
+        spark = get_spark(settings, "bench-scale")
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        started = time.perf_counter()
+        version = lake.new_version()
+        parts = score_in_shards(spark, lake, "2026-11-30", version, [group], shards=8)
+        lake.commit("recommendations", "2026-11-30", version, [(p.name, p.rows) for p in parts])
+        seconds = time.perf_counter() - started
+        rows = sum(p.rows for p in parts)
+        collected = sum(len(p.name) + 200 for p in parts)  # names and summaries: a few hundred bytes each
+        spark.stop()
+    return {
+        "seconds": seconds,
+        "rows": rows,
+        "users": n_users,
+        "work": n_users * n_items,
+        "driver_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "driver_rss_before_gb": before,
+        "collected_bytes": collected,
+    }
+
+
+def bench_scale() -> Figures:
+    """The synthetic shop at 1x, 4x and 16x (users, items and events scaled together, 10 days), every
+    stage timed on one machine (DuckDB, in-process models), each in a fresh process: events ingested
+    (all days in one pass), features (rebuilt from history), image ingestion, embedding (the image
+    model), the recommender's training per epoch, scoring every user; and distributed scoring on Spark
+    local[2] with the driver's peak RSS. Each stage's cost exponent is fitted against its own work
+    (events, images, interactions, user x item scores) over the three sizes; a PNG plot in bench/."""
+    import multiprocessing
+
+    import numpy as np
+
+    out: Figures = {}
+    spawn = multiprocessing.get_context("spawn")
+    runs, distributed = {}, {}
+    for size in SCALE_SIZES:
+        with spawn.Pool(1) as pool:
+            runs[size] = pool.apply(_scale_worker, (size,))
+        with spawn.Pool(1) as pool:
+            distributed[size] = pool.apply(_scale_score_distributed, (size,))
+    stages = [k for k in runs[SCALE_SIZES[0]] if not k.startswith("_")]
+    for size in SCALE_SIZES:
+        r = runs[size]
+        shape = f"{size}x: {r['_users']} users x {r['_items']} items, {r['ingest']['work']} events"
+        for stage in stages:
+            s = r[stage]
+            out[f"scale.{stage}.{size}x.seconds"] = _figure(round(s["seconds"], 3), "s", shape)
+            out[f"scale.{stage}.{size}x.per_s"] = _figure(
+                round(s["work"] / s["seconds"]), f"{s['unit']}/s", shape
+            )
+        out[f"scale.peak_rss_gb.{size}x"] = _figure(
+            round(r["_peak_rss_gb"], 2), "GB", shape + ", one machine"
+        )
+        d = distributed[size]
+        note = f"{size}x: {d['users']} users, {d['rows']} rows written by the tasks, Spark local[2], 8 shards"
+        out[f"scale.score_distributed.{size}x.seconds"] = _figure(round(d["seconds"], 2), "s", note)
+        out[f"scale.score_distributed.{size}x.users_per_s"] = _figure(
+            round(d["users"] / d["seconds"]), "users/s", note
+        )
+        out[f"scale.score_distributed.{size}x.driver_peak_rss_gb"] = _figure(
+            round(d["driver_rss_gb"], 3), "GB", note + f"; {d['driver_rss_before_gb']:.3f} GB before scoring"
+        )
+        out[f"scale.score_distributed.{size}x.collected_bytes"] = _figure(
+            d["collected_bytes"], "bytes", "what the tasks send back to the driver: part names and counts"
+        )
+    fits = {}
+    for stage in stages:
+        work = [runs[z][stage]["work"] for z in SCALE_SIZES]
+        seconds = [runs[z][stage]["seconds"] for z in SCALE_SIZES]
+        fits[stage] = (work, seconds, runs[SCALE_SIZES[0]][stage]["unit"])
+    fits["score_distributed"] = (
+        [distributed[z]["work"] for z in SCALE_SIZES],
+        [distributed[z]["seconds"] for z in SCALE_SIZES],
+        "user-item scores",
+    )
+    for stage, (work, seconds, unit) in fits.items():
+        slope = np.polyfit(np.log(work), np.log(seconds), 1)[0]
+        out[f"scale.{stage}.exponent"] = _figure(
+            round(float(slope), 2),
+            "exponent",
+            f"log(seconds) against log({unit}) over 1x, 4x, 16x; goal <= 1.15",
+        )
+    rss = [distributed[z]["driver_rss_gb"] for z in SCALE_SIZES]
+    out["scale.score_distributed.driver_rss_growth"] = _figure(
+        round(rss[-1] / rss[0], 2),
+        "x",
+        "the driver's peak RSS at 16x over 1x in distributed scoring; goal <= 1.2",
+    )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for stage, (_, seconds, _) in fits.items():
+        ax.plot(
+            SCALE_SIZES, seconds, marker="o", label=f"{stage} ({out[f'scale.{stage}.exponent']['value']})"
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(SCALE_SIZES, [f"{z}x" for z in SCALE_SIZES])
+    ax.set_xlabel("shop size")
+    ax.set_ylabel("seconds")
+    ax.set_title("visrec stages vs size (exponent against each stage's work)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(HERE / "scale.png", dpi=110)
+    return out
+
+
 GAN_SEEDS = (42, 1, 2, 3)
 
 
@@ -1090,6 +1343,7 @@ BENCHES: dict[str, Callable[[], Figures]] = {
     "gan": bench_gan,
     "gan_hm": bench_gan_hm,
     "scoring": bench_scoring,
+    "scale": bench_scale,
     "vision": bench_vision,
     "cluster": bench_cluster,
 }

@@ -1,7 +1,8 @@
 """``make demo``: the nightly pipeline on the embedded default, through Airflow, several days in a row.
 
-Generates the synthetic shop; ingests its first days as history (events, images and user photos,
-with the same functions the DAG calls, in this process, to save Airflow's per-run start-up); then runs the ``visrec_nightly`` DAG
+Generates the synthetic shop; ingests its first days as history in one pass (events, features and
+images, as `visrec ingest --start --end` does, then each day's user photos; in this process, to save
+Airflow's per-run start-up); then runs the ``visrec_nightly`` DAG
 with ``airflow dags test`` for each of the last ``--dag-days`` days (ingest, features, image model,
 embeddings, recommender behind its promotion gate, scoring, validated publishing, report). Ends with
 a summary read back from the DuckDB warehouse: tables and row counts, the models' metrics, where the
@@ -19,7 +20,7 @@ from datetime import date, timedelta
 # The GAN's budget in the demo. At 2 minutes (about 23 epochs on 2 cores) its class consistency was
 # still swinging from epoch to epoch (0.55-0.94 of the image model's accuracy over seeds); by 45-60
 # epochs, about 5 minutes, it was mostly at 0.87-1.0 (per-epoch traces in issue 6's closing note).
-DEMO_GAN_MINUTES = 5.0
+DEMO_GAN_MINUTES = 3.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--days", type=int, default=10, help="days of synthetic events (default 10)")
-    parser.add_argument("--dag-days", type=int, default=3, help="run the DAG for the last N days (default 3)")
+    parser.add_argument("--dag-days", type=int, default=2, help="run the DAG for the last N days (default 2)")
     parser.add_argument("--corrupt-rate", type=float, default=0.01)
     parser.add_argument(
         "--cnn-minutes", type=float, default=3.0, help="image model budget per run (default 3)"
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from visrec.app.orchestrate import airflow_env, run_dates
     from visrec.devdata.synth import ShopConfig, generate_shop
     from visrec.errors import VisrecError
-    from visrec.ingest.day import ingest_day
+    from visrec.ingest.day import ingest_days
     from visrec.ingest.user_photos import ingest_user_photos
     from visrec.publish import OUTPUT_TABLES
     from visrec.settings import Settings
@@ -88,15 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         dag_days = days[-max(1, min(args.dag_days, len(days))) :]
         history = [d for d in days if d not in dag_days]
         if history:
-            from visrec.store.engine import open_engine
-
-            engine = open_engine(settings, "visrec-demo-history")
-            for ds in history:
-                report = ingest_day(settings, ds, lake=lake, engine=engine)
-                ingest_user_photos(settings, lake, ds)
+            # The history in one pass, as `visrec ingest --start --end` does.
+            reports = ingest_days(settings, history, lake=lake)
+            for report in reports:
+                photos, _ = ingest_user_photos(settings, lake, report.ds)
                 print(
-                    f"[demo] history {ds}: {report.events.valid} events, {report.events.quarantined} "
-                    f"quarantined, {report.images.accepted} images"
+                    f"[demo] history {report.ds}: {report.events.valid} events, {report.events.quarantined} "
+                    f"quarantined, {photos.accepted} user photos"
+                    + (f", {report.images.accepted} images" if report.images else "")
                 )
         print(
             f"[demo] running the visrec_nightly DAG for {', '.join(dag_days)}"

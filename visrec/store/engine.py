@@ -108,12 +108,22 @@ class DuckDBEngine(Engine):
                 self.con.execute(f"DROP {kind} {name}")
 
 
+# DuckDB functions SQLGlot does not translate, and their Spark names.
+SPARK_FUNCTIONS = {"EPOCH_US": "UNIX_MICROS"}
+
+
 @functools.cache
 def to_spark_sql(sql: str) -> str:
     """A job's SQL (DuckDB dialect) as Spark SQL."""
     import sqlglot
+    from sqlglot import exp
 
-    return sqlglot.transpile(sql, read="duckdb", write="spark")[0]
+    def rename(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Anonymous) and node.name.upper() in SPARK_FUNCTIONS:
+            return exp.Anonymous(this=SPARK_FUNCTIONS[node.name.upper()], expressions=node.expressions)
+        return node
+
+    return sqlglot.parse_one(sql, read="duckdb").transform(rename).sql(dialect="spark")
 
 
 class SparkEngine(Engine):

@@ -24,7 +24,7 @@ User segments (first match wins), with ``recent`` meaning the last 7 days before
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -42,14 +42,12 @@ def end_of_day(ds: str) -> datetime:
     return datetime.combine(date.fromisoformat(ds) + timedelta(days=1), datetime.min.time())
 
 
-def _ref(ds: str) -> str:
-    return f"TIMESTAMPTZ '{end_of_day(ds):%Y-%m-%d %H:%M:%S}+00:00'"
-
-
 def _age_days(column: str, ds: str) -> str:
-    # Doubles throughout: Spark reads a literal such as 86400000000.0 as a DECIMAL, and its division
-    # as DECIMAL arithmetic of limited scale.
-    return f"(CAST(DATE_DIFF('microsecond', {column}, {_ref(ds)}) AS DOUBLE) / {DAY_US})"
+    # Microseconds since the epoch (EPOCH_US, UNIX_MICROS on Spark: see visrec.store.engine) are
+    # twice as fast in DuckDB as DATE_DIFF. Doubles throughout: Spark reads a literal such as
+    # 86400000000.0 as a DECIMAL, and its division as DECIMAL arithmetic of limited scale.
+    ref_us = int(end_of_day(ds).replace(tzinfo=UTC).timestamp()) * 1_000_000
+    return f"(CAST({ref_us} - EPOCH_US({column}) AS DOUBLE) / {DAY_US})"
 
 
 def _counts(prefix: str = "") -> str:
