@@ -141,13 +141,13 @@ def test_cadence_trains_only_when_due(tmp_path):
     assert gan_due(settings, lake, DS)[0]  # an untrained day does not count as a training
 
 
-def test_generated_looks_follow_favourite_categories(trained, spark):
+def test_generated_looks_follow_favourite_categories(trained):
     from visrec.devdata.synth import write_events_table
     from visrec.ingest.features import build_features
 
     settings, lake, result, cnn = trained
     write_events_table(lake)
-    build_features(settings, lake, DS, spark)
+    build_features(settings, lake, DS)
     table = generate_looks(settings, lake, DS, result.model, cnn, result.version, users_per_segment=2, keep=2)
     assert table.num_rows > 0
     profiles = {
