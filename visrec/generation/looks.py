@@ -140,6 +140,7 @@ def _visual_preferences(
             out[user] = scorer.visual_preference[known[user]]
             continue
         mine = interactions[(interactions["user_id"] == user) & interactions["item_id"].isin(position)]
+        mine = mine.sort_values("item_id")  # the table's row order is the engine's: sum in a fixed one
         if mine.empty:
             out[user] = item_matrix.mean(0)
         else:
