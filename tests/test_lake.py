@@ -138,3 +138,21 @@ def test_check_ds_takes_real_dates_in_ascii_digits_only(ds):
 
     with pytest.raises(LakeError):
         check_ds(ds)
+
+
+def test_differing_tables_ignores_float_rounding_but_not_other_items():
+    """How two deployments' outputs are compared (the cluster test): scores may differ in their last
+    bits, nothing else may."""
+    import numpy as np
+    import pyarrow as pa
+
+    from visrec.devdata.trial import differing_tables
+
+    recs = pa.table({"user_id": ["u1", "u1"], "rank": [1, 2], "item_id": ["a", "b"], "score": [2.5, 1.25]})
+    nudged = recs.set_column(3, "score", pa.array(np.nextafter(np.array([2.5, 1.25]), 3.0)))
+    other = recs.set_column(2, "item_id", pa.array(["a", "c"]))
+    off = recs.set_column(3, "score", pa.array([2.5, 1.3]))
+    assert differing_tables({"recommendations": recs}, {"recommendations": nudged}) == []
+    assert differing_tables({"recommendations": recs}, {"recommendations": other}) == ["recommendations"]
+    assert differing_tables({"recommendations": recs}, {"recommendations": off}) == ["recommendations"]
+    assert differing_tables({"recommendations": recs}, {}) == ["recommendations"]

@@ -21,7 +21,15 @@ from pathlib import Path
 import pytest
 
 from visrec.app.cluster import WORKERS, LocalCluster, Ports, port_open
-from visrec.devdata.trial import HISTORY, NIGHT, SETTINGS, SHOP_ARGS, in_process_env, table_hashes
+from visrec.devdata.trial import (
+    HISTORY,
+    NIGHT,
+    SETTINGS,
+    SHOP_ARGS,
+    differing_tables,
+    in_process_env,
+    read_outputs,
+)
 from visrec.publish import OUTPUT_TABLES
 
 pytestmark = pytest.mark.cluster
@@ -152,9 +160,10 @@ def test_published_tables_are_identical_to_an_in_process_run(cluster, nightly, i
     on_cluster = Lake.from_settings(Settings.from_env(cluster.env()))
     local = Lake.from_settings(Settings(home=in_process))
     assert set(published_dates(on_cluster)) == set(published_dates(local)) == {D2}
-    cluster_hashes = table_hashes(on_cluster, D2, OUTPUT_TABLES)
-    assert len(cluster_hashes) >= 6
-    assert cluster_hashes == table_hashes(local, D2, OUTPUT_TABLES)
+    cluster_tables = read_outputs(on_cluster, D2, OUTPUT_TABLES)
+    assert len(cluster_tables) >= 6
+    # The same rows (lists, ranks, ids); scores equal to float rounding: Spark tasks score on one thread.
+    assert differing_tables(cluster_tables, read_outputs(local, D2, OUTPUT_TABLES)) == []
 
 
 def test_a_spark_job_survives_a_lost_worker(cluster, tmp_path):
