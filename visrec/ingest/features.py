@@ -49,15 +49,15 @@ def feature_tables(
     settings: Settings,
     lake: Lake,
     engine: Engine,
-    catalog: pa.Table,
     ds: str,
     history: list[str],
     since: str | None,
+    terciles: tuple[float, float] | None,
 ) -> dict[str, pa.Table]:
     """The feature tables of ``ds`` from the event partitions ``history`` (those up to ``ds``): from
     the whole history when ``since`` is None, otherwise from the snapshot of ``since`` (registered in
-    ``engine`` as ``previous`` and ``previous_days``) and the partitions after it."""
-    engine.register("catalog", catalog.select(["item_id", "category", "price"]))
+    ``engine`` as ``previous`` and ``previous_days``) and the partitions after it. The catalog is
+    registered as ``catalog``; ``terciles``: its price terciles (:func:`job.price_terciles`)."""
     engine.register_lake("events", lake, "events", [d for d in history if since is None or d > since])
     sql = job.interactions_sql(ds, settings.weights(), settings.decay_half_life_days, since)
     engine.materialize("interactions", sql)
@@ -66,13 +66,13 @@ def feature_tables(
         "interactions": engine.query("SELECT * FROM interactions"),
         "user_days": engine.query("SELECT * FROM user_days"),
         "user_profiles": job.with_top_categories(
-            engine.query(job.user_profiles_sql(ds, job.price_terciles(catalog))),
+            engine.query(job.user_profiles_sql(ds, terciles)),
             engine.query(job.TOP_CATEGORIES_SQL),
         ),
     }
     engine.register_lake("events", lake, "events", job.stats_days(ds, history))
     tables["item_stats"] = engine.query(job.item_stats_sql(ds))
-    engine.drop("catalog", "events", "interactions", "user_days")
+    engine.drop("events", "interactions", "user_days")
     return tables
 
 
@@ -119,6 +119,9 @@ def build_feature_days(
     days = sorted(days)
     every = lake.partitions("events")
     since = _start(lake, engine, days[0], [d for d in every if d <= days[0]], rebuild)
+    # Once for all days: the catalog and its price terciles.
+    engine.register("catalog", catalog.select(["item_id", "category", "price"]))
+    terciles = job.price_terciles(catalog)
     rows: dict[str, dict[str, int]] = {}
     todo = list(days)
     while todo:
@@ -127,7 +130,7 @@ def build_feature_days(
         while todo and held < chunk_rows:
             ds = todo.pop(0)
             history = [d for d in every if d <= ds]
-            chunk[ds] = feature_tables(settings, lake, engine, catalog, ds, history, since)
+            chunk[ds] = feature_tables(settings, lake, engine, ds, history, since, terciles)
             held += sum(t.num_rows for t in chunk[ds].values())
             how = f"from {since} + the events after it" if since else f"from {len(history)} days of events"
             log.info("features %s %s (%s)", ds, how, engine.name)
@@ -148,7 +151,7 @@ def build_feature_days(
                 lake.write_table(name, ds, table)
             rows[ds] = {name: table.num_rows for name, table in tables.items()}
             log.info("features %s: %s", ds, rows[ds])
-    engine.drop("previous", "previous_days")
+    engine.drop("catalog", "previous", "previous_days")
     return rows
 
 

@@ -13,7 +13,6 @@ Spark is the engine as soon as ``VISREC_SPARK_MASTER`` names a cluster, or when 
 from __future__ import annotations
 
 import functools
-import logging
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -24,8 +23,6 @@ from visrec.store.schemas import TableSpec, spec_for
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-
-log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -81,9 +78,8 @@ class DuckDBEngine(Engine):
 
     def register_lake(self, name: str, lake: Lake, table: str | TableSpec, dss: list[str]) -> None:
         spec = table if isinstance(table, TableSpec) else spec_for(table)
-        data = lake.read_table(spec, dss) if dss else lake.read_table(spec, [])
         # Parquet gives back exactly the table's schema; timestamps stay UTC.
-        self.register(name, data)
+        self.register(name, lake.read_table(spec, dss))
 
     def view(self, name: str, sql: str) -> None:
         self.drop(name)

@@ -89,7 +89,7 @@ def register_raw_events(engine: Engine, lake: Lake, jsonl_keys: list[str], csv_k
     engine.register("raw_files", pa.table(files, schema=RAW_FILES))
     csv = [_csv_rows(lake, key) for key in csv_keys]
     engine.register("raw_csv", pa.concat_tables(csv) if csv else RAW_EVENTS.empty_table())
-    fields = ", ".join(f"{n}" for n in RAW_FIELDS)
+    fields = ", ".join(RAW_FIELDS)
     paths = ", ".join(f"'$.{n}'" for n in RAW_FIELDS)
     parsed = ", ".join(f"j[{i + 1}] AS {n}" for i, n in enumerate(RAW_FIELDS))
     engine.view(
@@ -111,14 +111,6 @@ def register_raw_events(engine: Engine, lake: Lake, jsonl_keys: list[str], csv_k
         SELECT dt, source, record, {fields}, malformed FROM raw_csv
         """,
     )
-
-
-def _text(lake: Lake, key: str) -> str:
-    data = lake.get_bytes(key)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:  # as Spark's text reader does: bad bytes become U+FFFD, the line stays
-        return data.decode("utf-8", errors="replace")
 
 
 def _split_lines(data: bytes) -> pa.LargeStringArray:
