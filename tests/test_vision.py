@@ -294,3 +294,96 @@ def test_held_out_scoring_starts_late_and_the_best_scored_epoch_is_kept():
     # the model ends with epoch 3's weights, not the last ones.
     assert scored == [None, None, 1.0, 0.0]
     assert np.array_equal(model.get_weights()[0], right[0])
+
+
+def _shopper_photos(lake: Lake, item_ids: list[str], size: int, seed: int) -> np.ndarray:
+    """A shopper's JPEG photo of each catalog image (zoomed out, turned, relit, on clutter), at ``size``."""
+    from visrec.devdata.synth import shopper_photo
+    from visrec.ingest.images import fit_square, to_rgb
+
+    rng = np.random.default_rng(seed)
+    images = load_staged_images(lake, DS)
+    position = {item: k for k, item in enumerate(images.item_ids)}
+    photos = []
+    for item in item_ids:
+        out = io.BytesIO()
+        Image.fromarray(shopper_photo(images.pixels[position[item]], rng)).save(out, "JPEG", quality=60)
+        photos.append(np.asarray(fit_square(to_rgb(Image.open(io.BytesIO(out.getvalue()))), size)))
+    return np.stack(photos)
+
+
+def test_the_retrieval_embedding_finds_the_photographed_item_first_more_often(trained):
+    # The same shop and training, without the retrieval head: its embedding is the classifier's.
+    settings, lake, result, model = trained
+    assert model.retrieval_dim == 64 and model.attributes == {}  # the synthetic catalog names no colour
+    plain = train_cnn(
+        settings, DS, lake=lake, config=CNNConfig(epochs=14, patience=14, retrieval_dim=0, register=False)
+    ).model
+    assert plain.retrieval_dim == 0 and plain.embedding_dim == plain.features_dim
+    images = load_staged_images(lake, DS)
+    photos = _shopper_photos(lake, images.item_ids[:120], model.image_size, seed=3)
+
+    def first_hits(net, kind=None) -> float:
+        catalog = embed_pixels(net, images.pixels, kind=kind)
+        best = (embed_pixels(net, photos, kind=kind) @ catalog.T).argmax(1)
+        return float(np.mean(best == np.arange(len(photos))))
+
+    retrieval, classifier = first_hits(model), first_hits(plain)
+    assert retrieval > classifier + 0.1 and retrieval > 0.5, (retrieval, classifier)
+    # The jointly trained model still classifies as well, and its classifier embedding is still there.
+    assert result.metrics["held_out_accuracy"] > 0.7
+    assert embed_pixels(model, photos[:2], kind="classifier").shape == (2, model.features_dim)
+    both = embed_pixels(model, photos[:2], kind="both")
+    assert both.shape == (2, model.features_dim + 64) and np.allclose(
+        np.linalg.norm(both, axis=1), 1, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="no retrieval embedding"):
+        plain.embed(photos[:1], "retrieval")
+
+
+def test_attribute_heads_are_used_only_when_the_catalog_has_the_columns(tmp_path):
+    import pyarrow as pa
+
+    from visrec.store.catalog import CATALOG_KEY, catalog_attributes
+
+    items = [f"i{k}" for k in range(6)]
+    catalog = pa.table(
+        {
+            "item_id": items,
+            "category": ["a", "a", "b", "b", "a", "b"],
+            "price": ["1.5", "2", "3", "4", "5", "6"],
+            "colour": ["red", "blue", "red", "", "blue", "green"],
+            "stock": ["1", "2", "3", "1", "2", "3"],  # numbers: not a look
+            "name": [f"product {k}" for k in range(6)],  # one value per item: a name
+            "brand": ["x"] * 6,  # one value: nothing to learn
+        }
+    )
+    found = catalog_attributes(catalog, [*items, "unknown"], max_values=5)
+    assert found == {"colour": (["blue", "green", "red"], [2, 0, 2, -1, 0, 1, -1])}
+    assert catalog_attributes(catalog.select(["item_id", "category", "price"]), items) == {}
+
+    # The synthetic shop's catalog has no attribute columns; give it two (not in name order: the labels
+    # must follow the model's heads), and the model gets their heads.
+    settings = Settings(home=tmp_path)
+    lake = Lake.from_settings(settings)
+    generate_shop(ShopConfig(users=10, items=120, days=1, seed=2), lake)
+    ingest_images(settings, lake, DS)
+    config = CNNConfig(epochs=1, register=False)
+    assert train_cnn(settings, DS, lake=lake, config=config).model.attributes == {}
+    truth = _truth(lake)
+    rows = lake.get_bytes(CATALOG_KEY).decode().splitlines()
+    extended = [rows[0] + ",pattern,colour"] + [
+        f"{r},{truth[r.split(',')[0]]['pattern']},{truth[r.split(',')[0]]['colour']}" for r in rows[1:]
+    ]
+    lake.put_bytes(CATALOG_KEY, ("\n".join(extended) + "\n").encode())
+    result = train_cnn(settings, DS, lake=lake, config=config)
+    assert list(result.model.attributes) == ["colour", "pattern"]
+    assert result.model.attributes["colour"] == sorted({t["colour"] for t in truth.values()})
+    assert np.isfinite(result.history["loss"]).all()
+    loaded = ImageClassifier.from_config(result.model.get_config())
+    assert loaded.attributes == result.model.attributes and len(loaded.retrieval_heads) == 3
+    # Without a retrieval embedding there is nothing to put the heads on.
+    no_retrieval = CNNConfig(epochs=1, register=False, retrieval_dim=0)
+    assert train_cnn(settings, DS, lake=lake, config=no_retrieval).model.attributes == {}
+    with pytest.raises(ValueError, match="attribute heads"):
+        ImageClassifier(["a", "b"], attributes={"colour": ["red", "blue"]})

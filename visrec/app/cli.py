@@ -202,6 +202,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.with_overrides(flags=flags, **{budget: args.max_minutes}, similar_k=args.k)
     if args.trials is not None and args.model != "mf":
         raise VisrecError("--trials applies to mf (the recommender's settings search)")
+    if args.retrieval_dim is not None and args.model != "cnn":
+        raise VisrecError("--retrieval-dim applies to cnn (the image model's retrieval embedding)")
     settings = settings.with_overrides(retrain=True)  # asked for by hand: a new model, never a reused one
     if args.model == "mf":
         settings = settings.with_overrides(flags=flags, mf_epochs=args.epochs, mf_trials=args.trials)
@@ -220,6 +222,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     config.update({"fine_tune": False} if args.from_scratch else {})
     config.update({"mixed_precision": True} if args.mixed_precision else {})
+    config.update(_given(args, "retrieval_dim"))
     if not args.force:  # training ends by re-embedding the date's catalog: refuse before hours of work
         pipeline.check_unpublished(_lake(None, settings), "train cnn", ds)
     cnn = pipeline.train_cnn(ds, settings, config=config)
@@ -527,6 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", help="cnn: compact (default) or a keras.applications name")
     train.add_argument("--backbone-weights", help="cnn: local weights file for --backbone")
     train.add_argument("--mixed-precision", action="store_true", help="cnn: float16 compute (for GPUs)")
+    train.add_argument(
+        "--retrieval-dim",
+        type=int,
+        help="cnn: width of the retrieval embedding that similar items and photo search use "
+        "(default 64; 0: the classifier's embedding only)",
+    )
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     train.add_argument("--force", action="store_true", help="cnn: re-embed a date that is already published")
 

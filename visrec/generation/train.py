@@ -113,14 +113,21 @@ def gan_quality(
     real_pixels, labels = real_pixels[usable], np.array(real_labels)[usable]
     order = rng.permutation(len(real_pixels))
     half = len(order) // 2
-    real_emb = embed_pixels(cnn, resize(real_pixels, size))
-    floor = frechet_distance(real_emb[order[:half]], real_emb[order[half:]])
     # Generate in the real class mix, so the comparison is like for like.
     requested = rng.choice(labels, size=min(n, len(labels)), replace=True)
     generated = to_pixels(gan.generate(np.array([names.index(c) for c in requested]), seed=seed))
     generated = resize(generated, size)
-    fake_emb = embed_pixels(cnn, generated)
-    distance = frechet_distance(fake_emb, real_emb[order[: len(fake_emb)]])
+    # The gate's distance is in the classifier's embedding (how like real images of their category the
+    # generated ones look); the retrieval embedding's (instance-level) is logged beside it.
+    kinds = ["classifier", *(["retrieval"] if getattr(cnn, "retrieval_dim", 0) else [])]
+    ratios = {}
+    for kind in kinds:
+        real_emb = embed_pixels(cnn, resize(real_pixels, size), kind=kind)
+        real_floor = frechet_distance(real_emb[order[:half]], real_emb[order[half:]])
+        fake_emb = embed_pixels(cnn, generated, kind=kind)
+        fake_distance = frechet_distance(fake_emb, real_emb[order[: len(fake_emb)]])
+        ratios[kind] = (fake_distance, real_floor)
+    distance, floor = ratios["classifier"]
     fake_pred = np.asarray(cnn.predict(generated, verbose=0)).argmax(1)
     real_pred = np.asarray(cnn.predict(resize(real_pixels, size), verbose=0)).argmax(1)
     hits = fake_pred == np.array([cnn_index[c] for c in requested])
@@ -135,6 +142,11 @@ def gan_quality(
         "frechet_distance": distance,
         "frechet_real_vs_real": floor,
         "frechet_ratio": distance / max(floor, 1e-9),
+        **{
+            f"frechet_ratio_{kind}": d / max(f, 1e-9)
+            for kind, (d, f) in ratios.items()
+            if kind != "classifier"
+        },
         "class_consistency": consistency,
         "cnn_accuracy_on_real": real_accuracy,
         "consistency_over_real_accuracy": consistency / max(real_accuracy, 1e-9),

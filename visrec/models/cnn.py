@@ -1,5 +1,13 @@
 """The image model: recognises an item's category (softmax) and embeds images for similarity.
 
+Two embeddings come out of one network. The classifier's (below) is what the category loss shapes.
+The retrieval embedding (``retrieval_dim`` > 0) is a small projection head on the same features,
+trained beside the classifier so that two augmented views of one catalog image (zoomed out, turned,
+relit, on clutter: a shopper's photo of it) land together and apart from every other image of the
+batch (a contrastive, InfoNCE loss, as in SimCLR), and, through heads on it, so that it predicts
+the category and whatever attribute columns the catalog has (colour, pattern, ...). The classifier's
+embedding finds the category; the retrieval embedding finds the photographed product.
+
 The default backbone is compact and CPU-friendly: a strided stem, then depthwise-separable blocks.
 The embedding is the penultimate layer, the concatenation of globally pooled features from the
 last three blocks, each block's part L2-normalised, then the whole. Pooling from several depths on purpose: deep features carry the
@@ -201,6 +209,11 @@ class ImageClassifier(keras.Model):
         backbone: str = "compact",
         backbone_weights: str | None = None,
         flip_average: bool = True,
+        retrieval_dim: int = 0,
+        attributes: dict[str, list[str]] | None = None,
+        contrastive_weight: float = 1.0,
+        attribute_weight: float = 0.5,
+        temperature: float = 0.1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -208,6 +221,18 @@ class ImageClassifier(keras.Model):
             raise ValueError(f"need at least 2 classes, got {len(class_names)}")
         if image_size < 32:
             raise ValueError(f"image_size must be at least 32, got {image_size}")
+        if retrieval_dim < 0 or (attributes and not retrieval_dim):
+            raise ValueError(
+                f"retrieval_dim must be >= 0 (0: no retrieval embedding), and > 0 for attribute heads; "
+                f"got {retrieval_dim} with attributes {sorted(attributes or {})}"
+            )
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.retrieval_dim = retrieval_dim
+        # Attribute name -> its values; a training label is the value's index (-1: not known).
+        self.attributes = {name: list(values) for name, values in sorted((attributes or {}).items())}
+        self.contrastive_weight, self.attribute_weight = contrastive_weight, attribute_weight
+        self.temperature = temperature
         self.class_names = list(class_names)
         self.image_size = image_size
         self.width = width
@@ -236,20 +261,52 @@ class ImageClassifier(keras.Model):
             self.backbone = application_backbone(backbone, image_size, backbone_weights)
         self.head_dropout = layers.Dropout(dropout)
         self.head = layers.Dense(len(class_names), activation="softmax", dtype="float32", name="category")
+        if retrieval_dim:
+            self.projection = keras.Sequential(
+                [layers.Dense(256, activation="relu"), layers.Dense(retrieval_dim, dtype="float32")],
+                name="retrieval",
+            )
+            # Heads on the retrieval embedding: the category, then each attribute, in name order.
+            self.retrieval_heads = [
+                layers.Dense(len(values), activation="softmax", dtype="float32", name=f"retrieval_{name}")
+                for name, values in [("category", self.class_names), *self.attributes.items()]
+            ]
 
     def build(self, input_shape) -> None:
-        # The backbone is built at construction; the head needs the feature width.
-        self.head.build((None, self.embedding_dim))
+        # The backbone is built at construction; the heads need the feature widths.
+        self.head.build((None, self.features_dim))
+        if self.retrieval_dim:
+            self.projection.build((None, self.features_dim))
+            for head in self.retrieval_heads:
+                head.build((None, self.retrieval_dim))
         super().build(input_shape)
+
+    def _augmented(self, x):
+        studio = x[:, :1, :1, :]  # catalog photos are shot on a plain background: its colour
+        return self.surroundings(self.augmenter(x, training=True), studio, training=True)
 
     def features(self, images, training: bool = False):
         x = ops.cast(images, self.compute_dtype) / 255.0
         if training and self.augment:
-            studio = x[:, :1, :1, :]  # catalog photos are shot on a plain background: its colour
-            x = self.surroundings(self.augmenter(x, training=True), studio, training=True)
+            x = self._augmented(x)
         return self.backbone(x, training=training)
 
+    def _retrieval(self, features):
+        return ops.normalize(ops.cast(self.projection(features), "float32"), axis=-1)
+
     def call(self, images, training: bool = False):
+        if training and self.retrieval_dim:
+            # Two augmented views of every image in one pass: the classifier learns from both, the
+            # retrieval embedding from their agreement (see compute_loss).
+            x = ops.cast(images, self.compute_dtype) / 255.0
+            views = ops.concatenate([self._augmented(x), self._augmented(x)] if self.augment else [x, x], 0)
+            features = self.backbone(views, training=True)
+            embedding = self._retrieval(features)
+            return {
+                "category": self.head(self.head_dropout(features, training=True)),
+                "retrieval": embedding,
+                "heads": [head(embedding) for head in self.retrieval_heads],
+            }
         probs = self.head(self.head_dropout(self.features(images, training), training=training))
         if self.flip_average and not training:
             # Garments are left-right symmetric in the catalog's eyes; averaging the prediction of
@@ -257,22 +314,86 @@ class ImageClassifier(keras.Model):
             probs = (probs + self.head(self.features(ops.flip(images, axis=2)))) / 2.0
         return probs
 
-    def embed(self, images):
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The compiled category loss; in training with a retrieval embedding also, over both views,
+        the contrastive loss (each view's positive is the other view of its image, every other image
+        of the batch a negative) and the heads' losses on the embedding (attribute labels of -1, an
+        unknown value, count for nothing). ``y`` is the one-hot category, then one column per
+        attribute with the value's index."""
+        n = len(self.class_names)
+        if not isinstance(y_pred, dict):
+            return super().compute_loss(x, y[:, :n], y_pred, sample_weight, training)
+        labels = ops.concatenate([y, y], axis=0)
+        loss = super().compute_loss(x, labels[:, :n], y_pred["category"], None, training)
+        embedding = y_pred["retrieval"]
+        views = ops.shape(embedding)[0]
+        half = views // 2
+        logits = ops.matmul(embedding, ops.transpose(embedding)) / self.temperature
+        logits = logits - 1e9 * ops.eye(views, dtype=logits.dtype)  # a view is not its own positive
+        positives = ops.concatenate([ops.arange(half) + half, ops.arange(half)], axis=0)
+        contrastive = keras.losses.sparse_categorical_crossentropy(positives, logits, from_logits=True)
+        loss = loss + self.contrastive_weight * ops.mean(contrastive)
+        category, *attributes = y_pred["heads"]
+        loss = loss + self.attribute_weight * ops.mean(
+            keras.losses.categorical_crossentropy(labels[:, :n], category)
+        )
+        for k, probs in enumerate(attributes):
+            index = labels[:, n + k]
+            known = ops.cast(index >= 0, "float32")
+            ce = keras.losses.sparse_categorical_crossentropy(ops.maximum(index, 0), probs)
+            loss = loss + self.attribute_weight * ops.sum(ce * known) / ops.maximum(ops.sum(known), 1.0)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        n = len(self.class_names)
+        if isinstance(y_pred, dict):  # metrics on the first view, as without a retrieval embedding
+            y_pred = y_pred["category"][: ops.shape(y)[0]]
+        return super().compute_metrics(x, y[:, :n], y_pred, sample_weight)
+
+    def embed(self, images, kind: str | None = None):
         """L2-normalised embeddings (float32) of a batch of images.
 
-        Each depth's pooled features are normalised on their own before the whole is, so colour and
-        texture (shallow) weigh as much as shape (deep) in a cosine similarity.
+        ``kind``: ``"retrieval"`` (the projection trained to find the photographed product; the
+        default when the model has one), ``"classifier"`` (the pooled features the category head
+        reads; each depth's part normalised on its own before the whole is, so colour and texture
+        (shallow) weigh as much as shape (deep) in a cosine similarity) or ``"both"`` (the two,
+        concatenated at equal weight: a cosine similarity is the mean of the two).
         """
+        kind = kind or self.default_embedding
+        if kind not in ("retrieval", "classifier", "both"):
+            raise ValueError(f"unknown embedding kind {kind!r}; use retrieval, classifier or both")
+        if kind != "classifier" and not self.retrieval_dim:
+            raise ValueError(f"this image model has no retrieval embedding (asked for {kind!r})")
         features = ops.cast(self.features(images), "float32")
+        if kind == "retrieval":
+            return self._retrieval(features)
+        classifier = features
         if self.backbone_name == "compact":
             w = self.width
             parts = [features[:, : 2 * w], features[:, 2 * w : 6 * w], features[:, 6 * w :]]
-            features = ops.concatenate([ops.normalize(p, axis=-1) for p in parts], axis=-1)
-        return ops.normalize(features, axis=-1)
+            classifier = ops.concatenate([ops.normalize(p, axis=-1) for p in parts], axis=-1)
+        classifier = ops.normalize(classifier, axis=-1)
+        if kind == "both":
+            return ops.concatenate([classifier, self._retrieval(features)], axis=-1) / math.sqrt(2.0)
+        return classifier
+
+    @property
+    def default_embedding(self) -> str:
+        return "retrieval" if self.retrieval_dim else "classifier"
+
+    @property
+    def features_dim(self) -> int:
+        return int(self.backbone.output.shape[-1])
+
+    def embedding_size(self, kind: str | None = None) -> int:
+        """The width of :meth:`embed`'s output for ``kind``."""
+        kind = kind or self.default_embedding
+        sizes = {"retrieval": self.retrieval_dim, "classifier": self.features_dim}
+        return sizes.get(kind, self.retrieval_dim + self.features_dim)
 
     @property
     def embedding_dim(self) -> int:
-        return int(self.backbone.output.shape[-1])
+        return self.embedding_size()
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -286,6 +407,11 @@ class ImageClassifier(keras.Model):
                 "backbone": self.backbone_name,
                 "backbone_weights": None,  # the trained weights are in the saved model itself
                 "flip_average": self.flip_average,
+                "retrieval_dim": self.retrieval_dim,
+                "attributes": self.attributes,
+                "contrastive_weight": self.contrastive_weight,
+                "attribute_weight": self.attribute_weight,
+                "temperature": self.temperature,
             }
         )
         return config

@@ -71,3 +71,37 @@ def read_catalog(lake: Lake) -> tuple[pa.Table, pa.Table]:
         "price", price
     )
     return table, pa.table(bad, schema=QUARANTINE)
+
+
+# Catalog columns that are not attributes of how an item looks.
+NOT_ATTRIBUTES = frozenset({"item_id", "category", "price", "added_date"})
+
+
+def catalog_attributes(
+    catalog: pa.Table, item_ids: list[str], max_values: int = 200
+) -> dict[str, tuple[list[str], list[int]]]:
+    """The catalog's attribute columns for ``item_ids``: ``{column: (values, index of each item's
+    value, -1 where empty or the item is not in the catalog)}``. A column is an attribute when it is
+    not one of ``NOT_ATTRIBUTES``, has 2 to ``max_values`` distinct values among the items (more reads
+    as a name or a code) and is not numeric. A catalog with no such column gives ``{}``."""
+    ids = catalog.column("item_id").to_pylist()
+    out: dict[str, tuple[list[str], list[int]]] = {}
+    for name in catalog.column_names:
+        if name in NOT_ATTRIBUTES:
+            continue
+        of_item = dict(zip(ids, catalog.column(name).to_pylist(), strict=True))
+        column = [(of_item.get(item) or "").strip() for item in item_ids]
+        values = sorted({v for v in column if v})
+        if not 2 <= len(values) <= max_values or all(_is_number(v) for v in values):
+            continue
+        index = {v: k for k, v in enumerate(values)}
+        out[name] = (values, [index.get(v, -1) for v in column])
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

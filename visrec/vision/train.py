@@ -44,6 +44,9 @@ class CNNConfig:
 
     epochs: int = 30
     fine_tune_epochs: int = 5
+    # Images through the network per step. With the retrieval embedding each image goes as two views,
+    # so a step holds half as many images: the same cost per step and as many steps in the budget
+    # (64 images x 2 views made half as many steps and cost 0.046 of hm-sample's top-1).
     batch_size: int = 64
     learning_rate: float = 3e-3
     width: int = 32
@@ -56,6 +59,9 @@ class CNNConfig:
         None  # training budget (None: none); the nightly run passes VISREC_CNN_MINUTES
     )
     mixed_precision: bool = False  # float16 compute: worth it on a GPU only
+    # The retrieval embedding (see visrec.models.cnn); 0: the classifier's embedding only.
+    retrieval_dim: int = 64
+    attributes: bool = True  # heads for the catalog's attribute columns on the retrieval embedding
     backbone: str = "compact"
     backbone_weights: str | None = None
     fine_tune: bool = True  # start from the champion when its categories are the same
@@ -147,6 +153,12 @@ def train_cnn(
         )
     index = {c: k for k, c in enumerate(class_names)}
     labels = np.array([index[c] for c in images.categories], np.int32)
+    attributes = _attributes(lake, images.item_ids) if config.attributes and config.retrieval_dim else {}
+    if attributes:
+        log.info(
+            "cnn: attribute heads for the catalog's %s",
+            ", ".join(f"{k} ({len(v[0])})" for k, v in attributes.items()),
+        )
     train_idx, held_idx = stratified_split(labels, config.held_out_share, settings.seed)
     keras.utils.set_random_seed(settings.seed)
     if config.mixed_precision:
@@ -161,10 +173,13 @@ def train_cnn(
         if current is not None:
             champion_model, base_version = load_cnn(f"{MODEL_NAME}/{current.version}")
             base_version = f"{MODEL_NAME}/{current.version}"
+            same_heads = getattr(champion_model, "retrieval_dim", 0) == config.retrieval_dim and getattr(
+                champion_model, "attributes", {}
+            ) == {k: v[0] for k, v in attributes.items()}
             if list(champion_model.class_names) == class_names:
                 probs = champion_model.predict(in_memory_batches(images.pixels[held_idx], 256), verbose=0)
                 champion_accuracy = float(np.mean(probs.argmax(1) == labels[held_idx]))
-                if config.fine_tune:
+                if config.fine_tune and same_heads:
                     model = champion_model
     epochs = config.epochs
     learning_rate = config.learning_rate
@@ -177,6 +192,8 @@ def train_cnn(
             dropout=config.dropout,
             backbone=config.backbone,
             backbone_weights=config.backbone_weights,
+            retrieval_dim=config.retrieval_dim,
+            attributes={k: v[0] for k, v in attributes.items()},
         )
     else:
         epochs, learning_rate = config.fine_tune_epochs, config.learning_rate / 5
@@ -186,8 +203,18 @@ def train_cnn(
         metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(5, name="top5")],
     )
     one_hot = np.eye(len(class_names), dtype=np.float32)[labels]
+    # Training labels: the one-hot category, then each attribute's value index (-1: unknown), in the
+    # model's order of its attribute heads.
+    heads = list(getattr(model, "attributes", {}))
+    attribute_index = np.array([attributes[name][1] for name in heads], np.float32)
+    targets = np.concatenate([one_hot, attribute_index.reshape(len(heads), len(labels)).T], axis=1)
+    per_step = max(config.batch_size // 2, 2) if getattr(model, "retrieval_dim", 0) else config.batch_size
     train_ds = in_memory_batches(
-        (images.pixels[train_idx], one_hot[train_idx]), config.batch_size, shuffle_seed=settings.seed
+        (images.pixels[train_idx], targets[train_idx]),
+        per_step,
+        shuffle_seed=settings.seed,
+        # A last batch of one image has no other image to tell its views from.
+        drop_remainder=bool(getattr(model, "retrieval_dim", 0)) and len(train_idx) > per_step,
     )
     held_ds = in_memory_batches((images.pixels[held_idx], one_hot[held_idx]), 256)
     nested = mlflow.active_run() is not None if config.register else False
@@ -272,6 +299,15 @@ def train_cnn(
             result.promoted, result.reason = registration.promoted, registration.reason
     log.info("cnn %s: %s", ds, {k: round(v, 4) for k, v in metrics.items()})
     return result
+
+
+def _attributes(lake: Lake, item_ids: list[str]) -> dict[str, tuple[list[str], list[int]]]:
+    """The catalog's attribute columns for the staged items (``{}`` without a catalog)."""
+    from visrec.store.catalog import CATALOG_KEY, catalog_attributes, read_catalog
+
+    if not lake.exists(CATALOG_KEY):
+        return {}
+    return catalog_attributes(read_catalog(lake)[0], item_ids)
 
 
 def _requirements() -> list[str]:
