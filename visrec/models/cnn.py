@@ -214,6 +214,7 @@ class ImageClassifier(keras.Model):
         contrastive_weight: float = 1.0,
         attribute_weight: float = 0.5,
         temperature: float = 0.1,
+        pair_share: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -233,6 +234,9 @@ class ImageClassifier(keras.Model):
         self.attributes = {name: list(values) for name, values in sorted((attributes or {}).items())}
         self.contrastive_weight, self.attribute_weight = contrastive_weight, attribute_weight
         self.temperature = temperature
+        if not 0.0 < pair_share <= 1.0:
+            raise ValueError(f"pair_share must be in (0, 1], got {pair_share}")
+        self.pair_share = pair_share  # share of a batch's images that get a second view in training
         self.class_names = list(class_names)
         self.image_size = image_size
         self.width = width
@@ -296,10 +300,13 @@ class ImageClassifier(keras.Model):
 
     def call(self, images, training: bool = False):
         if training and self.retrieval_dim:
-            # Two augmented views of every image in one pass: the classifier learns from both, the
-            # retrieval embedding from their agreement (see compute_loss).
+            # An augmented view of every image and a second one of the first ``pair_share`` of them,
+            # in one pass: the classifier learns from all views, the retrieval embedding from the
+            # pairs' agreement (see compute_loss).
             x = ops.cast(images, self.compute_dtype) / 255.0
-            views = ops.concatenate([self._augmented(x), self._augmented(x)] if self.augment else [x, x], 0)
+            second = x[: self._pairs(ops.shape(x)[0])]
+            pair = [self._augmented(x), self._augmented(second)] if self.augment else [x, second]
+            views = ops.concatenate(pair, 0)
             features = self.backbone(views, training=True)
             embedding = self._retrieval(features)
             return {
@@ -314,25 +321,36 @@ class ImageClassifier(keras.Model):
             probs = (probs + self.head(self.features(ops.flip(images, axis=2)))) / 2.0
         return probs
 
+    def _pairs(self, batch):
+        """How many images of a batch of ``batch`` get a second view (at least 1)."""
+        if self.pair_share >= 1.0:
+            return batch
+        if isinstance(batch, int):  # a static shape (JAX): slices need a Python int
+            return max(1, math.ceil(batch * self.pair_share))
+        return ops.maximum(ops.cast(ops.ceil(ops.cast(batch, "float32") * self.pair_share), "int32"), 1)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """The compiled category loss; in training with a retrieval embedding also, over both views,
-        the contrastive loss (each view's positive is the other view of its image, every other image
-        of the batch a negative) and the heads' losses on the embedding (attribute labels of -1, an
-        unknown value, count for nothing). ``y`` is the one-hot category, then one column per
+        """The compiled category loss; in training with a retrieval embedding also, over all views,
+        the contrastive loss (a paired view's positive is the other view of its image, every other
+        view of the batch a negative) and the heads' losses on the embedding (attribute labels of -1,
+        an unknown value, count for nothing). ``y`` is the one-hot category, then one column per
         attribute with the value's index."""
         n = len(self.class_names)
         if not isinstance(y_pred, dict):
             return super().compute_loss(x, y[:, :n], y_pred, sample_weight, training)
-        labels = ops.concatenate([y, y], axis=0)
-        loss = super().compute_loss(x, labels[:, :n], y_pred["category"], None, training)
         embedding = y_pred["retrieval"]
-        views = ops.shape(embedding)[0]
-        half = views // 2
+        views, batch = ops.shape(embedding)[0], ops.shape(y)[0]
+        pairs = views - batch  # the first ``pairs`` images have their second view at the end
+        labels = ops.concatenate([y, y[:pairs]], axis=0)
+        loss = super().compute_loss(x, labels[:, :n], y_pred["category"], None, training)
         logits = ops.matmul(embedding, ops.transpose(embedding)) / self.temperature
         logits = logits - 1e9 * ops.eye(views, dtype=logits.dtype)  # a view is not its own positive
-        positives = ops.concatenate([ops.arange(half) + half, ops.arange(half)], axis=0)
+        rows = ops.arange(views)
+        paired = (rows < pairs) | (rows >= batch)
+        positives = ops.where(rows < pairs, rows + batch, ops.where(rows >= batch, rows - batch, 0))
         contrastive = keras.losses.sparse_categorical_crossentropy(positives, logits, from_logits=True)
-        loss = loss + self.contrastive_weight * ops.mean(contrastive)
+        weight = ops.cast(paired, contrastive.dtype)
+        loss = loss + self.contrastive_weight * ops.sum(contrastive * weight) / ops.sum(weight)
         category, *attributes = y_pred["heads"]
         loss = loss + self.attribute_weight * ops.mean(
             keras.losses.categorical_crossentropy(labels[:, :n], category)
@@ -353,11 +371,11 @@ class ImageClassifier(keras.Model):
     def embed(self, images, kind: str | None = None):
         """L2-normalised embeddings (float32) of a batch of images.
 
-        ``kind``: ``"retrieval"`` (the projection trained to find the photographed product; the
-        default when the model has one), ``"classifier"`` (the pooled features the category head
-        reads; each depth's part normalised on its own before the whole is, so colour and texture
-        (shallow) weigh as much as shape (deep) in a cosine similarity) or ``"both"`` (the two,
-        concatenated at equal weight: a cosine similarity is the mean of the two).
+        ``kind``: ``"retrieval"`` (the projection trained to find the photographed product),
+        ``"classifier"`` (the pooled features the category head reads; each depth's part normalised
+        on its own before the whole is, so colour and texture (shallow) weigh as much as shape
+        (deep) in a cosine similarity) or ``"both"`` (the two, concatenated at equal weight: a
+        cosine similarity is the mean of the two); None: :attr:`default_embedding`.
         """
         kind = kind or self.default_embedding
         if kind not in ("retrieval", "classifier", "both"):
@@ -379,7 +397,9 @@ class ImageClassifier(keras.Model):
 
     @property
     def default_embedding(self) -> str:
-        return "retrieval" if self.retrieval_dim else "classifier"
+        """What :meth:`embed` returns without a ``kind``: both embeddings when the model has a
+        retrieval one (measured best overall: see the README's image model), else the classifier's."""
+        return "both" if self.retrieval_dim else "classifier"
 
     @property
     def features_dim(self) -> int:
@@ -412,6 +432,7 @@ class ImageClassifier(keras.Model):
                 "contrastive_weight": self.contrastive_weight,
                 "attribute_weight": self.attribute_weight,
                 "temperature": self.temperature,
+                "pair_share": self.pair_share,
             }
         )
         return config

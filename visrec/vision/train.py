@@ -19,6 +19,7 @@ import numpy as np
 from visrec.mlops import registry
 from visrec.models.tfdata import in_memory_batches
 from visrec.settings import Settings
+from visrec.store.catalog import CATALOG_KEY, catalog_attributes, read_catalog
 from visrec.store.lake import Lake
 from visrec.store.tables import StagedImages, load_staged_images
 from visrec.vision.embed import MODEL_NAME, load_cnn
@@ -61,6 +62,10 @@ class CNNConfig:
     mixed_precision: bool = False  # float16 compute: worth it on a GPU only
     # The retrieval embedding (see visrec.models.cnn); 0: the classifier's embedding only.
     retrieval_dim: int = 64
+    pair_share: float = 0.25  # share of each batch's images that get a second view for the contrastive loss
+    # The contrastive loss's weight beside the category loss (1). At 1.0 a 400-item catalog's
+    # classifier stayed at 0.23 held-out accuracy after 14 epochs (0.79 at 0.2; 0.93 without it).
+    contrastive_weight: float = 0.2
     attributes: bool = True  # heads for the catalog's attribute columns on the retrieval embedding
     backbone: str = "compact"
     backbone_weights: str | None = None
@@ -193,6 +198,8 @@ def train_cnn(
             backbone=config.backbone,
             backbone_weights=config.backbone_weights,
             retrieval_dim=config.retrieval_dim,
+            pair_share=config.pair_share,
+            contrastive_weight=config.contrastive_weight,
             attributes={k: v[0] for k, v in attributes.items()},
         )
     else:
@@ -208,7 +215,8 @@ def train_cnn(
     heads = list(getattr(model, "attributes", {}))
     attribute_index = np.array([attributes[name][1] for name in heads], np.float32)
     targets = np.concatenate([one_hot, attribute_index.reshape(len(heads), len(labels)).T], axis=1)
-    per_step = max(config.batch_size // 2, 2) if getattr(model, "retrieval_dim", 0) else config.batch_size
+    paired = getattr(model, "pair_share", 1.0) if getattr(model, "retrieval_dim", 0) else 0.0
+    per_step = max(round(config.batch_size / (1.0 + paired)), 2)
     train_ds = in_memory_batches(
         (images.pixels[train_idx], targets[train_idx]),
         per_step,
@@ -303,8 +311,6 @@ def train_cnn(
 
 def _attributes(lake: Lake, item_ids: list[str]) -> dict[str, tuple[list[str], list[int]]]:
     """The catalog's attribute columns for the staged items (``{}`` without a catalog)."""
-    from visrec.store.catalog import CATALOG_KEY, catalog_attributes, read_catalog
-
     if not lake.exists(CATALOG_KEY):
         return {}
     return catalog_attributes(read_catalog(lake)[0], item_ids)
