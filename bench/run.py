@@ -665,7 +665,7 @@ def bench_photos() -> Figures:
         load_staged_images,
         photo_profiles,
     )
-    from visrec.vision.embed import embed_items, embed_pixels
+    from visrec.vision.embed import embed_items, embed_kinds
     from visrec.vision.photos import recognise_user_photos
     from visrec.vision.train import CNNConfig, train_cnn
 
@@ -718,11 +718,11 @@ def bench_photos() -> Figures:
         catalog_pixels = load_staged_images(lake, last)
         assert catalog_pixels.item_ids == ids
         photo_pixels = decode_pngs([lake.get_bytes(k) for k in photos.column("image_key").to_pylist()])
+        items_by_kind = embed_kinds(cnn.model, catalog_pixels.pixels)
+        photos_by_kind = embed_kinds(cnn.model, photo_pixels)
+        assert np.allclose(items_by_kind["both"], embeddings_matrix(items_table), atol=1e-5)
         for kind, suffix in (("both", ""), ("retrieval", "_retrieval"), ("classifier", "_classifier")):
-            item_matrix = embed_pixels(cnn.model, catalog_pixels.pixels, kind=kind)
-            if kind == cnn.model.default_embedding:
-                assert np.allclose(item_matrix, embeddings_matrix(items_table), atol=1e-5)
-            idx, _ = topk(item_matrix, embed_pixels(cnn.model, photo_pixels, kind=kind), 5)
+            idx, _ = topk(items_by_kind[kind], photos_by_kind[kind], 5)
             exact = [truth[k]["item_id"] in {ids[j] for j in idx[n]} for n, k in enumerate(keys)]
             same = [
                 any(attrs[ids[j]] == attrs[truth[k]["item_id"]] for j in idx[n]) for n, k in enumerate(keys)
@@ -1272,7 +1272,7 @@ def bench_vision() -> Figures:
     import visrec.models.cnn  # noqa: F401  (registers the model class)
     from visrec.devdata.synth import shopper_photo
     from visrec.ingest.images import decode_image, fit_square, to_rgb
-    from visrec.vision.embed import embed_pixels
+    from visrec.vision.embed import embed_kinds
 
     cached = CACHE / "hm_pixels.npz"
     if not (HM_SAMPLE / "articles.csv").exists() or not cached.exists():
@@ -1313,14 +1313,13 @@ def bench_vision() -> Figures:
             round(ceiling, 4), "share", f"{note}; the same queries, every look-alike first"
         )
     }
-    kinds = ("both", "retrieval", "classifier") if getattr(model, "retrieval_dim", 0) else ("classifier",)
-    for kind in kinds:
+    catalog_by_kind, photos_by_kind = embed_kinds(model, pixels), embed_kinds(model, photos)
+    for kind, catalog in catalog_by_kind.items():
         suffix = "" if kind == "both" else f"_{kind}"
-        catalog = embed_pixels(model, pixels, kind=kind)
         sims = catalog[queries] @ catalog.T
         sims[np.arange(len(queries)), queries] = -np.inf
         top10 = np.argpartition(-sims, 10, axis=1)[:, :10]
-        found = embed_pixels(model, photos, kind=kind) @ catalog.T
+        found = photos_by_kind[kind] @ catalog.T
         rank = (found > found[np.arange(1000), queries[:1000]][:, None]).sum(1)
         figures = {
             "lookalike_precision_at_10": (float(np.mean(look[top10] == look[queries][:, None])), "share"),

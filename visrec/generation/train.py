@@ -26,7 +26,7 @@ from visrec.settings import Settings
 from visrec.store.lake import Lake, check_ds
 from visrec.store.runs import run_dates, run_summary
 from visrec.store.tables import load_staged_images
-from visrec.vision.embed import embed_pixels, load_cnn
+from visrec.vision.embed import embed_kinds, load_cnn
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +119,17 @@ def gan_quality(
     generated = resize(generated, size)
     # The gate's distance is in the classifier's embedding (how like real images of their category the
     # generated ones look); the retrieval embedding's (instance-level) is logged beside it.
-    kinds = ["classifier", *(["retrieval"] if getattr(cnn, "retrieval_dim", 0) else [])]
+    real_pixels = resize(real_pixels, size)
+    real_by_kind, fake_by_kind = embed_kinds(cnn, real_pixels), embed_kinds(cnn, generated)
     ratios = {}
-    for kind in kinds:
-        real_emb = embed_pixels(cnn, resize(real_pixels, size), kind=kind)
-        real_floor = frechet_distance(real_emb[order[:half]], real_emb[order[half:]])
-        fake_emb = embed_pixels(cnn, generated, kind=kind)
-        fake_distance = frechet_distance(fake_emb, real_emb[order[: len(fake_emb)]])
-        ratios[kind] = (fake_distance, real_floor)
+    for kind in ("classifier", "retrieval"):
+        if kind in real_by_kind:
+            real_emb, fake_emb = real_by_kind[kind], fake_by_kind[kind]
+            real_floor = frechet_distance(real_emb[order[:half]], real_emb[order[half:]])
+            ratios[kind] = (frechet_distance(fake_emb, real_emb[order[: len(fake_emb)]]), real_floor)
     distance, floor = ratios["classifier"]
     fake_pred = np.asarray(cnn.predict(generated, verbose=0)).argmax(1)
-    real_pred = np.asarray(cnn.predict(resize(real_pixels, size), verbose=0)).argmax(1)
+    real_pred = np.asarray(cnn.predict(real_pixels, verbose=0)).argmax(1)
     hits = fake_pred == np.array([cnn_index[c] for c in requested])
     consistency = float(np.mean(hits))
     real_accuracy = float(np.mean(real_pred == np.array([cnn_index[c] for c in labels])))

@@ -48,6 +48,21 @@ def embed_pixels(model, pixels: np.ndarray, batch_size: int = 256, kind: str | N
     return np.concatenate([embed(batch).numpy() for batch in ds]).astype(np.float32)
 
 
+def embed_kinds(model, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """Every embedding the model has (``classifier``, and ``retrieval`` and ``both`` when it has a
+    retrieval head) of ``pixels``, from one pass: ``both`` is the other two side by side, each
+    scaled by 1/sqrt(2)."""
+    if not model.retrieval_dim:
+        return {"classifier": embed_pixels(model, pixels, kind="classifier")}
+    both = embed_pixels(model, pixels, kind="both")
+    split = model.features_dim
+    return {
+        "both": both,
+        "classifier": both[:, :split] * np.float32(np.sqrt(2.0)),
+        "retrieval": both[:, split:] * np.float32(np.sqrt(2.0)),
+    }
+
+
 def embed_items(
     settings: Settings, ds: str, lake: Lake, model, model_version: str, images: StagedImages | None = None
 ) -> pa.Table:
