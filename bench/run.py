@@ -869,9 +869,11 @@ SCALE_SIZES = (1, 4, 16)
 SCALE_BASE = dict(users=6_000, items=300, days=10)  # 1x: about 130k events; 16x: about 2M
 
 
-def _scale_worker(size: int) -> dict:
+def _scale_worker(size: int, home: str) -> dict:
     """Every stage of one size of the scaling benchmark, in a fresh process (its peak RSS its own):
-    returns each stage's seconds and the work it did."""
+    returns each stage's seconds and the work it did. Leaves in ``home`` a lake with the shop's events,
+    features and item embeddings, and a random factor model of its users (``factors.npz``): what
+    distributed scoring reads."""
     import resource
 
     import numpy as np
@@ -886,6 +888,7 @@ def _scale_worker(size: int) -> dict:
     from visrec.recsys.baselines import FactorRecommender
     from visrec.recsys.data import TrainData
     from visrec.recsys.select import default_params, make_vbpr
+    from visrec.recsys.train import FactorScorer
     from visrec.settings import Settings
     from visrec.store.lake import Lake
     from visrec.store.tables import load_staged_images
@@ -899,8 +902,8 @@ def _scale_worker(size: int) -> dict:
         out[stage] = {"seconds": time.perf_counter() - started, "work": work, "unit": unit}
         return result
 
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(home=Path(tmp), error_budget=0.5)
+    if True:  # the lake stays in ``home`` for _scale_score_distributed
+        settings = Settings(home=Path(home), error_budget=0.5)
         lake = Lake.from_settings(settings)
         config = ShopConfig(
             users=SCALE_BASE["users"] * size,
@@ -921,6 +924,19 @@ def _scale_worker(size: int) -> dict:
         model = ImageClassifier(sorted(set(images.categories)))
         embed_pixels(model, images.pixels[:256])  # builds and traces the model
         vectors = timed("embed", len(images.pixels), "images", lambda: embed_pixels(model, images.pixels))
+        lake.write_table(
+            "item_embeddings",
+            last,
+            pa.table(
+                {
+                    "item_id": images.item_ids,
+                    "embedding": pa.FixedSizeListArray.from_arrays(
+                        pa.array(vectors.ravel()), vectors.shape[1]
+                    ),
+                    "model_version": ["random"] * len(images.item_ids),
+                }
+            ),
+        )
         # The recommender's training: one epoch beyond the first (which also compiles), default settings.
         pairs = lake.read_table("interactions", last)
         users = {u: n for n, u in enumerate(sorted(set(pairs.column("user_id").to_pylist())))}
@@ -964,6 +980,9 @@ def _scale_worker(size: int) -> dict:
         scorer.item_vectors = rng.standard_normal((len(items), 64), dtype=np.float32)
         scorer.item_biases = np.zeros(len(items), np.float32)
         scorer.recommend(np.arange(min(4096, len(users))), matrix, N=20)  # warm-up
+        FactorScorer(
+            list(users), images.item_ids, scorer.user_vectors, scorer.item_vectors, scorer.item_biases
+        ).save(Path(home) / "factors.npz")
         timed(
             "score",
             len(users) * len(items),
@@ -976,65 +995,50 @@ def _scale_worker(size: int) -> dict:
     return out
 
 
-def _scale_score_distributed(size: int) -> dict:
-    """Distributed scoring (Spark local[2], 8 shards) of a random factor model of one size's users
-    and items, in a fresh process: seconds and the driver's peak RSS (the Python driver, whose
-    memory holds the model; the rows are written by the tasks)."""
+def _scale_score_distributed(size: int, home: str) -> dict:
+    """Distributed scoring (Spark local[2], 8 shards) of every user of one size's shop (the lake
+    ``_scale_worker`` left in ``home``) with its random factor model, in a fresh process: seconds and
+    the driver's peak RSS (the Python driver: the tasks read the events, profiles and model
+    themselves), then the same users scored in this process, for the comparison."""
     import resource
 
-    import numpy as np
-    import scipy.sparse as sp
-
     from visrec.devdata.trial import differing_tables
-    from visrec.recsys.data import TrainData
-    from visrec.recsys.score import ScoreGroup, score_in_shards
-    from visrec.recsys.train import FactorScorer
+    from visrec.recsys.score import ScorerRef, score_users
     from visrec.settings import Settings
     from visrec.store.lake import Lake
-    from visrec.store.schemas import RECOMMENDATIONS, conform
     from visrec.store.spark import get_spark
 
-    n_users, n_items = SCALE_BASE["users"] * size, SCALE_BASE["items"] * size
-    rng = np.random.default_rng(0)
-    user_ids, item_ids = [f"u{n:08d}" for n in range(n_users)], [f"i{n:07d}" for n in range(n_items)]
-    model = FactorScorer(
-        user_ids,
-        item_ids,
-        rng.standard_normal((n_users, 64), dtype=np.float32),
-        rng.standard_normal((n_items, 64), dtype=np.float32),
-        np.zeros(n_items, np.float32),
-        "random",
+    settings = Settings(home=Path(home), error_budget=0.5)
+    lake = Lake.from_settings(settings)
+    last = lake.partitions("events")[-1]
+    model = ScorerRef(version="random", path=str(Path(home) / "factors.npz"))
+    spark = get_spark(settings, "bench-scale")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    started = time.perf_counter()
+    summary = score_users(settings, last, lake=lake, scorer=model, spark=spark, shards=8)
+    seconds = time.perf_counter() - started
+    parts = lake.manifest("recommendations", last).files
+    spark.stop()
+    driver_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    # The same users scored in this process: the same lists (scores to float rounding).
+    keys = [("user_id", "ascending"), ("rank", "ascending")]
+    written = lake.read_table("recommendations", last).sort_by(keys)
+    single_summary = score_users(settings, last, lake=lake, scorer=model)
+    single = lake.read_table("recommendations", last).sort_by(keys)
+    identical = (
+        summary == single_summary
+        and differing_tables({"recommendations": written}, {"recommendations": single}) == []
     )
-    seen = sp.csr_matrix((n_users, n_items), dtype=np.float32)
-    data = TrainData(seen, None, None, user_ids, item_ids)
-    group = ScoreGroup(model, data, seen, ["c"] * n_items, 20, None, [], "random", "mf")
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(home=Path(tmp))
-        lake = Lake.from_settings(settings)
-        spark = get_spark(settings, "bench-scale")
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-        started = time.perf_counter()
-        version = lake.new_version()
-        parts = score_in_shards(spark, lake, "2026-11-30", version, [group], shards=8)
-        lake.commit("recommendations", "2026-11-30", version, [(p.name, p.rows) for p in parts])
-        seconds = time.perf_counter() - started
-        rows = sum(p.rows for p in parts)
-        collected = sum(len(p.name) + 200 for p in parts)  # names and summaries: a few hundred bytes each
-        spark.stop()
-        driver_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-        # The same group scored in this process: the same lists (scores to float rounding).
-        keys = [("user_id", "ascending"), ("rank", "ascending")]
-        written = lake.read_table("recommendations", "2026-11-30").drop_columns(["ds"]).sort_by(keys)
-        single = conform(group.run(), RECOMMENDATIONS).sort_by(keys)
-        identical = differing_tables({"recommendations": written}, {"recommendations": single}) == []
+    items = len(lake.read_table("item_embeddings", last))
     return {
         "seconds": seconds,
-        "rows": rows,
-        "users": n_users,
-        "work": n_users * n_items,
+        "rows": summary.rows,
+        "users": summary.users,
+        "work": summary.users * items,
         "driver_rss_gb": driver_rss,
         "driver_rss_before_gb": before,
-        "collected_bytes": collected,
+        "collected_bytes": summary.collected_bytes,
+        "parts": len(parts),
         "identical": identical,
     }
 
@@ -1054,10 +1058,11 @@ def bench_scale() -> Figures:
     spawn = multiprocessing.get_context("spawn")
     runs, distributed = {}, {}
     for size in SCALE_SIZES:
-        with spawn.Pool(1) as pool:
-            runs[size] = pool.apply(_scale_worker, (size,))
-        with spawn.Pool(1) as pool:
-            distributed[size] = pool.apply(_scale_score_distributed, (size,))
+        with tempfile.TemporaryDirectory() as home:
+            with spawn.Pool(1) as pool:
+                runs[size] = pool.apply(_scale_worker, (size, home))
+            with spawn.Pool(1) as pool:
+                distributed[size] = pool.apply(_scale_score_distributed, (size, home))
     stages = [k for k in runs[SCALE_SIZES[0]] if not k.startswith("_")]
     for size in SCALE_SIZES:
         r = runs[size]
@@ -1081,7 +1086,10 @@ def bench_scale() -> Figures:
             round(d["driver_rss_gb"], 3), "GB", note + f"; {d['driver_rss_before_gb']:.3f} GB before scoring"
         )
         out[f"scale.score_distributed.{size}x.collected_bytes"] = _figure(
-            d["collected_bytes"], "bytes", "what the tasks send back to the driver: part names and counts"
+            d["collected_bytes"],
+            "bytes",
+            "what the tasks send back to the driver: each shard's popularity counts (items x segments), "
+            "its part's name and summary",
         )
     fits = {}
     for stage in stages:

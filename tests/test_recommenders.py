@@ -470,17 +470,21 @@ def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_users():
 
 
 def test_scoring_in_spark_shards_writes_the_same_table(tmp_path, spark, monkeypatch):
-    """Distributed scoring: Spark tasks score ranges of users and write their own parts of the
-    partition; the table is the one single-process scoring writes, generated looks and the users the
-    model does not know (popularity) included."""
-    from visrec.recsys.score import ScoreGroup
+    """Distributed scoring: Spark tasks each read their shard of the users' inputs, load the model
+    themselves and write their own parts of the partition; the table is the one single-process scoring
+    writes, generated looks and the users the model does not know (popularity by segment, whose counts
+    are summed over the shards) included."""
+    from visrec.ingest.features import build_features
+    from visrec.recsys.score import ScoreGroup, ScorerRef
     from visrec.recsys.train import FactorScorer
+    from visrec.store.tables import user_shards
 
     settings = Settings(home=tmp_path)
     lake = Lake.from_settings(settings)
-    generate_shop(ShopConfig(users=200, items=100, days=3, seed=4), lake)
+    generate_shop(ShopConfig(users=200, items=100, days=8, seed=4), lake)
     write_events_table(lake)
-    ds = "2026-11-03"
+    ds = "2026-11-08"
+    build_features(settings, lake, ds, rebuild=True)  # the users' segments
     item_ids = sorted(pd.read_csv(io.BytesIO(lake.get_bytes("raw/catalog/items.csv")), dtype=str)["item_id"])
     emb = visual_features(lake, item_ids)
     embedding = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), emb.shape[1])
@@ -513,11 +517,22 @@ def test_scoring_in_spark_shards_writes_the_same_table(tmp_path, spark, monkeypa
         for n, u in enumerate(known[::10])
     ]
     lake.write_table("generated_looks", ds, pa.Table.from_pylist(looks))
-    monkeypatch.setattr(ScoreGroup, "CHUNK", 16)  # many ranges on a small shop
+    monkeypatch.setattr(ScoreGroup, "CHUNK", 16)  # many top-K batches on a small shop
+    # A segment big enough for its own list overall (20 users) but not within every shard: the
+    # shards' popularity counts must be summed before the lists are made.
+    profiles = lake.read_table("user_profiles", ds)
+    segments = pd.Series(profiles.column("segment").to_pylist())
+    shards = user_shards(profiles.column("user_id").to_pylist(), 4)
+    assert any(
+        (segments == s).sum() >= 20 and min(((segments == s) & (shards == k)).sum() for k in range(4)) < 20
+        for s in set(segments)
+    )
     settings = settings.with_overrides(top_k=10, generated_slots=2)
     single = score_users(settings, ds, lake=lake, scorer=scorer)
     one = lake.read_table("recommendations", ds)
-    sharded = score_users(settings, ds, lake=lake, scorer=scorer, spark=spark, shards=4)
+    scorer.save(tmp_path / "factors.npz")  # the tasks load it: the driver never holds it
+    ref = ScorerRef(version="visrec-mf/7", path=str(tmp_path / "factors.npz"))
+    sharded = score_users(settings, ds, lake=lake, scorer=ref, spark=spark, shards=4)
     parts = lake.read_table("recommendations", ds)
     assert len(lake.manifest("recommendations", ds).files) >= 4  # one file per task
     assert sharded == single and single.sources.get("generated", 0) > 0 and single.sources["popular"] > 0

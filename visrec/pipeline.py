@@ -549,15 +549,18 @@ def score(
     if not force:
         check_unpublished(lake, "score", ds)
 
-    from visrec.recsys.score import score_users
-    from visrec.recsys.train import champion_scorer, serving
+    from visrec.recsys.score import ScorerRef, score_users
+    from visrec.recsys.train import MODEL_NAME as MF_MODEL
+    from visrec.recsys.train import serving
     from visrec.store.engine import engine_name
 
     if looks is None:
         looks = run_summary(lake, ds, "generate_looks")
     # The champion's lists while it beats popularity (the last training's verdict), else popularity's.
+    # A reference, not the model: on Spark each task loads it, and the driver never holds it.
     serve = _from(mf, "serving") or serving(settings)[0]
-    scorer = champion_scorer(settings, version=_from(mf, "champion")) if serve == "model" else None
+    champion = (_from(mf, "champion") or _champion(MF_MODEL)) if serve == "model" else None
+    scorer = ScorerRef(champion) if champion else None
     spark = None
     if engine_name(settings) == "spark":  # on a cluster, Spark tasks score the users in shards
         from visrec.store.spark import get_spark
@@ -583,7 +586,11 @@ def score(
         "sources": scored.sources,
         "model_versions": scored.model_versions,
         "table": lake.url(f"published/recommendations/ds={ds}"),
-        **({"shards": 2 * settings.spark_cores} if spark is not None else {}),
+        **(
+            {"shards": 2 * settings.spark_cores, "collected_bytes": scored.collected_bytes}
+            if spark is not None
+            else {}
+        ),
     }
 
 

@@ -18,6 +18,7 @@ Implemented here: ``Popularity`` (recent window), ``ItemCF`` (cosine item-item c
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -121,15 +122,53 @@ class Popularity(Recommender):
         self.popularity: np.ndarray | None = None
 
     def fit(self, data: TrainData) -> Popularity:
-        matrix = data.recent_user_items if data.recent_user_items is not None else data.user_items
-        users_per_item = np.asarray((matrix > 0).sum(axis=0)).ravel().astype(np.float32)
-        # Ties broken by all-time popularity, then by index: deterministic.
-        all_time = np.asarray((data.user_items > 0).sum(axis=0)).ravel().astype(np.float32)
-        self.popularity = users_per_item + all_time / (all_time.max() + 1.0) * 0.5
+        recent = data.recent_user_items if data.recent_user_items is not None else data.user_items
+        self.popularity = popularity_scores(
+            *(np.asarray((m > 0).sum(axis=0)).ravel() for m in (recent, data.user_items))
+        )
         return self
 
     def score(self, userids: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.popularity, (len(userids), len(self.popularity)))
+
+
+@dataclass
+class PopularityCounts:
+    """What popularity lists are made of, summable over disjoint sets of users (shards): per item,
+    how many users touched it recently and ever, and per segment its number of users and recent counts."""
+
+    recent: np.ndarray  # (n_items,) int64
+    all_time: np.ndarray  # (n_items,) int64
+    segments: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, data: TrainData, segments: list[str | None]) -> PopularityCounts:
+        if len(segments) != data.n_users:
+            raise ValueError(f"{len(segments)} segments for {data.n_users} users")
+        recent = data.recent_user_items if data.recent_user_items is not None else data.user_items
+
+        def users_per_item(matrix) -> np.ndarray:
+            return np.asarray((matrix > 0).sum(axis=0)).ravel().astype(np.int64)
+
+        labels = np.array([s or "" for s in segments])
+        by_segment = {}
+        for segment in sorted(set(labels) - {""}):
+            rows = np.flatnonzero(labels == segment)
+            by_segment[segment] = (len(rows), users_per_item(recent[rows]))
+        return cls(users_per_item(recent), users_per_item(data.user_items), by_segment)
+
+    def __add__(self, other: PopularityCounts) -> PopularityCounts:
+        segments = dict(self.segments)
+        for name, (users, counts) in other.segments.items():
+            mine = segments.get(name, (0, np.zeros_like(counts)))
+            segments[name] = (mine[0] + users, mine[1] + counts)
+        return PopularityCounts(self.recent + other.recent, self.all_time + other.all_time, segments)
+
+
+def popularity_scores(recent: np.ndarray, all_time: np.ndarray) -> np.ndarray:
+    """Users per item recently; ties broken by all-time popularity, then by index: deterministic."""
+    all_time = all_time.astype(np.float32)
+    return recent.astype(np.float32) + all_time / (all_time.max() + 1.0) * 0.5
 
 
 class SegmentPopularity(Recommender):
@@ -142,17 +181,17 @@ class SegmentPopularity(Recommender):
         self.by_segment: dict[str, np.ndarray] = {}
 
     def fit(self, data: TrainData) -> SegmentPopularity:
-        if len(self.segments) != data.n_users:
-            raise ValueError(f"{len(self.segments)} segments for {data.n_users} users")
-        self.global_ = Popularity().fit(data).popularity
-        recent = data.recent_user_items if data.recent_user_items is not None else data.user_items
-        labels = np.array([s or "" for s in self.segments])
-        for segment in sorted(set(labels) - {""}):
-            rows = np.flatnonzero(labels == segment)
-            if len(rows) >= self.min_users:
-                counts = np.asarray((recent[rows] > 0).sum(axis=0)).ravel().astype(np.float32)
-                # The global list breaks ties (and fills in items the segment never touched).
-                self.by_segment[segment] = counts + self.global_ / (self.global_.max() + 1.0) * 0.5
+        return self.fit_counts(PopularityCounts.of(data, self.segments))
+
+    def fit_counts(self, counts: PopularityCounts) -> SegmentPopularity:
+        """Fit from counts (e.g. summed over every shard of the users)."""
+        self.global_ = popularity_scores(counts.recent, counts.all_time)
+        self.by_segment = {
+            # The global list breaks ties (and fills in items the segment never touched).
+            segment: recent.astype(np.float32) + self.global_ / (self.global_.max() + 1.0) * 0.5
+            for segment, (users, recent) in counts.segments.items()
+            if users >= self.min_users
+        }
         return self
 
     def for_users(self, segments: list[str | None]) -> SegmentPopularity:

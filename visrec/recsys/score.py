@@ -13,7 +13,8 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from visrec.errors import VisrecError
-from visrec.recsys.baselines import Recommender
+from visrec.mlops import registry
+from visrec.recsys.baselines import PopularityCounts, Recommender, SegmentPopularity
 from visrec.recsys.data import TrainData, full_data, item_categories, purchased_matrix
 from visrec.recsys.rules import cap_per_category
 from visrec.recsys.train import MODEL_NAME, FactorScorer, MFConfig, champion_scorer, serving
@@ -21,7 +22,7 @@ from visrec.settings import Settings
 from visrec.store.forgotten import forgotten_users
 from visrec.store.lake import Lake
 from visrec.store.schemas import RECOMMENDATIONS
-from visrec.store.tables import item_embeddings, load_events, photo_profiles
+from visrec.store.tables import in_shard, item_embeddings, load_events, photo_profiles
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,10 @@ def score_all_users(
     model_version: str = "",
     source: str = "mf",
     chunk: int = 2048,
-    rows: range | None = None,
 ) -> pa.Table:
-    """Top ``k`` for every user (or the users ``rows``, a range starting at a multiple of ``chunk``)
-    in chunks of ``chunk`` users: already-bought and excluded items filtered, at most
-    ``max_per_category`` items of one category per list (greedy over 3k candidates). A user's list
-    does not depend on which range it was scored in."""
+    """Top ``k`` for every user in chunks of ``chunk`` users: already-bought and excluded items
+    filtered, at most ``max_per_category`` items of one category per list (greedy over 3k
+    candidates). A user's list depends on that user alone, not on the others scored with it."""
     item_index = {i: n for n, i in enumerate(data.item_ids)}
     filter_items = np.array([item_index[i] for i in (exclude or []) if i in item_index], dtype=np.int64)
     cats = np.array(categories)
@@ -53,9 +52,8 @@ def score_all_users(
         positions = cap_per_category(ids, cats, k, max_per_category)
         return [int(ids[p]) for p in positions], [float(scores[p]) for p in positions]
 
-    rows = rows if rows is not None else range(data.n_users)
-    for start in range(rows.start, rows.stop, chunk):
-        users = np.arange(start, min(start + chunk, rows.stop))
+    for start in range(0, data.n_users, chunk):
+        users = np.arange(start, min(start + chunk, data.n_users))
         picked: dict[int, tuple[list[int], list[float]]] = {}
         todo, depth = users, k if max_per_category is None else min(3 * k, data.n_items)
         # The category cap can skip many candidates: users left short are asked again, deeper.
@@ -132,6 +130,8 @@ class ScoreSummary:
     users: int = 0
     sources: dict[str, int] = field(default_factory=dict)
     model_versions: list[str] = field(default_factory=list)
+    # Bytes the Spark tasks sent back to the driver (counts, part names, summaries); 0 in one process.
+    collected_bytes: int = field(default=0, compare=False)
 
     @classmethod
     def of(cls, table: pa.Table) -> ScoreSummary:
@@ -154,6 +154,7 @@ class ScoreSummary:
             for source, n in part.summary.sources.items():
                 out.sources[source] = out.sources.get(source, 0) + n
             out.model_versions = sorted(set(out.model_versions) | set(part.summary.model_versions))
+            out.collected_bytes += part.summary.collected_bytes
         return out
 
 
@@ -168,9 +169,8 @@ class ScoredPart:
 
 @dataclass
 class ScoreGroup:
-    """Scoring one group of users (one model, one ``source``), whole or one range of users at a time:
-    what a Spark task receives (picklable) in distributed scoring. ``looks``: the generated looks of
-    this group's users, when generated items may widen their lists."""
+    """Scoring one group of users (one model, one ``source``) of one shard. ``looks``: the generated
+    looks of this group's users, when generated items may widen their lists."""
 
     model: Recommender
     data: TrainData
@@ -185,10 +185,10 @@ class ScoreGroup:
     looks_version: str = ""
     slots: int = 0
 
-    CHUNK = 2048  # users per top-K batch; ranges of users start at multiples of it
+    CHUNK = 2048  # users per top-K batch
 
-    def run(self, rows: range | None = None) -> pa.Table:
-        """The rows of ``recommendations`` for the users ``rows`` (all by default)."""
+    def run(self) -> pa.Table:
+        """The rows of ``recommendations`` for the group's users."""
         table = score_all_users(
             self.model,
             self.data,
@@ -200,7 +200,6 @@ class ScoreGroup:
             model_version=self.version,
             source=self.source,
             chunk=self.CHUNK,
-            rows=rows,
         )
         if self.looks is not None and self.looks.num_rows and table.num_rows:
             table = add_generated_candidates(
@@ -218,43 +217,203 @@ class ScoreGroup:
         return table
 
 
-def score_in_shards(
-    spark, lake: Lake, ds: str, version: str, groups: list[ScoreGroup], shards: int
-) -> list[ScoredPart]:
-    """Distributed scoring: each group's users cut into ``shards`` ranges (whole chunks), one Spark
-    task per range; each task scores its users and writes its part of the ``recommendations``
-    partition's ``version`` straight into the lake, returning only the part's name and row count (the
-    rows never pass through the driver). Returns the parts, for :meth:`Lake.commit`."""
+@dataclass(frozen=True)
+class ScorerRef:
+    """Where Spark tasks load the recommender from, so that the driver never holds it: a registered
+    ``visrec-mf`` version, or a saved ``factors.npz`` (``path``; ``version`` then only names it)."""
+
+    version: str | None = None
+    path: str | None = None
+
+    def load(self, settings: Settings) -> FactorScorer | None:
+        if self.path:
+            return FactorScorer.load(self.path, version=self.version or "")
+        return champion_scorer(settings, version=self.version)
+
+
+@dataclass
+class _Scoring:
+    """What every shard's scoring needs (small and picklable: a Spark task's whole input)."""
+
+    settings: Settings
+    ds: str
+    scorer: FactorScorer | ScorerRef | None
+    exclude: list[str]
+    looks_version: str
+    features_ds: str
+    max_per_category: int | None
+
+    def jobs(
+        self,
+        lake: Lake,
+        shard: tuple[int, int],
+        popularity: PopularityCounts | None = None,
+        counts_only: bool = False,
+    ) -> tuple[list[ScoreGroup], PopularityCounts]:
+        """The scoring groups of the users of ``shard`` (``(s, n)``), everything read from the lake for
+        those users only; popularity lists from ``popularity`` (every shard's counts summed), or from this
+        shard's own counts when None (one shard: everyone). Also returns this shard's counts (only
+        them, and no groups, with ``counts_only``)."""
+        settings, ds = self.settings, self.ds
+        events = load_events(lake, ds, shard)
+        data = full_data(settings, lake, ds, events)
+        photo_users, photo_vectors, photo_version = photo_profiles(lake, ds, shard)
+        _, _, embedding_version = item_embeddings(lake, ds)
+        if photo_users and photo_version not in embedding_version.split(","):
+            log.warning(
+                "user photos of %s were embedded with %s, the catalog with %s: photos not used",
+                ds,
+                photo_version,
+                embedding_version,
+            )
+            photo_users = []
+        forgotten = forgotten_users(lake)
+        # Every user with events or photos, minus the forgotten; upload-only users get empty history rows.
+        extra = sorted(set(photo_users) - set(data.user_ids))
+        user_ids = data.user_ids + extra
+        rows = np.array([u not in forgotten for u in user_ids], bool)
+        empty = sp.csr_matrix((len(extra), data.n_items), dtype=np.float32)
+        everyone = TrainData(
+            sp.vstack([data.user_items, empty]).tocsr()[rows],
+            data.item_features,
+            sp.vstack([data.recent_user_items, empty]).tocsr()[rows],
+            [u for u, keep in zip(user_ids, rows, strict=True) if keep],
+            data.item_ids,
+        )
+        purchased = sp.vstack([purchased_matrix(events, data), empty]).tocsr()[rows]
+        del events
+        vectors = np.zeros((everyone.n_users, data.item_features.shape[1]), np.float32)
+        has_photos = np.zeros(everyone.n_users, bool)
+        if photo_users:
+            position = {u: k for k, u in enumerate(everyone.user_ids)}
+            for u, vector in zip(photo_users, photo_vectors, strict=True):
+                if u in position:
+                    vectors[position[u]], has_photos[position[u]] = vector, True
+        categories = item_categories(lake, ds, data.item_ids)
+        # Segments come from the day's profiles; without them every unknown user gets the global list.
+        profiles = (
+            in_shard(lake.read_table("user_profiles", self.features_ds).select(["user_id", "segment"]), shard)
+            if lake.manifest("user_profiles", self.features_ds) is not None
+            else None
+        )
+        segment_of = (
+            dict(
+                zip(
+                    profiles.column("user_id").to_pylist(),
+                    profiles.column("segment").to_pylist(),
+                    strict=True,
+                )
+            )
+            if profiles is not None
+            else {}
+        )
+        segments = [segment_of.get(u) for u in everyone.user_ids]
+        counts = PopularityCounts.of(everyone, segments)
+        if counts_only:
+            return [], counts
+        scorer = self.scorer.load(settings) if isinstance(self.scorer, ScorerRef) else self.scorer
+        popular = SegmentPopularity(segments).fit_counts(popularity or counts)
+        aligned = scorer.aligned(everyone.user_ids, everyone.item_ids) if scorer is not None else None
+        known = aligned.known_users if aligned is not None else np.zeros(everyone.n_users, bool)
+        model_version = scorer.version if scorer is not None else "none"
+        weight = settings.photo_weight
+        looks = None
+        if lake.manifest("generated_looks", ds) is not None:
+            looks = in_shard(lake.read_table("generated_looks", ds), shard)
+        # Generated looks reach a user through the recommender's visual taste: none without a champion.
+        widen = (
+            looks is not None and looks.num_rows > 0 and settings.generated_slots > 0 and scorer is not None
+        )
+        groups = (
+            (known, aligned, "mf", model_version),
+            (~known & has_photos, None, "photo", f"{model_version}+{photo_version}"),
+            (~known & ~has_photos, popular, "popular", "popularity-by-segment"),
+        )
+        jobs = []
+        for mask, base, source, version in groups:
+            if not mask.any():
+                continue
+            index = np.flatnonzero(mask)
+            sub = TrainData(
+                everyone.user_items[index],
+                data.item_features,
+                None,
+                [everyone.user_ids[i] for i in index],
+                data.item_ids,
+            )
+            if source == "popular":
+                model = popular.for_users([segments[i] for i in index])
+            else:
+                base = base.aligned(sub.user_ids, sub.item_ids) if base is not None else None
+                model = PhotoBlend(base, vectors[index], has_photos[index], data.item_features, weight)
+            jobs.append(
+                ScoreGroup(
+                    model,
+                    sub,
+                    purchased[index],
+                    categories,
+                    k=settings.top_k,
+                    max_per_category=self.max_per_category,
+                    exclude=self.exclude,
+                    version=version,
+                    source=source,
+                    looks=looks if widen and source == "mf" else None,
+                    looks_version=self.looks_version,
+                    slots=settings.generated_slots,
+                )
+            )
+        return jobs, counts
+
+
+def score_in_shards(spark, lake: Lake, version: str, scoring: _Scoring, shards: int) -> list[ScoredPart]:
+    """Distributed scoring in two Spark jobs of ``shards`` tasks, one per shard of the users (by a hash
+    of their ids). Each task reads its users' rows of every input itself and loads the recommender
+    itself (a :class:`ScorerRef`), so the driver holds neither. The first job returns each shard's
+    popularity counts (items x segments numbers), which the driver sums; in the second each task
+    builds its users' lists with those totals and writes its part of the ``recommendations``
+    partition's ``version`` straight into the lake, returning only the part's name and a summary.
+    Returns the parts, for :meth:`Lake.commit`."""
     import json
     import pickle
 
     from pyspark.sql import types as T
 
-    uri, endpoint, region = lake.uri, lake.s3_endpoint, lake.s3_region
-    jobs = spark.sparkContext.broadcast(pickle.dumps(groups))
-    tasks = []
-    for g, group in enumerate(groups):
-        per_shard = -(-group.data.n_users // max(1, shards))
-        step = max(ScoreGroup.CHUNK, -(-per_shard // ScoreGroup.CHUNK) * ScoreGroup.CHUNK)
-        tasks += [(g, lo, min(lo + step, group.data.n_users)) for lo in range(0, group.data.n_users, step)]
+    uri, endpoint, region, ds = lake.uri, lake.s3_endpoint, lake.s3_region, scoring.ds
+    frame = spark.createDataFrame([(s,) for s in range(shards)], "shard int").repartition(shards)
 
-    def run(batches):
+    def counts_of(batches):
         here = Lake(uri, s3_endpoint=endpoint, s3_region=region)
-        todo = pickle.loads(jobs.value)
         for batch in batches:
-            for g, lo, hi in zip(*(batch.column(n).to_pylist() for n in ("group", "lo", "hi")), strict=True):
-                part = todo[g].run(range(lo, hi))
-                name = here.write_part("recommendations", ds, version, f"part-{g}-{lo:09d}", part)
+            for shard in batch.column("shard").to_pylist():
+                _, counts = scoring.jobs(here, (shard, shards), counts_only=True)
+                yield pa.record_batch([pa.array([pickle.dumps(counts)], pa.binary())], ["counts"])
+
+    schema = T.StructType([T.StructField("counts", T.BinaryType())])
+    pickled = [r["counts"] for r in frame.mapInArrow(counts_of, schema).collect()]
+    totals = [pickle.loads(p) for p in pickled]
+    popularity = sum(totals[1:], totals[0])
+
+    def write_shard(batches):
+        here = Lake(uri, s3_endpoint=endpoint, s3_region=region)
+        for batch in batches:
+            for shard in batch.column("shard").to_pylist():
+                jobs, _ = scoring.jobs(here, (shard, shards), popularity)
+                if not jobs:
+                    continue
+                part = pa.concat_tables([job.run() for job in jobs])
+                name = here.write_part("recommendations", ds, version, f"part-{shard:05d}", part)
                 summary = json.dumps(asdict(ScoreSummary.of(part)))
                 yield pa.record_batch([pa.array([name]), pa.array([summary])], ["name", "summary"])
 
-    frame = spark.createDataFrame(tasks, "group int, lo long, hi long").repartition(max(1, len(tasks)))
     schema = T.StructType([T.StructField("name", T.StringType()), T.StructField("summary", T.StringType())])
-    rows = frame.mapInArrow(run, schema).collect()
-    jobs.unpersist()
+    rows = frame.mapInArrow(write_shard, schema).collect()
     parts = [ScoredPart(r["name"], 0, ScoreSummary(**json.loads(r["summary"]))) for r in rows]
     for part in parts:
         part.rows = part.summary.rows
+    if parts:  # what came back to the driver, counted once in the total
+        parts[0].summary.collected_bytes = sum(map(len, pickled)) + sum(
+            len(r["name"]) + len(r["summary"]) for r in rows
+        )
     return sorted(parts, key=lambda p: p.name)
 
 
@@ -264,7 +423,7 @@ def score_users(
     *,
     lake: Lake | None = None,
     config: MFConfig | None = None,
-    scorer: FactorScorer | None = None,
+    scorer: FactorScorer | ScorerRef | None = None,
     exclude: list[str] | None = None,
     looks_version: str = "visrec-gan",
     features_ds: str | None = None,
@@ -272,8 +431,10 @@ def score_users(
     shards: int = 8,
 ) -> ScoreSummary:
     """Recommendations for every user as of ``ds`` -> ``recommendations``; returns what was written.
-    With ``spark``, the users are scored in ``shards`` ranges per group by Spark tasks that write
-    their parts of the partition themselves (:func:`score_in_shards`): the same rows.
+    With ``spark``, the users are scored in ``shards`` shards by Spark tasks that read their users'
+    inputs and write their parts of the partition themselves (:func:`score_in_shards`): the same rows.
+    ``scorer``: the recommender, or where tasks load it from (:class:`ScorerRef`, which keeps the
+    model off the driver); the champion when None.
 
     Users the champion recommender knows: its scores, blended with their photos' visual evidence when
     they uploaded any (``source='mf'``); when the day has generated looks for them, real items nearest
@@ -281,129 +442,38 @@ def score_users(
     Users whose only signal is uploads: ranked by how close items look to their photos
     (``source='photo'``). Everyone else: what is popular lately among users of their segment, or
     overall for users without one (``source='popular'``). Forgotten users get nothing."""
-    from visrec.recsys.baselines import SegmentPopularity
-
     config = config or MFConfig()
     lake = lake or Lake.from_settings(settings)
     if scorer is None:
         serve, why = serving(settings)
-        scorer = champion_scorer(settings) if serve == "model" else None
-        if scorer is None:
+        champion = registry.champion(MODEL_NAME) if serve == "model" else None
+        if champion is not None:
+            scorer = ScorerRef(version=f"{MODEL_NAME}/{champion.version}")
+        else:
             log.warning(
                 "scoring %s with popularity-by-segment lists for everyone: %s", ds, why or "no champion"
             )
-    events = load_events(lake, ds)
-    data = full_data(settings, lake, ds, events)
-    photo_users, photo_vectors, photo_version = photo_profiles(lake, ds)
-    _, _, embedding_version = item_embeddings(lake, ds)
-    if photo_users and photo_version not in embedding_version.split(","):
-        log.warning(
-            "user photos of %s were embedded with %s, the catalog with %s: photos not used",
-            ds,
-            photo_version,
-            embedding_version,
-        )
-        photo_users = []
-    forgotten = forgotten_users(lake)
-    # Every user with events or photos, minus the forgotten; upload-only users get empty history rows.
-    extra = sorted(set(photo_users) - set(data.user_ids))
-    user_ids = data.user_ids + extra
-    rows = np.array([u not in forgotten for u in user_ids])
-    empty = sp.csr_matrix((len(extra), data.n_items), dtype=np.float32)
-    everyone = TrainData(
-        sp.vstack([data.user_items, empty]).tocsr()[rows],
-        data.item_features,
-        sp.vstack([data.recent_user_items, empty]).tocsr()[rows],
-        [u for u, keep in zip(user_ids, rows, strict=True) if keep],
-        data.item_ids,
+    if isinstance(scorer, ScorerRef) and spark is None:
+        scorer = scorer.load(settings)
+    scoring = _Scoring(
+        settings, ds, scorer, list(exclude or []), looks_version, features_ds or ds, config.max_per_category
     )
-    purchased = sp.vstack([purchased_matrix(events, data), empty]).tocsr()[rows]
-    vectors = np.zeros((everyone.n_users, data.item_features.shape[1]), np.float32)
-    has_photos = np.zeros(everyone.n_users, bool)
-    if photo_users:
-        position = {u: k for k, u in enumerate(everyone.user_ids)}
-        for u, vector in zip(photo_users, photo_vectors, strict=True):
-            if u in position:
-                vectors[position[u]], has_photos[position[u]] = vector, True
-    categories = item_categories(lake, ds, data.item_ids)
-    # Segments come from the day's profiles; without them every unknown user gets the global list.
-    features_ds = features_ds or ds
-    profiles = (
-        lake.read_table("user_profiles", features_ds).select(["user_id", "segment"]).to_pylist()
-        if lake.manifest("user_profiles", features_ds) is not None
-        else []
-    )
-    segment_of = {p["user_id"]: p["segment"] for p in profiles}
-    segments = [segment_of.get(u) for u in everyone.user_ids]
-    popular = SegmentPopularity(segments).fit(everyone)
-    aligned = scorer.aligned(everyone.user_ids, everyone.item_ids) if scorer is not None else None
-    known = aligned.known_users if aligned is not None else np.zeros(everyone.n_users, bool)
-    model_version = scorer.version if scorer is not None else "none"
-    weight = settings.photo_weight
-    groups = (
-        (known, PhotoBlend(aligned, vectors, has_photos, data.item_features, weight), "mf", model_version),
-        (
-            ~known & has_photos,
-            PhotoBlend(None, vectors, has_photos, data.item_features, weight),
-            "photo",
-            f"{model_version}+{photo_version}",
-        ),
-        (~known & ~has_photos, popular, "popular", "popularity-by-segment"),
-    )
-    looks = (
-        lake.read_table("generated_looks", ds) if lake.manifest("generated_looks", ds) is not None else None
-    )
-    # Generated looks reach a user through the recommender's visual taste: none without a champion.
-    widen = looks is not None and looks.num_rows > 0 and settings.generated_slots > 0 and scorer is not None
-    jobs = []
-    for mask, model, source, version in groups:
-        if not mask.any():
-            continue
-        index = np.flatnonzero(mask)
-        sub = TrainData(
-            everyone.user_items[index],
-            data.item_features,
-            None,
-            [everyone.user_ids[i] for i in index],
-            data.item_ids,
-        )
-        if isinstance(model, PhotoBlend):
-            base = model.base.aligned(sub.user_ids, sub.item_ids) if model.base is not None else None
-            model = PhotoBlend(base, vectors[index], has_photos[index], data.item_features, weight)
-        elif isinstance(model, SegmentPopularity):
-            model = model.for_users([segments[i] for i in index])
-        jobs.append(
-            ScoreGroup(
-                model,
-                sub,
-                purchased[index],
-                categories,
-                k=settings.top_k,
-                max_per_category=config.max_per_category,
-                exclude=list(exclude or []),
-                version=version,
-                source=source,
-                looks=looks if widen and source == "mf" else None,
-                looks_version=looks_version,
-                slots=settings.generated_slots,
-            )
-        )
     if spark is None:
+        jobs, _ = scoring.jobs(lake, (0, 1))
         table = pa.concat_tables([job.run() for job in jobs]) if jobs else RECOMMENDATIONS.empty_table()
         lake.write_table("recommendations", ds, table)
         summary = ScoreSummary.of(table)
     else:
         version = lake.new_version()
-        parts = score_in_shards(spark, lake, ds, version, jobs, shards=shards)
+        parts = score_in_shards(spark, lake, version, scoring, shards)
         lake.commit("recommendations", ds, version, [(p.name, p.rows) for p in parts])
         summary = ScoreSummary.total(parts)
     log.info(
-        "scored %d users for %s (%d with photos, %d upload-only%s): %d rows",
-        everyone.n_users,
+        "scored %d users for %s (%s%s): %d rows",
+        summary.users,
         ds,
-        int(has_photos.sum()),
-        int((~known & has_photos).sum()),
-        f", {shards} shards on Spark" if spark is not None else "",
+        ", ".join(f"{n} rows {source}" for source, n in sorted(summary.sources.items())),
+        f"; {shards} shards on Spark" if spark is not None else "",
         summary.rows,
     )
     return summary

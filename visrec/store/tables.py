@@ -11,15 +11,38 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from visrec.store.lake import Lake, PartitionNotFound
 
 
-def load_events(lake: Lake, ds: str) -> pd.DataFrame:
-    """Clean events of every partition up to ``ds`` (later partitions are not read)."""
+def load_events(lake: Lake, ds: str, shard: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Clean events of every partition up to ``ds`` (later partitions are not read); with ``shard``
+    ``(s, n)``, only the events of the users in shard ``s`` of ``n`` (see :func:`user_shards`)."""
     table = lake.read_table("events", [d for d in lake.partitions("events") if d <= ds])
-    return table.select(["user_id", "item_id", "event_type", "ts"]).to_pandas()
+    table = table.select(["user_id", "item_id", "event_type", "ts"])
+    return (in_shard(table, shard) if shard else table).to_pandas()
+
+
+def user_shards(user_ids, shards: int) -> np.ndarray:
+    """The shard (0..``shards``-1) of each user id: a hash of the id alone, the same in every process
+    and on every machine, so a task finds its users' rows in any table without asking the driver."""
+    values = np.asarray(user_ids, dtype=object)
+    if shards == 1 or len(values) == 0:
+        return np.zeros(len(values), np.int64)
+    return (pd.util.hash_array(values) % np.uint64(shards)).astype(np.int64)
+
+
+def in_shard(table: pa.Table, shard: tuple[int, int], column: str = "user_id") -> pa.Table:
+    """The rows of ``table`` whose ``column`` (a user id) is in shard ``shard[0]`` of ``shard[1]``;
+    each distinct id is hashed once."""
+    index, shards = shard
+    if shards == 1:
+        return table
+    ids = pc.dictionary_encode(table.column(column).combine_chunks())
+    keep = user_shards(ids.dictionary.to_pylist(), shards) == index
+    return table.filter(pa.array(keep[ids.indices.to_numpy(zero_copy_only=False)]))
 
 
 def item_embeddings(lake: Lake, ds: str) -> tuple[list[str], np.ndarray, str]:
@@ -77,13 +100,17 @@ def latest_partition(lake: Lake, table: str, ds: str | None = None) -> str:
     return dss[-1]
 
 
-def photo_profiles(lake: Lake, ds: str) -> tuple[list[str], np.ndarray, str | None]:
+def photo_profiles(
+    lake: Lake, ds: str, shard: tuple[int, int] | None = None
+) -> tuple[list[str], np.ndarray, str | None]:
     """Each user's visual preference from their photos: the mean of their photos' embeddings
-    (re-normalised), from ``user_photos`` of ``ds``. Returns (user_ids, vectors, model_version)."""
+    (re-normalised), from ``user_photos`` of ``ds`` (the users of ``shard`` only, when given).
+    Returns (user_ids, vectors, model_version)."""
 
     if lake.manifest("user_photos", ds) is None:
         return [], np.zeros((0, 0), np.float32), None
     table = lake.read_table("user_photos", ds)
+    table = in_shard(table, shard) if shard else table
     if table.num_rows == 0:
         return [], np.zeros((0, 0), np.float32), None
     users = np.array(table.column("user_id").to_pylist())
