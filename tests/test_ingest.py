@@ -429,6 +429,40 @@ def test_incremental_features_equal_a_rebuild_from_history(tmp_path):
         assert a.equals(b), table
 
 
+def test_a_day_ingested_late_makes_the_later_snapshots_stale(tmp_path):
+    import json
+
+    from visrec.ingest.features import previous_snapshot
+
+    settings = Settings(home=tmp_path, error_budget=0.5)
+    lake = Lake.from_settings(settings)
+    generate_shop(ShopConfig(**SHOP4), lake)
+    days = _shop_days(lake)
+    for ds in days:
+        ingest_events(settings, lake, ds)
+        build_features(settings, lake, ds)
+    history = lake.partitions("events")
+    assert previous_snapshot(lake, days[-1], history) == days[-2]  # the night's step starts from it
+    # A purchase of the second day arrives after every snapshot was built, and that day is ingested again.
+    line = {
+        "user_id": "late-user",
+        "item_id": "i000001",
+        "event_type": "purchase",
+        "ts": f"{days[1]}T12:00:00Z",
+    }
+    lake.put_bytes(
+        f"raw/events/dt={days[1]}/late.jsonl", (json.dumps({**line, "event_id": "late-1"}) + "\n").encode()
+    )
+    ingest_events(settings, lake, days[1])
+    assert previous_snapshot(lake, days[-1], history) is None  # stale: rebuilt from the history
+    assert previous_snapshot(lake, days[2], history) is None
+    build_features(settings, lake, days[-1])
+    pairs = lake.read_table("interactions", days[-1]).to_pylist()
+    assert [(p["user_id"], p["item_id"]) for p in pairs if p["user_id"] == "late-user"] == [
+        ("late-user", "i000001")
+    ]
+
+
 def test_a_range_in_one_pass_equals_day_by_day(tmp_path):
     from visrec.ingest.day import ingest_days
 
