@@ -323,7 +323,15 @@ def bench_cnn() -> Figures:
         seconds = time.perf_counter() - started
         if prefix == "cnn.hm":  # kept for the recommender and GAN benches on hm-sample (git-ignored)
             CACHE.mkdir(exist_ok=True)
-            np.savez(CACHE / "hm_embeddings.npz", item_ids=np.array(images.item_ids), embeddings=embeddings)
+            split = (
+                result.model.features_dim if result.model.default_embedding == "both" else embeddings.shape[1]
+            )
+            np.savez(
+                CACHE / "hm_embeddings.npz",
+                item_ids=np.array(images.item_ids),
+                embeddings=embeddings,
+                classifier_dims=split,
+            )
             np.savez(CACHE / "hm_pixels.npz", item_ids=np.array(images.item_ids), pixels=images.pixels)
             result.model.save(CACHE / "hm_cnn.keras")
         out[f"{prefix}.embed_images_per_s"] = _figure(
@@ -444,7 +452,7 @@ def bench_mf() -> Figures:
         for row, item in enumerate(split.train.item_ids):
             onehot[row, [names.index(v) for v in truth[item]]] = 1.0
         onehot /= np.linalg.norm(onehot, axis=1, keepdims=True)
-        told = dataclasses.replace(split, train=dataclasses.replace(split.train, item_features=onehot))
+        told = dataclasses.replace(split, train=dataclasses.replace(split.train, item_features=onehot, classifier_dims=None))
         results["vbpr_true_attributes"] = evaluate_model(VBPRRecommender(), told)
         results["selected_true_attributes"] = evaluate_model(
             make_vbpr(settings, select_vbpr(settings, told, last).params), told
@@ -456,7 +464,7 @@ def bench_mf() -> Figures:
             zip(staged.item_ids, embed_pixels(cnn.model, staged.pixels, kind="classifier"), strict=True)
         )
         features = np.stack([classifier[item] for item in split.train.item_ids])
-        fed = dataclasses.replace(split, train=dataclasses.replace(split.train, item_features=features))
+        fed = dataclasses.replace(split, train=dataclasses.replace(split.train, item_features=features, classifier_dims=None))
         results["vbpr_classifier_embedding"] = evaluate_model(VBPRRecommender(), fed)
         results["visual_profile_classifier_embedding"] = evaluate_model(VisualProfile(), fed)
         for name, metrics in results.items():
@@ -549,7 +557,6 @@ def bench_mf_hm() -> Figures:
     from datetime import date
 
     import numpy as np
-    import pyarrow as pa
 
     from visrec.devdata.importer import import_hm
     from visrec.devdata.synth import write_events_table
@@ -561,6 +568,7 @@ def bench_mf_hm() -> Figures:
     from visrec.settings import Settings
     from visrec.store.lake import Lake
     from visrec.store.spark import get_spark
+    from visrec.store.tables import embeddings_table
 
     cache = CACHE / "hm_embeddings.npz"
     if not (HM_SAMPLE / "articles.csv").exists() or not cache.exists():
@@ -577,18 +585,10 @@ def bench_mf_hm() -> Figures:
         write_events_table(lake)
         z = np.load(cache)
         emb = z["embeddings"].astype(np.float32)
+        # The served embedding (classifier's, then retrieval's); VBPR learns from the classifier's part.
+        dims = int(z["classifier_dims"]) if "classifier_dims" in z else None
         lake.write_table(
-            "item_embeddings",
-            last,
-            pa.table(
-                {
-                    "item_id": z["item_ids"].tolist(),
-                    "embedding": pa.FixedSizeListArray.from_arrays(
-                        pa.array(emb.ravel(), pa.float32()), emb.shape[1]
-                    ),
-                    "model_version": ["bench-cnn"] * len(emb),
-                }
-            ),
+            "item_embeddings", last, embeddings_table(z["item_ids"].tolist(), emb, "bench-cnn", dims)
         )
         split = build_split(settings, lake, last)
         history = np.asarray((split.train.user_items > 0).sum(axis=1)).ravel() > 0
@@ -897,7 +897,7 @@ def _scale_worker(size: int, home: str) -> dict:
     from visrec.recsys.train import FactorScorer
     from visrec.settings import Settings
     from visrec.store.lake import Lake
-    from visrec.store.tables import load_staged_images
+    from visrec.store.tables import embeddings_table, load_staged_images
     from visrec.vision.embed import embed_pixels
 
     out: dict = {}
@@ -930,19 +930,7 @@ def _scale_worker(size: int, home: str) -> dict:
         model = ImageClassifier(sorted(set(images.categories)))
         embed_pixels(model, images.pixels[:256])  # builds and traces the model
         vectors = timed("embed", len(images.pixels), "images", lambda: embed_pixels(model, images.pixels))
-        lake.write_table(
-            "item_embeddings",
-            last,
-            pa.table(
-                {
-                    "item_id": images.item_ids,
-                    "embedding": pa.FixedSizeListArray.from_arrays(
-                        pa.array(vectors.ravel()), vectors.shape[1]
-                    ),
-                    "model_version": ["random"] * len(images.item_ids),
-                }
-            ),
-        )
+        lake.write_table("item_embeddings", last, embeddings_table(images.item_ids, vectors, "random"))
         # The recommender's training: one epoch beyond the first (which also compiles), default settings.
         pairs = lake.read_table("interactions", last)
         users = {u: n for n, u in enumerate(sorted(set(pairs.column("user_id").to_pylist())))}

@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.sdk import Param, dag, task
 
 from visrec.settings import Settings
 
@@ -39,11 +39,11 @@ DEFAULT_ARGS = {
 }
 
 
-def _run(step: str, ds: str, **upstream: dict) -> dict:
+def _run(step: str, ds: str, params: dict | None = None, **upstream: dict) -> dict:
     """One pipeline step for the run's date, handed the results of the tasks it depends on."""
     from visrec import pipeline
 
-    return pipeline.run_task(step, ds, **upstream)
+    return pipeline.run_task(step, ds, reuse_backfill=bool((params or {}).get("ingested")), **upstream)
 
 
 @dag(
@@ -57,11 +57,19 @@ def _run(step: str, ds: str, **upstream: dict) -> dict:
     dagrun_timeout=timedelta(hours=6),
     tags=["visrec"],
     doc_md=__doc__,
+    params={
+        "ingested": Param(
+            False,
+            type="boolean",
+            description="the date's events and features were ingested by `visrec ingest --start --end` "
+            "(as `visrec run --start --end` does first): reuse them",
+        )
+    },
 )
 def visrec_nightly():
     @task(**SPARK)
-    def ingest_events(ds: str | None = None) -> dict:
-        return _run("ingest_events", ds)
+    def ingest_events(ds: str | None = None, params: dict | None = None) -> dict:
+        return _run("ingest_events", ds, params)
 
     @task
     def ingest_images(ds: str | None = None) -> dict:
@@ -72,8 +80,8 @@ def visrec_nightly():
         return _run("ingest_user_photos", ds)
 
     @task(**SPARK)
-    def build_features(events: dict, ds: str | None = None) -> dict:
-        return _run("build_features", ds, events=events)
+    def build_features(events: dict, ds: str | None = None, params: dict | None = None) -> dict:
+        return _run("build_features", ds, params, events=events)
 
     @task(**TRAINING)
     def train_cnn(images: dict, ds: str | None = None) -> dict:

@@ -108,7 +108,9 @@ def test_failure_mid_publish_keeps_previous_version(lake: Lake, monkeypatch, fai
 
 def test_embedding_tables_take_any_fixed_dimension(lake: Lake):
     emb = pa.FixedSizeListArray.from_arrays(pa.array([0.1, 0.2, 0.3, 0.4], pa.float32()), 2)
-    data = pa.table({"item_id": ["a", "b"], "embedding": emb, "model_version": ["3", "3"]})
+    data = pa.table(
+        {"item_id": ["a", "b"], "embedding": emb, "model_version": ["3", "3"], "classifier_dims": [2, 2]}
+    )
     lake.write_table("item_embeddings", "2026-01-01", data)
     back = lake.read_table("item_embeddings", "2026-01-01")
     assert back.column("embedding").type == pa.list_(pa.float32(), 2)

@@ -43,7 +43,8 @@ def _copy_outputs(lake: Lake, src: str, dst: str) -> None:
 
 @pytest.fixture(scope="module")
 def nightly(tmp_path_factory):
-    """A tiny shop: day 1 ingested as history, then the DAG run for days 2 and 3 by Airflow. One or two
+    """A tiny shop: day 1 ingested as history, then the DAG run for days 2 and 3 by Airflow (their events
+    and features ingested first in one pass, as any run of more than one date does). One or two
     days of history cannot tell the recommender from popularity (measured: 200 to 800 users, the gate's
     interval always straddled zero), so every new model is promoted here (``VISREC_MF_PROMOTION=always``)
     to run the model's paths: its lists, photo blending and generated looks."""
@@ -136,6 +137,12 @@ def test_dag_runs_end_to_end_and_publishes(nightly):
         "report",
     }
     assert read_release(lake)["ds"] == D3
+    # Two dates: their events and features were ingested first in one pass, and each DAG run's
+    # ingest_events and build_features tasks reused that (the DAG's `ingested` parameter).
+    for ds in (D2, D3):
+        for step in ("ingest_events", "build_features"):
+            assert json.loads(lake.get_bytes(f"runs/ds={ds}/{step}.json"))["backfill"] == f"{D2}..{D3}"
+        assert lake.manifest("interactions", ds) is not None
     # Tasks use what their upstream tasks returned (through XCom): the catalog is embedded with the
     # image model train_cnn left as champion, and scoring uses the recommender train_mf left as champion.
     records = {

@@ -32,6 +32,7 @@ from visrec.recsys.train import MFConfig, evaluate_model, promotion_gate, train_
 from visrec.recsys.vbpr import VBPRRecommender
 from visrec.settings import Settings
 from visrec.store.lake import Lake
+from visrec.store.tables import embeddings_table
 
 SHOP = ShopConfig(users=600, items=300, days=8, seed=11)
 LAST = "2026-11-08"
@@ -61,19 +62,7 @@ def shop(tmp_path_factory):
     catalog = pd.read_csv(io.BytesIO(lake.get_bytes("raw/catalog/items.csv")), dtype=str)
     item_ids = sorted(catalog["item_id"])
     emb = visual_features(lake, item_ids)
-    lake.write_table(
-        "item_embeddings",
-        LAST,
-        pa.table(
-            {
-                "item_id": item_ids,
-                "embedding": pa.FixedSizeListArray.from_arrays(
-                    pa.array(emb.ravel(), pa.float32()), emb.shape[1]
-                ),
-                "model_version": ["truth-features"] * len(item_ids),
-            }
-        ),
-    )
+    lake.write_table("item_embeddings", LAST, embeddings_table(item_ids, emb, "truth-features"))
     return settings, lake, build_split(settings, lake, LAST)
 
 
@@ -194,11 +183,33 @@ def test_vbpr_learns_the_visual_signal(shop):
     assert vbpr["recall_at_20"] > pop["recall_at_20"]
 
 
+def test_vbpr_learns_looks_from_the_classifier_part_of_the_embedding(shop):
+    """Item embeddings that are the classifier's embedding and then another one (the retrieval
+    embedding): VBPR reads only the first ``classifier_dims`` columns, and its users' visual taste is a
+    direction in the whole embedding's space, zero over the other columns."""
+    _, _, split = shop
+    assert split.train.classifier_dims == split.train.item_features.shape[1]  # written without a split
+    features = split.train.item_features
+    other = np.random.default_rng(2).normal(size=(features.shape[0], 5)).astype(np.float32)
+
+    def fitted(extra: np.ndarray) -> VBPRRecommender:
+        train = dataclasses.replace(
+            split.train, item_features=np.hstack([features, extra]), classifier_dims=features.shape[1]
+        )
+        return VBPRRecommender(factors=8, visual_factors=8, epochs=2, seed=3).fit(train)
+
+    one, two = fitted(other), fitted(-3 * other)
+    np.testing.assert_allclose(one.item_vectors, two.item_vectors, atol=1e-6)  # the other columns: unread
+    assert one.visual_preference.shape == (split.train.n_users, features.shape[1] + 5)
+    assert np.all(one.visual_preference[:, features.shape[1] :] == 0)
+    assert np.abs(one.visual_preference[:, : features.shape[1]]).sum() > 0
+
+
 def _noise_split(split: Split, seed: int = 0) -> Split:
     """The same split with image features that carry nothing about the items."""
     noise = np.random.default_rng(seed).normal(size=split.train.item_features.shape).astype(np.float32)
     train = dataclasses.replace(
-        split.train, item_features=noise / np.linalg.norm(noise, axis=1, keepdims=True)
+        split.train, item_features=noise / np.linalg.norm(noise, axis=1, keepdims=True), classifier_dims=None
     )
     return dataclasses.replace(split, train=train)
 
@@ -296,17 +307,7 @@ def test_a_model_that_loses_to_popularity_is_not_promoted_and_popularity_serves(
     write_events_table(lake)
     item_ids = sorted(pd.read_csv(io.BytesIO(lake.get_bytes("raw/catalog/items.csv")), dtype=str)["item_id"])
     noise = np.random.default_rng(1).normal(size=(len(item_ids), 8)).astype(np.float32)
-    lake.write_table(
-        "item_embeddings",
-        "2026-11-06",
-        pa.table(
-            {
-                "item_id": item_ids,
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(noise.ravel(), pa.float32()), 8),
-                "model_version": ["noise"] * len(item_ids),
-            }
-        ),
-    )
+    lake.write_table("item_embeddings", "2026-11-06", embeddings_table(item_ids, noise, "noise"))
     result = train_mf(settings, "2026-11-06", lake=lake)
     assert result.metrics["popularity"]["recall_at_20"] >= result.metrics["vbpr"]["recall_at_20"]
     assert result.promoted is False and result.serving == "popularity"
@@ -487,12 +488,7 @@ def test_scoring_in_spark_shards_writes_the_same_table(tmp_path, spark, monkeypa
     build_features(settings, lake, ds, rebuild=True)  # the users' segments
     item_ids = sorted(pd.read_csv(io.BytesIO(lake.get_bytes("raw/catalog/items.csv")), dtype=str)["item_id"])
     emb = visual_features(lake, item_ids)
-    embedding = pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()), emb.shape[1])
-    lake.write_table(
-        "item_embeddings",
-        ds,
-        pa.table({"item_id": item_ids, "embedding": embedding, "model_version": ["t"] * 100}),
-    )
+    lake.write_table("item_embeddings", ds, embeddings_table(item_ids, emb, "t"))
     users = sorted(set(lake.read_table("events").column("user_id").to_pylist()))
     known = users[: len(users) * 9 // 10]  # the rest: popularity by segment
     rng = np.random.default_rng(0)

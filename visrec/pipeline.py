@@ -696,23 +696,53 @@ def run_step(
     return STEPS[name][0](ds, settings, force=force, **upstream)
 
 
-def run_task(name: str, ds: str, **upstream: Upstream) -> Summary:
+# What ``ingest_range`` records for every day of a range: a run of the DAG for such a day may reuse it.
+BACKFILLED = ("ingest_events", "build_features")
+
+
+def _backfilled(name: str, ds: str, settings: Settings | None) -> Summary | None:
+    """The record of ``name`` for ``ds`` when a one-pass ingestion of a range wrote it, else None."""
+    if name not in BACKFILLED:
+        return None
+    settings = settings or Settings.from_env()
+    done = run_summary(Lake.from_settings(settings), ds, name)
+    if done is None or "backfill" not in done:
+        return None
+    log.info("%s %s: done by the one-pass ingestion of %s, not run again", name, ds, done["backfill"])
+    return done
+
+
+def run_task(name: str, ds: str, reuse_backfill: bool = False, **upstream: Upstream) -> Summary:
     """A DAG task: visrec's logging set up in the worker, then one step with settings from the
-    environment. The DAG's runs, reruns and retries of a date are deliberate: they may change it."""
+    environment. The DAG's runs, reruns and retries of a date are deliberate: they may change it.
+    ``reuse_backfill`` (a run of ``visrec run`` over a range, which ingested it in one pass first): the
+    range's records of the events and features steps stand in for running them again."""
     from visrec.logs import setup_logging
 
     setup_logging()
-    return run_step(name, ds, None, force=True, **upstream)
+    done = _backfilled(name, ds, None) if reuse_backfill else None
+    return done if done is not None else run_step(name, ds, None, force=True, **upstream)
 
 
-def run_all(ds: str, settings: Settings | None = None, on_step: Callable[[str, float], None] | None = None):
-    """Every step for ``ds`` in this process, each handed its upstream steps' results (the DAG's graph)."""
+def run_all(
+    ds: str,
+    settings: Settings | None = None,
+    on_step: Callable[[str, float], None] | None = None,
+    reuse_backfill: bool = False,
+):
+    """Every step for ``ds`` in this process, each handed its upstream steps' results (the DAG's graph);
+    ``reuse_backfill`` as in :func:`run_task`."""
     import time
 
     results: dict[str, Summary] = {}
     for name, (step, needs) in STEPS.items():
         started = time.perf_counter()
-        results[name] = step(ds, settings, force=True, **{arg: results[up] for arg, up in needs.items()})
+        done = _backfilled(name, ds, settings) if reuse_backfill else None
+        results[name] = (
+            done
+            if done is not None
+            else step(ds, settings, force=True, **{arg: results[up] for arg, up in needs.items()})
+        )
         if on_step:
             on_step(name, time.perf_counter() - started)
     return results

@@ -607,8 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_run,
         "the whole nightly DAG for one or more dates (through Airflow)",
         "Run the visrec_nightly DAG for each date in order with `airflow dags test` (metadata in "
-        "SQLite under VISREC_HOME/airflow, logs under VISREC_HOME/logs). Stops at the first failed "
-        "date; yesterday's published tables stay as they were.",
+        "SQLite under VISREC_HOME/airflow, logs under VISREC_HOME/logs). More than one date: their "
+        "events and features are ingested first in one pass, and each run reuses them. Stops at the "
+        "first failed date; yesterday's published tables stay as they were.",
     )
     run.add_argument("--ds", nargs="+", help="the date(s), YYYY-MM-DD")
     run.add_argument("--start", help="first date of a range")

@@ -21,7 +21,7 @@ from visrec.ingest.jobs.features import end_of_day
 from visrec.settings import Settings
 from visrec.store.catalog import read_catalog
 from visrec.store.lake import Lake
-from visrec.store.tables import item_embeddings, load_events
+from visrec.store.tables import item_classifier_dims, item_embeddings, load_events
 
 
 @dataclass
@@ -33,6 +33,9 @@ class TrainData:
     recent_user_items: sp.csr_matrix | None = None  # the last days only, for popularity
     user_ids: list[str] = field(default_factory=list)
     item_ids: list[str] = field(default_factory=list)
+    # How many leading columns of item_features are the image classifier's embedding (what VBPR learns
+    # looks from); None: all of them.
+    classifier_dims: int | None = None
 
     @property
     def n_users(self) -> int:
@@ -110,7 +113,7 @@ def build_split(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | 
     item_index = {item: k for k, item in enumerate(item_ids)}
     events, dropped = _frame_indexed(load_events(lake, ds) if events is None else events, item_index)
     cut = end_of_day(ds) - timedelta(days=test_window_days(settings, events, ds))
-    return split_at(settings, events, item_ids, features, cut, dropped)
+    return split_at(settings, events, item_ids, features, cut, dropped, item_classifier_dims(lake, ds))
 
 
 def validation_split(settings: Settings, split: Split, ds: str) -> Split:
@@ -118,7 +121,10 @@ def validation_split(settings: Settings, split: Split, ds: str) -> Split:
     window as long as the test window: model selection that never sees the test window."""
     window = end_of_day(ds) - split.cut
     earlier = split.events[split.events["ts"] < pd.Timestamp(split.cut, tz="UTC")]
-    return split_at(settings, earlier, split.train.item_ids, split.train.item_features, split.cut - window)
+    train = split.train
+    return split_at(
+        settings, earlier, train.item_ids, train.item_features, split.cut - window, 0, train.classifier_dims
+    )
 
 
 def split_at(
@@ -128,6 +134,7 @@ def split_at(
     features: np.ndarray | None,
     cut: datetime,
     dropped: int = 0,
+    classifier_dims: int | None = None,
 ) -> Split:
     """Events before ``cut`` train; the clicks, carts and purchases from ``cut`` on that are new to the
     user are what a model should find."""
@@ -153,7 +160,7 @@ def split_at(
     for u in range(len(user_ids)):
         relevant[u] -= set(train.indices[train.indptr[u] : train.indptr[u + 1]].tolist())
     cold = np.asarray((train > 0).sum(axis=0)).ravel() == 0
-    data = TrainData(train, features, recent, user_ids, item_ids)
+    data = TrainData(train, features, recent, user_ids, item_ids, classifier_dims)
     return Split(data, relevant, cold, cut, dropped, events)
 
 
@@ -168,7 +175,7 @@ def full_data(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | No
     matrix = confidence_matrix(events, user_index, item_index, ref, settings)
     recent_events = events[events["ts"] >= pd.Timestamp(ref - timedelta(days=7), tz="UTC")]
     recent = confidence_matrix(recent_events, user_index, item_index, ref, settings)
-    return TrainData(matrix, features, recent, user_ids, item_ids)
+    return TrainData(matrix, features, recent, user_ids, item_ids, item_classifier_dims(lake, ds))
 
 
 def purchased_matrix(events: pd.DataFrame, data: TrainData) -> sp.csr_matrix:

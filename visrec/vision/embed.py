@@ -13,7 +13,7 @@ from visrec.models.tfdata import in_memory_batches
 from visrec.models.topk import topk
 from visrec.settings import Settings
 from visrec.store.lake import Lake
-from visrec.store.tables import StagedImages, embeddings_matrix, load_staged_images
+from visrec.store.tables import StagedImages, embeddings_matrix, embeddings_table, load_staged_images
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +69,9 @@ def embed_items(
     """Embed every staged item of ``ds`` into ``item_embeddings``; returns the table written."""
     images = images or load_staged_images(lake, ds)
     emb = embed_pixels(model, images.pixels)
-    table = pa.table(
-        {
-            "item_id": images.item_ids,
-            "embedding": pa.FixedSizeListArray.from_arrays(
-                pa.array(emb.reshape(-1), pa.float32()), emb.shape[1]
-            ),
-            "model_version": [model_version] * len(images.item_ids),
-        }
-    )
+    # The served embedding, when both, is the classifier's and then the retrieval embedding, side by side.
+    split = model.features_dim if model.default_embedding == "both" else None
+    table = embeddings_table(images.item_ids, emb, model_version, split)
     lake.write_table("item_embeddings", ds, table)
     log.info("embedded %d items with %s (%d dims)", len(images.item_ids), model_version, emb.shape[1])
     return table
