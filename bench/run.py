@@ -361,8 +361,7 @@ def bench_mf() -> Figures:
     from visrec.settings import Settings
     from visrec.store.lake import Lake
     from visrec.store.spark import get_spark
-    from visrec.store.tables import load_staged_images
-    from visrec.vision.embed import embed_items, embed_pixels
+    from visrec.vision.embed import embed_items
     from visrec.vision.train import CNNConfig, train_cnn
 
     out: Figures = {}
@@ -452,20 +451,23 @@ def bench_mf() -> Figures:
         for row, item in enumerate(split.train.item_ids):
             onehot[row, [names.index(v) for v in truth[item]]] = 1.0
         onehot /= np.linalg.norm(onehot, axis=1, keepdims=True)
-        told = dataclasses.replace(split, train=dataclasses.replace(split.train, item_features=onehot, classifier_dims=None))
+        told = dataclasses.replace(
+            split, train=dataclasses.replace(split.train, item_features=onehot, classifier_dims=None)
+        )
         results["vbpr_true_attributes"] = evaluate_model(VBPRRecommender(), told)
         results["selected_true_attributes"] = evaluate_model(
             make_vbpr(settings, select_vbpr(settings, told, last).params), told
         )
-        # The item embeddings are the image model's retrieval embedding; the same recommenders fed the
-        # same model's classifier embedding instead (issue 24: which embedding VBPR should use).
-        staged = load_staged_images(lake, last)
-        classifier = dict(
-            zip(staged.item_ids, embed_pixels(cnn.model, staged.pixels, kind="classifier"), strict=True)
+        # The item embeddings are the image model's classifier and retrieval embeddings side by side; VBPR
+        # reads the classifier's part (classifier_dims), the visual profile all of it. Each fed the other
+        # way (issue 24: which embedding each should use).
+        both = dataclasses.replace(split, train=dataclasses.replace(split.train, classifier_dims=None))
+        results["vbpr_both_embeddings"] = evaluate_model(VBPRRecommender(), both)
+        part = split.train.item_features[:, : split.train.classifier_dims]
+        part = part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+        fed = dataclasses.replace(
+            split, train=dataclasses.replace(split.train, item_features=part, classifier_dims=None)
         )
-        features = np.stack([classifier[item] for item in split.train.item_ids])
-        fed = dataclasses.replace(split, train=dataclasses.replace(split.train, item_features=features, classifier_dims=None))
-        results["vbpr_classifier_embedding"] = evaluate_model(VBPRRecommender(), fed)
         results["visual_profile_classifier_embedding"] = evaluate_model(VisualProfile(), fed)
         for name, metrics in results.items():
             for key in (
