@@ -407,14 +407,20 @@ def test_duckdb_and_spark_give_the_same_tables(tmp_path, spark):
         assert got["duckdb"][table].equals(got["spark"][table]), table
 
 
-def test_incremental_features_equal_a_rebuild_from_history(tmp_path):
+def _ingested_day_by_day(tmp_path) -> tuple[Settings, Lake, list[str]]:
+    """The 4-day shop ingested one day at a time, each day's features from the day before."""
     settings = Settings(home=tmp_path, error_budget=0.5)
     lake = Lake.from_settings(settings)
     generate_shop(ShopConfig(**SHOP4), lake)
     days = _shop_days(lake)
     for ds in days:
         ingest_events(settings, lake, ds)
-        build_features(settings, lake, ds)  # each day from the day before
+        build_features(settings, lake, ds)
+    return settings, lake, days
+
+
+def test_incremental_features_equal_a_rebuild_from_history(tmp_path):
+    settings, lake, days = _ingested_day_by_day(tmp_path)
     incremental = _tables(lake, days[-1])
     rows = build_features(settings, lake, days[-1], rebuild=True)
     rebuilt = _tables(lake, days[-1])
@@ -434,13 +440,7 @@ def test_a_day_ingested_late_makes_the_later_snapshots_stale(tmp_path):
 
     from visrec.ingest.features import previous_snapshot
 
-    settings = Settings(home=tmp_path, error_budget=0.5)
-    lake = Lake.from_settings(settings)
-    generate_shop(ShopConfig(**SHOP4), lake)
-    days = _shop_days(lake)
-    for ds in days:
-        ingest_events(settings, lake, ds)
-        build_features(settings, lake, ds)
+    settings, lake, days = _ingested_day_by_day(tmp_path)
     history = lake.partitions("events")
     assert previous_snapshot(lake, days[-1], history) == days[-2]  # the night's step starts from it
     # A purchase of the second day arrives after every snapshot was built, and that day is ingested again.
