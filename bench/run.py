@@ -991,8 +991,8 @@ def _scale_worker(size: int, home: str) -> dict:
     return out
 
 
-def _scale_score_distributed(size: int, home: str) -> dict:
-    """Distributed scoring (Spark local[2], 8 shards) of every user of one size's shop (the lake
+def _scale_score_distributed(size: int, home: str, master: str = "local[2]") -> dict:
+    """Distributed scoring (Spark ``master``, 8 shards) of every user of one size's shop (the lake
     ``_scale_worker`` left in ``home``) with its random factor model, in a fresh process: seconds and
     the driver's peak RSS (the Python driver: the tasks read the events, profiles and model
     themselves), then the same users scored in this process, for the comparison."""
@@ -1004,7 +1004,7 @@ def _scale_score_distributed(size: int, home: str) -> dict:
     from visrec.store.lake import Lake
     from visrec.store.spark import get_spark
 
-    settings = Settings(home=Path(home), error_budget=0.5)
+    settings = Settings(home=Path(home), error_budget=0.5, spark_master=master, spark_cores=2)
     lake = Lake.from_settings(settings)
     last = lake.partitions("events")[-1]
     model = ScorerRef(version="random", path=str(Path(home) / "factors.npz"))
@@ -1044,21 +1044,34 @@ def bench_scale() -> Figures:
     stage timed on one machine (DuckDB, in-process models), each in a fresh process: events ingested
     (all days in one pass), features (rebuilt from history), image ingestion, embedding (the image
     model), the recommender's training per epoch, scoring every user; and distributed scoring on Spark
-    local[2] with the driver's peak RSS. Each stage's cost exponent is fitted against its own work
+    local[2] and on the twin's Spark standalone cluster (a master and two 1-core workers), with the
+    driver's peak RSS. Each stage's cost exponent is fitted against its own work
     (events, images, interactions, user x item scores) over the three sizes; a PNG plot in bench/."""
     import multiprocessing
 
     import numpy as np
 
+    from visrec.app.cluster import LocalCluster
+
     out: Figures = {}
     spawn = multiprocessing.get_context("spawn")
-    runs, distributed = {}, {}
-    for size in SCALE_SIZES:
-        with tempfile.TemporaryDirectory() as home:
-            with spawn.Pool(1) as pool:
-                runs[size] = pool.apply(_scale_worker, (size, home))
-            with spawn.Pool(1) as pool:
-                distributed[size] = pool.apply(_scale_score_distributed, (size, home))
+    runs, distributed, standalone = {}, {}, {}
+    with tempfile.TemporaryDirectory() as cluster_root:
+        # The twin's Spark standalone cluster alone: a master and two 1-core workers on 127.0.0.1.
+        cluster = LocalCluster(Path(cluster_root))
+        cluster.start_spark()
+        master = f"spark://127.0.0.1:{cluster.ports.spark_master}"
+        try:
+            for size in SCALE_SIZES:
+                with tempfile.TemporaryDirectory() as home:
+                    with spawn.Pool(1) as pool:
+                        runs[size] = pool.apply(_scale_worker, (size, home))
+                    with spawn.Pool(1) as pool:
+                        distributed[size] = pool.apply(_scale_score_distributed, (size, home))
+                    with spawn.Pool(1) as pool:
+                        standalone[size] = pool.apply(_scale_score_distributed, (size, home, master))
+        finally:
+            cluster.down()
     stages = [k for k in runs[SCALE_SIZES[0]] if not k.startswith("_")]
     for size in SCALE_SIZES:
         r = runs[size]
@@ -1087,16 +1100,23 @@ def bench_scale() -> Figures:
             "what the tasks send back to the driver: each shard's popularity counts (items x segments), "
             "its part's name and summary",
         )
+        c = standalone[size]
+        note = f"{size}x: {c['users']} users, the twin's Spark standalone cluster (a master, 2 workers of 1 core), 8 shards"
+        out[f"scale.score_standalone.{size}x.seconds"] = _figure(round(c["seconds"], 2), "s", note)
+        out[f"scale.score_standalone.{size}x.driver_peak_rss_gb"] = _figure(
+            round(c["driver_rss_gb"], 3), "GB", note + f"; {c['driver_rss_before_gb']:.3f} GB before scoring"
+        )
     fits = {}
     for stage in stages:
         work = [runs[z][stage]["work"] for z in SCALE_SIZES]
         seconds = [runs[z][stage]["seconds"] for z in SCALE_SIZES]
         fits[stage] = (work, seconds, runs[SCALE_SIZES[0]][stage]["unit"])
-    fits["score_distributed"] = (
-        [distributed[z]["work"] for z in SCALE_SIZES],
-        [distributed[z]["seconds"] for z in SCALE_SIZES],
-        "user-item scores",
-    )
+    for name, measured in (("score_distributed", distributed), ("score_standalone", standalone)):
+        fits[name] = (
+            [measured[z]["work"] for z in SCALE_SIZES],
+            [measured[z]["seconds"] for z in SCALE_SIZES],
+            "user-item scores",
+        )
     for stage, (work, seconds, unit) in fits.items():
         slope = np.polyfit(np.log(work), np.log(seconds), 1)[0]
         out[f"scale.{stage}.exponent"] = _figure(
@@ -1104,19 +1124,20 @@ def bench_scale() -> Figures:
             "exponent",
             f"log(seconds) against log({unit}) over 1x, 4x, 16x; goal <= 1.15",
         )
-    same = all(distributed[z]["identical"] for z in SCALE_SIZES)
+    same = all(distributed[z]["identical"] and standalone[z]["identical"] for z in SCALE_SIZES)
     out["scale.score.identical"] = _figure(
         int(same),
         "bool",
-        "distributed scoring's table against the same users scored in one process, every size: the same "
-        "users, ranks and items, scores to float rounding (rel 1e-5)",
+        "distributed scoring's table (local[2] and the standalone cluster) against the same users scored "
+        "in one process, every size: the same users, ranks and items, scores to float rounding (rel 1e-5)",
     )
-    rss = [distributed[z]["driver_rss_gb"] for z in SCALE_SIZES]
-    out["scale.score_distributed.driver_rss_growth"] = _figure(
-        round(rss[-1] / rss[0], 2),
-        "x",
-        "the driver's peak RSS at 16x over 1x in distributed scoring; goal <= 1.2",
-    )
+    for name, measured in (("score_distributed", distributed), ("score_standalone", standalone)):
+        rss = [measured[z]["driver_rss_gb"] for z in SCALE_SIZES]
+        out[f"scale.{name}.driver_rss_growth"] = _figure(
+            round(rss[-1] / rss[0], 2),
+            "x",
+            "the driver's peak RSS at 16x over 1x in distributed scoring; goal <= 1.2",
+        )
     import matplotlib
 
     matplotlib.use("Agg")

@@ -318,7 +318,8 @@ class LocalCluster:
         self._start("mlflow", cmd)
         self._wait_port("mlflow", self.ports.mlflow, timeout=180)
 
-    def _spark(self) -> None:
+    def start_spark(self) -> None:
+        """Start the Spark master and its two workers (alone: e.g. for a benchmark on a standalone cluster)."""
         p = self.ports
         master = [_spark_class(), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1"]
         self._start("spark-master", [*master, "--port", str(p.spark_master), "--webui-port", str(p.spark_ui)])
@@ -391,7 +392,7 @@ class LocalCluster:
             ("redis", self._redis),
             ("s3", self._s3),
             ("mlflow", self._mlflow),
-            ("spark-master", self._spark),
+            ("spark-master", self.start_spark),
             ("scheduler", lambda: self._airflow(pool_slots)),
         ]
         for name, start in steps:
