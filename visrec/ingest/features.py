@@ -40,8 +40,13 @@ def previous_snapshot(lake: Lake, ds: str, history: list[str]) -> str | None:
     # One listing gives every event partition's commit time by the storage's clock (to the second on
     # S3): only those committed around the snapshot or after it need their manifest's exact time, so
     # a night reads no manifest per day of history.
-    listed, events = min(c[since] for c in snapshots), lake.committed_at("events")
-    maybe = [d for d in history if d <= since and d in events and events[d] >= listed - timedelta(seconds=2)]
+    # (A storage that lists no times gets every manifest read, as before.)
+    times = [c[since] for c in snapshots]
+    listed = None if None in times else min(times) - timedelta(seconds=2)
+    events = lake.committed_at("events")
+    maybe = [
+        d for d in history if d <= since and (listed is None or events.get(d) is None or events[d] >= listed)
+    ]
     late = [d for d in maybe if lake.manifest("events", d).written_at > built]
     if late:
         log.info(
