@@ -21,7 +21,7 @@ from visrec.ingest.jobs.features import end_of_day
 from visrec.settings import Settings
 from visrec.store.catalog import read_catalog
 from visrec.store.lake import Lake
-from visrec.store.tables import item_classifier_dims, item_embeddings, load_events
+from visrec.store.tables import item_embeddings_split, load_events
 
 
 @dataclass
@@ -109,11 +109,11 @@ def test_window_days(settings: Settings, events: pd.DataFrame, ds: str) -> int:
 def build_split(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | None = None) -> Split:
     """The evaluation split as of ``ds`` (see the module docstring); ``events`` as ``load_events``
     gives them, when the caller has them already."""
-    item_ids, features, _ = item_embeddings(lake, ds)
+    item_ids, features, _, classifier_dims = item_embeddings_split(lake, ds)
     item_index = {item: k for k, item in enumerate(item_ids)}
     events, dropped = _frame_indexed(load_events(lake, ds) if events is None else events, item_index)
     cut = end_of_day(ds) - timedelta(days=test_window_days(settings, events, ds))
-    return split_at(settings, events, item_ids, features, cut, dropped, item_classifier_dims(lake, ds))
+    return split_at(settings, events, item_ids, features, cut, dropped, classifier_dims)
 
 
 def validation_split(settings: Settings, split: Split, ds: str) -> Split:
@@ -166,7 +166,7 @@ def split_at(
 
 def full_data(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | None = None) -> TrainData:
     """All events up to the end of ``ds``: what the production model trains on."""
-    item_ids, features, _ = item_embeddings(lake, ds)
+    item_ids, features, _, classifier_dims = item_embeddings_split(lake, ds)
     item_index = {item: k for k, item in enumerate(item_ids)}
     events, _ = _frame_indexed(load_events(lake, ds) if events is None else events, item_index)
     user_ids = sorted(set(events["user_id"]))
@@ -175,7 +175,7 @@ def full_data(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | No
     matrix = confidence_matrix(events, user_index, item_index, ref, settings)
     recent_events = events[events["ts"] >= pd.Timestamp(ref - timedelta(days=7), tz="UTC")]
     recent = confidence_matrix(recent_events, user_index, item_index, ref, settings)
-    return TrainData(matrix, features, recent, user_ids, item_ids, item_classifier_dims(lake, ds))
+    return TrainData(matrix, features, recent, user_ids, item_ids, classifier_dims)
 
 
 def purchased_matrix(events: pd.DataFrame, data: TrainData) -> sp.csr_matrix:

@@ -47,9 +47,16 @@ def in_shard(table: pa.Table, shard: tuple[int, int], column: str = "user_id") -
 
 def item_embeddings(lake: Lake, ds: str) -> tuple[list[str], np.ndarray, str]:
     """(item ids, embeddings, CNN version) of the newest ``item_embeddings`` at or before ``ds``."""
+    return item_embeddings_split(lake, ds)[:3]
+
+
+def item_embeddings_split(lake: Lake, ds: str) -> tuple[list[str], np.ndarray, str, int]:
+    """:func:`item_embeddings` and how many leading dimensions are the image classifier's embedding,
+    from one read of the partition."""
     table = lake.read_table("item_embeddings", latest_partition(lake, "item_embeddings", ds))
     versions = sorted(set(table.column("model_version").to_pylist()))
-    return table.column("item_id").to_pylist(), embeddings_matrix(table), ",".join(versions)
+    dims = int(table.column("classifier_dims")[0].as_py()) if table.num_rows else 0
+    return table.column("item_id").to_pylist(), embeddings_matrix(table), ",".join(versions), dims
 
 
 @dataclass
@@ -97,13 +104,6 @@ def embeddings_table(
             "classifier_dims": pa.array([dims] * len(item_ids), pa.int16()),
         }
     )
-
-
-def item_classifier_dims(lake: Lake, ds: str) -> int:
-    """How many leading dimensions of the newest ``item_embeddings`` at or before ``ds`` are the image
-    classifier's embedding."""
-    table = lake.read_table("item_embeddings", latest_partition(lake, "item_embeddings", ds))
-    return int(table.column("classifier_dims")[0].as_py()) if table.num_rows else 0
 
 
 def embeddings_matrix(table: pa.Table) -> np.ndarray:
