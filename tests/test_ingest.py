@@ -438,11 +438,11 @@ def test_incremental_features_equal_a_rebuild_from_history(tmp_path):
 def test_a_day_ingested_late_makes_the_later_snapshots_stale(tmp_path):
     import json
 
-    from visrec.ingest.features import previous_snapshot
+    from visrec.ingest.features import interactions_current, previous_snapshot
 
     settings, lake, days = _ingested_day_by_day(tmp_path)
-    history = lake.partitions("events")
-    assert previous_snapshot(lake, days[-1], history) == days[-2]  # the night's step starts from it
+    assert previous_snapshot(lake, days[-1]) == days[-2]  # the night's step starts from it
+    assert interactions_current(lake, days[-1])  # scoring may read the pairs instead of the events
     # A purchase of the second day arrives after every snapshot was built, and that day is ingested again.
     line = {
         "user_id": "late-user",
@@ -454,9 +454,11 @@ def test_a_day_ingested_late_makes_the_later_snapshots_stale(tmp_path):
         f"raw/events/dt={days[1]}/late.jsonl", (json.dumps({**line, "event_id": "late-1"}) + "\n").encode()
     )
     ingest_events(settings, lake, days[1])
-    assert previous_snapshot(lake, days[-1], history) is None  # stale: rebuilt from the history
-    assert previous_snapshot(lake, days[2], history) is None
+    assert previous_snapshot(lake, days[-1]) is None  # stale: rebuilt from the history
+    assert previous_snapshot(lake, days[2]) is None
+    assert not interactions_current(lake, days[-1]) and interactions_current(lake, days[0])
     build_features(settings, lake, days[-1])
+    assert interactions_current(lake, days[-1])
     pairs = lake.read_table("interactions", days[-1]).to_pylist()
     assert [(p["user_id"], p["item_id"]) for p in pairs if p["user_id"] == "late-user"] == [
         ("late-user", "i000001")

@@ -534,3 +534,33 @@ def test_scoring_in_spark_shards_writes_the_same_table(tmp_path, spark, monkeypa
     assert sharded == single and single.sources.get("generated", 0) > 0 and single.sources["popular"] > 0
     keys = [("user_id", "ascending"), ("rank", "ascending")]
     assert parts.sort_by(keys).equals(one.sort_by(keys))
+
+
+def test_scoring_reads_the_days_pairs_as_the_event_history_gives_them(tmp_path):
+    """Scoring reads the day's ``interactions`` snapshot (built night after night) instead of every
+    event: the same users, items, confidences, recent pairs and purchases, whole and per shard."""
+    from visrec.ingest.features import build_feature_days
+    from visrec.recsys.data import full_data, purchased_matrix, snapshot_data
+    from visrec.store.tables import load_events
+
+    settings = Settings(home=tmp_path)
+    lake = Lake.from_settings(settings)
+    generate_shop(ShopConfig(users=150, items=80, days=12, seed=3), lake)
+    write_events_table(lake)
+    days = lake.partitions("events")
+    build_feature_days(settings, lake, days[:1], rebuild=True)
+    for ds in days[1:]:  # one night at a time, each from the snapshot before it
+        build_feature_days(settings, lake, [ds])
+    ds = days[-1]
+    item_ids = sorted(pd.read_csv(io.BytesIO(lake.get_bytes("raw/catalog/items.csv")), dtype=str)["item_id"])
+    kept = item_ids[:-6]  # events on items without an embedding are left out on both sides
+    lake.write_table("item_embeddings", ds, embeddings_table(kept, visual_features(lake, kept), "t"))
+    for shard in (None, (1, 3)):
+        data, bought = snapshot_data(lake, ds, shard)
+        events = load_events(lake, ds, shard)
+        want = full_data(settings, lake, ds, events)
+        assert data.user_ids == want.user_ids and data.item_ids == want.item_ids == kept
+        np.testing.assert_allclose(data.user_items.toarray(), want.user_items.toarray(), rtol=1e-5)
+        recent, want_recent = data.recent_user_items > 0, want.recent_user_items > 0
+        assert 0 < want_recent.nnz < (want.user_items > 0).nnz and (recent != want_recent).nnz == 0
+        assert bought.nnz > 0 and ((bought > 0) != (purchased_matrix(events, want) > 0)).nnz == 0

@@ -8,7 +8,7 @@ tables from the whole history, and is what the first day gets.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -27,33 +27,46 @@ if TYPE_CHECKING:
 SNAPSHOTS = ("interactions", "user_days")  # what the next night starts from
 
 
-def previous_snapshot(lake: Lake, ds: str, history: list[str]) -> str | None:
+def previous_snapshot(lake: Lake, ds: str) -> str | None:
     """The latest date before ``ds`` with every snapshot table written after every event partition
-    up to it (``history``: the event partitions up to ``ds``), or None: a day ingested late, before
+    up to it, or None: a day ingested late, before
     the snapshot's date, makes the snapshot stale and the features are rebuilt."""
     snapshots = [lake.committed_at(t) for t in SNAPSHOTS]
     earlier = [d for d in set.intersection(*(set(c) for c in snapshots)) if d < ds]
     if not earlier:
         return None
     since = max(earlier)
-    built = min(lake.manifest(t, since).written_at for t in SNAPSHOTS)
-    # One listing gives every event partition's commit time by the storage's clock (to the second on
-    # S3): only those committed around the snapshot or after it need their manifest's exact time, so
-    # a night reads no manifest per day of history.
-    # (A storage that lists no times gets every manifest read, as before.)
-    times = [c[since] for c in snapshots]
-    listed = None if None in times else min(times) - timedelta(seconds=2)
-    events = lake.committed_at("events")
-    maybe = [
-        d for d in history if d <= since and (listed is None or events.get(d) is None or events[d] >= listed)
-    ]
-    late = [d for d in maybe if lake.manifest("events", d).written_at > built]
+    late = late_events(lake, since, [c[since] for c in snapshots])
     if late:
         log.info(
             "features %s: events of %s were written after the snapshot of %s: rebuilding", ds, late, since
         )
         return None
     return since
+
+
+def late_events(
+    lake: Lake, since: str, committed: list[datetime | None], tables: tuple[str, ...] = SNAPSHOTS
+) -> list[str]:
+    """The event partitions up to ``since`` written after the ``tables`` of ``since`` (``committed``:
+    when each of those was, as :meth:`Lake.committed_at` lists it): days ingested late, which make
+    those tables stale."""
+    built = min(lake.manifest(t, since).written_at for t in tables)
+    # One listing gives every event partition's commit time by the storage's clock (to the second on
+    # S3): only those committed around the snapshot or after it need their manifest's exact time, so
+    # a night reads no manifest per day of history.
+    # (A storage that lists no times gets every manifest read, as before.)
+    listed = None if None in committed else min(committed) - timedelta(seconds=2)
+    events = lake.committed_at("events")
+    maybe = [d for d, t in events.items() if d <= since and (listed is None or t is None or t >= listed)]
+    return sorted(d for d in maybe if lake.manifest("events", d).written_at > built)
+
+
+def interactions_current(lake: Lake, ds: str) -> bool:
+    """Whether the ``interactions`` of ``ds`` exist and hold every event partition up to ``ds`` as it
+    is now (none ingested again since): then they are the events' pairs, one row each."""
+    committed = lake.committed_at("interactions").get(ds, False)
+    return committed is not False and not late_events(lake, ds, [committed], ("interactions",))
 
 
 def feature_tables(
@@ -87,9 +100,9 @@ def feature_tables(
     return tables
 
 
-def _start(lake: Lake, engine: Engine, ds: str, history: list[str], rebuild: bool) -> str | None:
+def _start(lake: Lake, engine: Engine, ds: str, rebuild: bool) -> str | None:
     """Register the snapshot the features of ``ds`` start from; return its date (None: rebuild)."""
-    since = None if rebuild else previous_snapshot(lake, ds, history)
+    since = None if rebuild else previous_snapshot(lake, ds)
     if since is not None:
         engine.register_lake("previous", lake, "interactions", [since])
         engine.register_lake("previous_days", lake, "user_days", [since])
@@ -129,7 +142,7 @@ def build_feature_days(
         catalog, _ = read_catalog(lake)
     days = sorted(days)
     every = lake.partitions("events")
-    since = _start(lake, engine, days[0], [d for d in every if d <= days[0]], rebuild)
+    since = _start(lake, engine, days[0], rebuild)
     # Once for all days: the catalog and its price terciles.
     engine.register("catalog", catalog.select(["item_id", "category", "price"]))
     terciles = job.price_terciles(catalog)

@@ -21,7 +21,7 @@ from visrec.ingest.jobs.features import end_of_day
 from visrec.settings import Settings
 from visrec.store.catalog import read_catalog
 from visrec.store.lake import Lake
-from visrec.store.tables import item_embeddings_split, load_events
+from visrec.store.tables import in_shard, item_embeddings_split, load_events
 
 
 @dataclass
@@ -176,6 +176,41 @@ def full_data(settings: Settings, lake: Lake, ds: str, events: pd.DataFrame | No
     recent_events = events[events["ts"] >= pd.Timestamp(ref - timedelta(days=7), tz="UTC")]
     recent = confidence_matrix(recent_events, user_index, item_index, ref, settings)
     return TrainData(matrix, features, recent, user_ids, item_ids, classifier_dims)
+
+
+def snapshot_data(
+    lake: Lake, ds: str, shard: tuple[int, int] | None = None
+) -> tuple[TrainData, sp.csr_matrix]:
+    """What scoring needs, from the ``interactions`` snapshot of ``ds`` (one row per pair, not per
+    event): :func:`full_data`'s users, items and confidences (the same formula, rounded to float32),
+    the pairs with an event in the last 7 days as ``recent_user_items`` (for popularity, which counts
+    users per item), and :func:`purchased_matrix`. With ``shard``, the users of that shard only."""
+    item_ids, features, _, classifier_dims = item_embeddings_split(lake, ds)
+    item_index = {item: k for k, item in enumerate(item_ids)}
+    columns = ["user_id", "item_id", "confidence", "n_purchase", "last_ts"]
+    table = lake.read_table("interactions", ds).select(columns)
+    pairs = (in_shard(table, shard) if shard else table).to_pandas()
+    pairs = pairs[pairs["item_id"].isin(item_index.keys())]
+    user_ids = sorted(set(pairs["user_id"]))
+    user_index = {u: k for k, u in enumerate(user_ids)}
+    rows, cols = pairs["user_id"].map(user_index).to_numpy(), pairs["item_id"].map(item_index).to_numpy()
+    shape = (len(user_ids), len(item_ids))
+
+    def matrix(keep: np.ndarray, values: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((values[keep].astype(np.float32), (rows[keep], cols[keep])), shape=shape)
+
+    everything = np.ones(len(pairs), bool)
+    confidence = pairs["confidence"].to_numpy()
+    recent = (pairs["last_ts"] >= pd.Timestamp(end_of_day(ds) - timedelta(days=7), tz="UTC")).to_numpy()
+    data = TrainData(
+        matrix(everything, confidence),
+        features,
+        matrix(recent, confidence),
+        user_ids,
+        item_ids,
+        classifier_dims,
+    )
+    return data, matrix(pairs["n_purchase"].to_numpy() > 0, np.ones(len(pairs)))
 
 
 def purchased_matrix(events: pd.DataFrame, data: TrainData) -> sp.csr_matrix:

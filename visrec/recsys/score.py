@@ -13,9 +13,10 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from visrec.errors import VisrecError
+from visrec.ingest.features import interactions_current
 from visrec.mlops import registry
 from visrec.recsys.baselines import PopularityCounts, Recommender, SegmentPopularity
-from visrec.recsys.data import TrainData, full_data, item_categories, purchased_matrix
+from visrec.recsys.data import TrainData, full_data, item_categories, purchased_matrix, snapshot_data
 from visrec.recsys.rules import cap_per_category
 from visrec.recsys.train import MODEL_NAME, FactorScorer, MFConfig, champion_scorer, serving
 from visrec.settings import Settings
@@ -242,6 +243,9 @@ class _Scoring:
     looks_version: str
     features_ds: str
     max_per_category: int | None
+    # Read the users' (user, item) pairs from the day's ``interactions`` snapshot (current: see
+    # ``interactions_current``), not their whole event history.
+    from_snapshot: bool = False
 
     def jobs(
         self,
@@ -255,8 +259,13 @@ class _Scoring:
         shard's own counts when None (one shard: everyone). Also returns this shard's counts (only
         them, and no groups, with ``counts_only``)."""
         settings, ds = self.settings, self.ds
-        events = load_events(lake, ds, shard)
-        data = full_data(settings, lake, ds, events)
+        if self.from_snapshot:
+            data, bought = snapshot_data(lake, ds, shard)
+        else:
+            events = load_events(lake, ds, shard)
+            data = full_data(settings, lake, ds, events)
+            bought = purchased_matrix(events, data)
+            del events
         photo_users, photo_vectors, photo_version = photo_profiles(lake, ds, shard)
         _, _, embedding_version = item_embeddings(lake, ds)
         if photo_users and photo_version not in embedding_version.split(","):
@@ -280,8 +289,7 @@ class _Scoring:
             [u for u, keep in zip(user_ids, rows, strict=True) if keep],
             data.item_ids,
         )
-        purchased = sp.vstack([purchased_matrix(events, data), empty]).tocsr()[rows]
-        del events
+        purchased = sp.vstack([bought, empty]).tocsr()[rows]
         vectors = np.zeros((everyone.n_users, data.item_features.shape[1]), np.float32)
         has_photos = np.zeros(everyone.n_users, bool)
         if photo_users:
@@ -455,8 +463,18 @@ def score_users(
             )
     if isinstance(scorer, ScorerRef) and spark is None:
         scorer = scorer.load(settings)
+    # The day's pairs are its events' pairs, one row each, unless a day was ingested again after them.
+    snapshot = interactions_current(lake, ds)
+    log.info("scoring %s from %s", ds, "its interactions snapshot" if snapshot else "the event history")
     scoring = _Scoring(
-        settings, ds, scorer, list(exclude or []), looks_version, features_ds or ds, config.max_per_category
+        settings,
+        ds,
+        scorer,
+        list(exclude or []),
+        looks_version,
+        features_ds or ds,
+        config.max_per_category,
+        snapshot,
     )
     if spark is None:
         jobs, _ = scoring.jobs(lake, (0, 1))
