@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     lake = Lake.from_settings(settings)
     generate_shop(ShopConfig(users=20, items=400, days=1, seed=5), lake)
     ingest_images(settings, lake, DS)
-    result = train_cnn(settings, DS, lake=lake, config=CNNConfig(epochs=14, patience=14))
+    result = train_cnn(settings, DS, lake=lake, config=CNNConfig(epochs=30, patience=30))
     model, version = load_cnn()
     embed_items(settings, DS, lake, model, version)
     build_similar_items(lake, DS, k=5)
@@ -317,7 +317,7 @@ def test_the_retrieval_embedding_finds_the_photographed_item_first_more_often(tr
     settings, lake, result, model = trained
     assert model.retrieval_dim == 64 and model.attributes == {}  # the synthetic catalog names no colour
     plain = train_cnn(
-        settings, DS, lake=lake, config=CNNConfig(epochs=14, patience=14, retrieval_dim=0, register=False)
+        settings, DS, lake=lake, config=CNNConfig(epochs=30, patience=30, retrieval_dim=0, register=False)
     ).model
     assert plain.retrieval_dim == 0 and plain.embedding_dim == plain.features_dim
     images = load_staged_images(lake, DS)
