@@ -210,12 +210,12 @@ def bench_backfill() -> Figures:
     images, no uploads) ingested in one pass, as `visrec ingest --start --end` does; then the nightly
     ingestion step (events + incremental features) of days 200, 50 and 10 with all earlier days in
     place, and a full rebuild of day 200's features for contrast. Latest day first: re-ingesting a day
-    makes every later snapshot stale (a late day), which would turn a later day's step into a rebuild."""
-    import numpy as np
+    makes every later snapshot stale (a late day), which would turn a later day's step into a rebuild.
+    Then the step of a 10th day with day 200's state (snapshot size and the night's events), to tell
+    the days behind a step from the state it carries."""
 
     from visrec import pipeline
     from visrec.devdata.synth import ShopConfig, generate_shop
-    from visrec.ingest.events import ingest_events
     from visrec.ingest.features import build_features
     from visrec.settings import Settings
     from visrec.store.lake import Lake
@@ -238,26 +238,62 @@ def bench_backfill() -> Figures:
         out["backfill.seconds"] = _figure(
             round(seconds, 1), "s", f"{shape}: `visrec ingest --start --end` in one pass (goal <= 60)"
         )
+        steps = {}
         for n in (200, 50, 10):
-            ds, times = days[n - 1], []
-            for _ in range(5):  # a step takes a fifth of a second: the median of five
-                started = time.perf_counter()
-                counts, _ = ingest_events(settings, lake, ds)
-                rows = build_features(settings, lake, ds)
-                times.append(time.perf_counter() - started)
+            steps[n] = _nightly_step(settings, lake, days[n - 1])
+            seconds, events, pairs = steps[n]
             out[f"backfill.nightly_day{n}_seconds"] = _figure(
-                round(float(np.median(times)), 3),
+                seconds,
                 "s",
-                f"the nightly step of day {n} ({n - 1} days before it), median of 5: {counts.raw} events "
-                f"ingested, features from the day before: {rows['interactions']} (user, item) pairs in the "
-                "snapshot",
+                f"the nightly step of day {n} ({n - 1} days before it), median of 5: {events} events "
+                f"ingested, features from the day before: {pairs} (user, item) pairs in the snapshot",
             )
         started = time.perf_counter()
         build_features(settings, lake, days[199], rebuild=True)
         out["backfill.rebuild_day200_seconds"] = _figure(
             round(time.perf_counter() - started, 2), "s", "day 200's features rebuilt from the whole history"
         )
+    # The same step with few days behind it and the state of day 200: a shop 12x as busy reaches day
+    # 200's snapshot size by its 10th day; its 10th night's log is cut to day 200's number of events.
+    _, events, pairs = steps[200]
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(home=Path(tmp), error_budget=0.5)
+        lake = Lake.from_settings(settings)
+        busy = ShopConfig(users=2950, items=1666, days=10, seed=7, uploader_share=0.0, upload_only_share=0.0)
+        generate_shop(busy, lake)
+        days = sorted({k.split("dt=")[1].split("/")[0] for k in lake.list_keys("raw/events")})
+        pipeline.ingest_range(days[:-1], settings)
+        keys = lake.list_keys(f"raw/events/dt={days[-1]}")
+        lines = [line for key in keys for line in lake.get_bytes(key).decode().splitlines()]
+        for key in keys:
+            lake.delete(key)
+        lake.put_bytes(f"raw/events/dt={days[-1]}/events.jsonl", ("\n".join(lines[:events]) + "\n").encode())
+        seconds, busy_events, busy_pairs = _nightly_step(settings, lake, days[-1])
+        out["backfill.nightly_day10_same_state_seconds"] = _figure(
+            seconds,
+            "s",
+            f"the nightly step of day 10 of a shop of {busy.users} users (9 days before it), median of 5: "
+            f"{busy_events} events ingested (the night's log cut to day 200's), {busy_pairs} pairs in "
+            f"the snapshot (day 200 of the 213-day shop: {pairs}); against backfill.nightly_day200_seconds",
+        )
     return out
+
+
+def _nightly_step(settings, lake, ds: str) -> tuple[float, int, int]:
+    """The nightly ingestion step of ``ds`` (its events, then incremental features), median seconds of
+    five (a step takes a fifth of a second), the events it ingested and the pairs in its snapshot."""
+    import numpy as np
+
+    from visrec.ingest.events import ingest_events
+    from visrec.ingest.features import build_features
+
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        counts, _ = ingest_events(settings, lake, ds)
+        rows = build_features(settings, lake, ds)
+        times.append(time.perf_counter() - started)
+    return round(float(np.median(times)), 3), counts.raw, rows["interactions"]
 
 
 def bench_cnn() -> Figures:
@@ -653,8 +689,9 @@ def bench_mf_hm() -> Figures:
 def bench_photos() -> Figures:
     """User photos on the demo-scale synthetic shop: ingestion and recognition throughput, how often a
     shopper's photo of an item finds that item (and an item of the same category, colour and pattern)
-    in the top 5, and Recall@20 of upload-only users (against 10 items each would buy, drawn from
-    their true taste) for photo-based ranking, popularity and an oracle that ranks by true taste."""
+    in the top 5 (also with the image model's contrastive weight at 0.2 and 0.5), and Recall@20 of
+    upload-only users (against 10 items each would buy, drawn from their true taste) for photo-based
+    ranking, popularity and an oracle that ranks by true taste."""
     import json
 
     import numpy as np
@@ -729,18 +766,34 @@ def bench_photos() -> Figures:
         items_by_kind = embed_kinds(cnn.model, catalog_pixels.pixels)
         photos_by_kind = embed_kinds(cnn.model, photo_pixels)
         assert np.allclose(items_by_kind["both"], embeddings_matrix(items_table), atol=1e-5)
-        for kind, suffix in (("both", ""), ("retrieval", "_retrieval"), ("classifier", "_classifier")):
-            idx, _ = topk(items_by_kind[kind], photos_by_kind[kind], 5)
+
+        def top5(items: np.ndarray, photo_vectors: np.ndarray) -> tuple[float, float]:
+            """Share of photos with their item, and with an item of its attributes, in the top 5."""
+            idx, _ = topk(items, photo_vectors, 5)
             exact = [truth[k]["item_id"] in {ids[j] for j in idx[n]} for n, k in enumerate(keys)]
             same = [
                 any(attrs[ids[j]] == attrs[truth[k]["item_id"]] for j in idx[n]) for n, k in enumerate(keys)
             ]
+            return round(float(np.mean(exact)), 3), round(float(np.mean(same)), 3)
+
+        for kind, suffix in (("both", ""), ("retrieval", "_retrieval"), ("classifier", "_classifier")):
+            exact, same = top5(items_by_kind[kind], photos_by_kind[kind])
             out[f"photos.synthetic.item_in_top5{suffix}"] = _figure(
-                round(float(np.mean(exact)), 3), "rate", f"{note}; {kind} embedding"
+                exact, "rate", f"{note}; {kind} embedding"
             )
             out[f"photos.synthetic.same_attributes_in_top5{suffix}"] = _figure(
-                round(float(np.mean(same)), 3), "rate", f"{note}; {kind} embedding"
+                same, "rate", f"{note}; {kind} embedding"
             )
+        # The same shop and photos with the contrastive loss at other weights than the default's.
+        for weight in (0.2, 0.5):
+            config = CNNConfig(max_minutes=3, register=False, contrastive_weight=weight)
+            other = train_cnn(settings, last, lake=lake, config=config).model
+            exact, same = top5(
+                embed_kinds(other, catalog_pixels.pixels)["both"], embed_kinds(other, photo_pixels)["both"]
+            )
+            key, says = str(weight).replace(".", "_"), f"{note}; both embedding, contrastive weight {weight}"
+            out[f"photos.synthetic.weight_{key}.item_in_top5"] = _figure(exact, "rate", says)
+            out[f"photos.synthetic.weight_{key}.same_attributes_in_top5"] = _figure(same, "rate", says)
         top1 = [
             r["top_categories"][0]["category"] == truth[(r["user_id"], r["photo_id"])]["category"]
             for r in photos.to_pylist()
@@ -786,6 +839,47 @@ def bench_photos() -> Figures:
         out["photos.synthetic.upload_only.oracle_recall_at_20"] = _figure(
             round(recall([only[users[r]]["taste_rank"][:20] for r in rows]), 4), "recall@20", only_note
         )
+    return out
+
+
+def bench_contrastive() -> Figures:
+    """The image model's contrastive weight (``CNNConfig.contrastive_weight``) on small catalogs, where
+    it competes hardest with the category loss: two 400-item synthetic shops (seed 5, the tests'
+    catalog, and seed 11), 30 epochs (the nightly default), weights 0.2, 0.35 (the default) and 0.5:
+    held-out category accuracy, and how often a shopper's photo of one of 120 items finds that item
+    first among the catalog (the served embedding)."""
+    import numpy as np
+
+    from visrec.devdata.synth import ShopConfig, generate_shop, shopper_photos
+    from visrec.ingest.catalog_images import ingest_images
+    from visrec.settings import Settings
+    from visrec.store.lake import Lake
+    from visrec.store.tables import load_staged_images
+    from visrec.vision.embed import embed_pixels
+    from visrec.vision.train import CNNConfig, train_cnn
+
+    out: Figures = {}
+    for seed in (5, 11):
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = Settings(home=Path(tmp))
+            lake = Lake.from_settings(settings)
+            shop = generate_shop(ShopConfig(users=20, items=400, days=1, seed=seed), lake)
+            ingest_images(settings, lake, shop.last_ds)
+            images = load_staged_images(lake, shop.last_ds)
+            for weight in (0.2, 0.35, 0.5):
+                config = CNNConfig(epochs=30, patience=30, contrastive_weight=weight, register=False)
+                result = train_cnn(settings, shop.last_ds, lake=lake, config=config)
+                photos = shopper_photos(images.pixels[:120], result.model.image_size, seed=3)
+                catalog = embed_pixels(result.model, images.pixels)
+                first = (embed_pixels(result.model, photos) @ catalog.T).argmax(1) == np.arange(120)
+                key = f"contrastive.shop{seed}.weight_{str(weight).replace('.', '_')}"
+                note = f"400-item shop (seed {seed}), 30 epochs, contrastive weight {weight}"
+                out[f"{key}.held_out_accuracy"] = _figure(
+                    round(result.metrics["held_out_accuracy"], 3), "accuracy", note
+                )
+                out[f"{key}.photo_first_hit"] = _figure(
+                    round(float(first.mean()), 3), "rate", note + "; 120 shopper photos, item found first"
+                )
     return out
 
 
@@ -1436,6 +1530,7 @@ BENCHES: dict[str, Callable[[], Figures]] = {
     "mf_speed": bench_mf_speed,
     "mf_hm": bench_mf_hm,
     "photos": bench_photos,
+    "contrastive": bench_contrastive,
     "gan": bench_gan,
     "gan_hm": bench_gan_hm,
     "scoring": bench_scoring,

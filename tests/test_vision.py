@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from PIL import Image, ImageEnhance
 
 import mlflow
-from visrec.devdata.synth import CATEGORIES, ShopConfig, generate_shop
+from visrec.devdata.synth import CATEGORIES, ShopConfig, generate_shop, shopper_photos
 from visrec.ingest.catalog_images import ingest_images
 from visrec.ingest.images import ImageRejected
 from visrec.models.cnn import ImageClassifier
@@ -296,22 +296,6 @@ def test_held_out_scoring_starts_late_and_the_best_scored_epoch_is_kept():
     assert np.array_equal(model.get_weights()[0], right[0])
 
 
-def _shopper_photos(lake: Lake, item_ids: list[str], size: int, seed: int) -> np.ndarray:
-    """A shopper's JPEG photo of each catalog image (zoomed out, turned, relit, on clutter), at ``size``."""
-    from visrec.devdata.synth import shopper_photo
-    from visrec.ingest.images import fit_square, to_rgb
-
-    rng = np.random.default_rng(seed)
-    images = load_staged_images(lake, DS)
-    position = {item: k for k, item in enumerate(images.item_ids)}
-    photos = []
-    for item in item_ids:
-        out = io.BytesIO()
-        Image.fromarray(shopper_photo(images.pixels[position[item]], rng)).save(out, "JPEG", quality=60)
-        photos.append(np.asarray(fit_square(to_rgb(Image.open(io.BytesIO(out.getvalue()))), size)))
-    return np.stack(photos)
-
-
 def test_the_retrieval_embedding_finds_the_photographed_item_first_more_often(trained):
     # The same shop and training, without the retrieval head: its embedding is the classifier's.
     settings, lake, result, model = trained
@@ -321,7 +305,7 @@ def test_the_retrieval_embedding_finds_the_photographed_item_first_more_often(tr
     ).model
     assert plain.retrieval_dim == 0 and plain.embedding_dim == plain.features_dim
     images = load_staged_images(lake, DS)
-    photos = _shopper_photos(lake, images.item_ids[:120], model.image_size, seed=3)
+    photos = shopper_photos(images.pixels[:120], model.image_size, seed=3)
 
     def first_hits(net, kind=None) -> float:
         catalog = embed_pixels(net, images.pixels, kind=kind)
