@@ -324,15 +324,14 @@ def shopper_photo(pixels: np.ndarray, rng: np.random.Generator, size: int = 160)
 
 def shopper_photos(pixels: np.ndarray, size: int, seed: int) -> np.ndarray:
     """:func:`shopper_photo` of each catalog image (uint8, one per row of ``pixels``), saved as JPEG
-    at quality 60 and read back square at ``size``: what a shopper uploads."""
-    from visrec.ingest.images import fit_square, to_rgb
-
+    at quality 60 and read back at ``size`` x ``size``: what a shopper uploads."""
     rng = np.random.default_rng(seed)
     photos = []
     for image in pixels:
         out = io.BytesIO()
         Image.fromarray(shopper_photo(image, rng)).save(out, "JPEG", quality=60)
-        photos.append(np.asarray(fit_square(to_rgb(Image.open(io.BytesIO(out.getvalue()))), size)))
+        photo = Image.open(io.BytesIO(out.getvalue())).convert("RGB")  # square already
+        photos.append(np.asarray(photo.resize((size, size), Image.Resampling.LANCZOS)))
     return np.stack(photos)
 
 
