@@ -211,8 +211,8 @@ def bench_backfill() -> Figures:
     ingestion step (events + incremental features) of days 200, 50 and 10 with all earlier days in
     place, and a full rebuild of day 200's features for contrast. Latest day first: re-ingesting a day
     makes every later snapshot stale (a late day), which would turn a later day's step into a rebuild.
-    Then the step of a 10th day with day 200's state (snapshot size and the night's events), to tell
-    the days behind a step from the state it carries."""
+    Then the step of a 10th and a 40th day with day 200's state (snapshot size and the night's
+    events), to tell the days behind a step from the state it carries."""
 
     from visrec import pipeline
     from visrec.devdata.synth import ShopConfig, generate_shop
@@ -253,29 +253,36 @@ def bench_backfill() -> Figures:
         out["backfill.rebuild_day200_seconds"] = _figure(
             round(time.perf_counter() - started, 2), "s", "day 200's features rebuilt from the whole history"
         )
-    # The same step with few days behind it and the state of day 200: a shop 12x as busy reaches day
-    # 200's snapshot size by its 10th day; its 10th night's log is cut to day 200's number of events.
+    # The same step with few days behind it and day 200's state: a busier shop reaches day 200's
+    # snapshot size by its 10th (or 40th: the item statistics' 30-day window full) day, and its last
+    # night's log is cut to day 200's number of events.
     _, events, pairs = steps[200]
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(home=Path(tmp), error_budget=0.5)
-        lake = Lake.from_settings(settings)
-        busy = ShopConfig(users=2950, items=1666, days=10, seed=7, uploader_share=0.0, upload_only_share=0.0)
-        generate_shop(busy, lake)
-        days = sorted({k.split("dt=")[1].split("/")[0] for k in lake.list_keys("raw/events")})
-        pipeline.ingest_range(days[:-1], settings)
-        keys = lake.list_keys(f"raw/events/dt={days[-1]}")
-        lines = [line for key in keys for line in lake.get_bytes(key).decode().splitlines()]
-        for key in keys:
-            lake.delete(key)
-        lake.put_bytes(f"raw/events/dt={days[-1]}/events.jsonl", ("\n".join(lines[:events]) + "\n").encode())
-        seconds, busy_events, busy_pairs = _nightly_step(settings, lake, days[-1])
-        out["backfill.nightly_day10_same_state_seconds"] = _figure(
-            seconds,
-            "s",
-            f"the nightly step of day 10 of a shop of {busy.users} users (9 days before it), median of 5: "
-            f"{busy_events} events ingested (the night's log cut to day 200's), {busy_pairs} pairs in "
-            f"the snapshot (day 200 of the 213-day shop: {pairs}); against backfill.nightly_day200_seconds",
-        )
+    for users, n in ((2950, 10), (880, 40)):
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = Settings(home=Path(tmp), error_budget=0.5)
+            lake = Lake.from_settings(settings)
+            busy = ShopConfig(
+                users=users, items=1666, days=n, seed=7, uploader_share=0.0, upload_only_share=0.0
+            )
+            generate_shop(busy, lake)
+            days = sorted({k.split("dt=")[1].split("/")[0] for k in lake.list_keys("raw/events")})
+            pipeline.ingest_range(days[:-1], settings)
+            keys = lake.list_keys(f"raw/events/dt={days[-1]}")
+            lines = [line for key in keys for line in lake.get_bytes(key).decode().splitlines()]
+            for key in keys:
+                lake.delete(key)
+            lake.put_bytes(
+                f"raw/events/dt={days[-1]}/events.jsonl", ("\n".join(lines[:events]) + "\n").encode()
+            )
+            seconds, busy_events, busy_pairs = _nightly_step(settings, lake, days[-1])
+            out[f"backfill.nightly_day{n}_same_state_seconds"] = _figure(
+                seconds,
+                "s",
+                f"the nightly step of day {n} of a shop of {users} users ({n - 1} days before it), median "
+                f"of 5: {busy_events} events ingested (the night's log cut to day 200's), {busy_pairs} pairs "
+                f"in the snapshot (day 200 of the 213-day shop: {pairs}); against "
+                "backfill.nightly_day200_seconds",
+            )
     return out
 
 
