@@ -29,8 +29,8 @@ SNAPSHOTS = ("interactions", "user_days")  # what the next night starts from
 
 def previous_snapshot(lake: Lake, ds: str) -> str | None:
     """The latest date before ``ds`` with every snapshot table written after every event partition
-    up to it, or None: a day ingested late, before
-    the snapshot's date, makes the snapshot stale and the features are rebuilt."""
+    up to it, or None: a day ingested late, before the snapshot's date, makes the snapshot stale and
+    the features are rebuilt."""
     snapshots = [lake.committed_at(t) for t in SNAPSHOTS]
     earlier = [d for d in set.intersection(*(set(c) for c in snapshots)) if d < ds]
     if not earlier:
