@@ -228,7 +228,7 @@ def bench_backfill() -> Figures:
             users=240, items=1666, days=213, seed=7, uploader_share=0.0, upload_only_share=0.0
         )
         shop = generate_shop(config, lake)
-        days = sorted({k.split("dt=")[1].split("/")[0] for k in lake.list_keys("raw/events")})
+        days = _raw_event_days(lake)
         shape = f"{len(days)} days, {shop.events} events, {config.items} items with images"
         started = time.perf_counter()
         summary = pipeline.ingest_range(days, settings)
@@ -265,7 +265,7 @@ def bench_backfill() -> Figures:
                 users=users, items=1666, days=n, seed=7, uploader_share=0.0, upload_only_share=0.0
             )
             generate_shop(busy, lake)
-            days = sorted({k.split("dt=")[1].split("/")[0] for k in lake.list_keys("raw/events")})
+            days = _raw_event_days(lake)
             pipeline.ingest_range(days[:-1], settings)
             keys = lake.list_keys(f"raw/events/dt={days[-1]}")
             lines = [line for key in keys for line in lake.get_bytes(key).decode().splitlines()]
@@ -284,6 +284,11 @@ def bench_backfill() -> Figures:
                 "backfill.nightly_day200_seconds",
             )
     return out
+
+
+def _raw_event_days(lake) -> list[str]:
+    """The days of the raw zone's event logs (``raw/events/dt=<day>/...``), sorted."""
+    return sorted({k.split("dt=")[1].split("/")[0] for k in lake.list_keys("raw/events")})
 
 
 def _nightly_step(settings, lake, ds: str) -> tuple[float, int, int]:
@@ -1023,7 +1028,7 @@ def _scale_worker(size: int, home: str) -> dict:
             upload_only_share=0.0,
         )
         shop = generate_shop(config, lake)
-        days = sorted({k.split("dt=")[1].split("/")[0] for k in lake.list_keys("raw/events")})
+        days = _raw_event_days(lake)
         last = days[-1]
         counts = timed("ingest", shop.events, "events", lambda: ingest_event_days(settings, lake, days))
         valid = sum(c.valid for c, _ in counts.values())
