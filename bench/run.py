@@ -701,7 +701,8 @@ def bench_mf_hm() -> Figures:
 def bench_photos() -> Figures:
     """User photos on the demo-scale synthetic shop: ingestion and recognition throughput, how often a
     shopper's photo of an item finds that item (and an item of the same category, colour and pattern)
-    in the top 5 (also with the image model's contrastive weight at 0.2 and 0.5), and Recall@20 of
+    in the top 5 by photo search as served (also with the image model's contrastive weight at 0.2 and
+    0.5) and by each embedding on the whole photo and in crops, and Recall@20 of
     upload-only users (against 10 items each would buy, drawn from their true taste) for photo-based
     ranking, popularity and an oracle that ranks by true taste."""
     import json
@@ -711,7 +712,7 @@ def bench_photos() -> Figures:
     from visrec.devdata.synth import ShopConfig, generate_shop
     from visrec.ingest.catalog_images import ingest_images
     from visrec.ingest.user_photos import ingest_user_photos
-    from visrec.models.topk import topk, topk_scores
+    from visrec.models.topk import topk_best_of, topk_scores
     from visrec.recsys.score import PhotoBlend
     from visrec.settings import Settings
     from visrec.store.lake import Lake
@@ -722,8 +723,9 @@ def bench_photos() -> Figures:
         load_staged_images,
         photo_profiles,
     )
-    from visrec.vision.embed import embed_items, embed_kinds
+    from visrec.vision.embed import catalog_embeddings, embed_items, embed_kinds
     from visrec.vision.photos import recognise_user_photos
+    from visrec.vision.search import PHOTO_CROPS, match_photos, photo_embedding, photo_views
     from visrec.vision.train import CNNConfig, train_cnn
 
     out: Figures = {}
@@ -770,40 +772,44 @@ def bench_photos() -> Figures:
         keys = list(
             zip(photos.column("user_id").to_pylist(), photos.column("photo_id").to_pylist(), strict=True)
         )
-        # The nightly tables hold the model's default embedding (both); each one alone is measured
-        # from the same model on the same catalog and photos, for issue 24's comparison.
+        # Photo search as served (the photo whole and in crops, with visrec.vision.search's embedding),
+        # and each embedding on the whole photo alone and in crops, from the same model on the same
+        # catalog and photos, for issue 24's comparison.
         catalog_pixels = load_staged_images(lake, last)
         assert catalog_pixels.item_ids == ids
         photo_pixels = decode_pngs([lake.get_bytes(k) for k in photos.column("image_key").to_pylist()])
-        items_by_kind = embed_kinds(cnn.model, catalog_pixels.pixels)
-        photos_by_kind = embed_kinds(cnn.model, photo_pixels)
-        assert np.allclose(items_by_kind["both"], embeddings_matrix(items_table), atol=1e-5)
+        views = np.stack([photo_views(p, cnn.model.image_size) for p in photo_pixels])
+        size = cnn.model.image_size
 
-        def top5(items: np.ndarray, photo_vectors: np.ndarray) -> tuple[float, float]:
-            """Share of photos with their item, and with an item of its attributes, in the top 5."""
-            idx, _ = topk(items, photo_vectors, 5)
-            exact = [truth[k]["item_id"] in {ids[j] for j in idx[n]} for n, k in enumerate(keys)]
+        def top5(found: np.ndarray) -> tuple[float, float]:
+            """Share of photos with their item, and with an item of its attributes, among ``found``."""
+            exact = [truth[k]["item_id"] in {ids[j] for j in found[n]} for n, k in enumerate(keys)]
             same = [
-                any(attrs[ids[j]] == attrs[truth[k]["item_id"]] for j in idx[n]) for n, k in enumerate(keys)
+                any(attrs[ids[j]] == attrs[truth[k]["item_id"]] for j in found[n]) for n, k in enumerate(keys)
             ]
             return round(float(np.mean(exact)), 3), round(float(np.mean(same)), 3)
 
-        for kind, suffix in (("both", ""), ("retrieval", "_retrieval"), ("classifier", "_classifier")):
-            exact, same = top5(items_by_kind[kind], photos_by_kind[kind])
-            out[f"photos.synthetic.item_in_top5{suffix}"] = _figure(
-                exact, "rate", f"{note}; {kind} embedding"
-            )
-            out[f"photos.synthetic.same_attributes_in_top5{suffix}"] = _figure(
-                same, "rate", f"{note}; {kind} embedding"
-            )
+        served = f"{note}; photo search as served ({photo_embedding(cnn.model)} embedding, whole and cropped)"
+        exact, same = top5(match_photos(cnn.model, views, items_table, 5)[0])
+        out["photos.synthetic.item_in_top5"] = _figure(exact, "rate", served)
+        out["photos.synthetic.same_attributes_in_top5"] = _figure(same, "rate", served)
+        items_by_kind = embed_kinds(cnn.model, catalog_pixels.pixels)
+        views_by_kind = embed_kinds(cnn.model, views.reshape(-1, size, size, 3))
+        assert np.allclose(items_by_kind["both"], embeddings_matrix(items_table), atol=1e-5)
+        for kind in items_by_kind:
+            vectors = views_by_kind[kind].reshape(len(views), len(PHOTO_CROPS), -1)
+            for how, used in (("single_view", vectors[:, :1]), ("views", vectors)):
+                exact, same = top5(topk_best_of(items_by_kind[kind], used, 5)[0])
+                says = f"{note}; {kind} embedding, {how.replace('_', ' ')}"
+                out[f"photos.synthetic.item_in_top5_{how}_{kind}"] = _figure(exact, "rate", says)
+                out[f"photos.synthetic.same_attributes_in_top5_{how}_{kind}"] = _figure(same, "rate", says)
         # The same shop and photos with the contrastive loss at other weights than the default's.
         for weight in (0.2, 0.5):
             config = CNNConfig(max_minutes=3, register=False, contrastive_weight=weight)
             other = train_cnn(settings, last, lake=lake, config=config).model
-            exact, same = top5(
-                embed_kinds(other, catalog_pixels.pixels)["both"], embed_kinds(other, photo_pixels)["both"]
-            )
-            key, says = str(weight).replace(".", "_"), f"{note}; both embedding, contrastive weight {weight}"
+            table = catalog_embeddings(other, ids, catalog_pixels.pixels, "bench")
+            exact, same = top5(match_photos(other, views, table, 5)[0])
+            key, says = str(weight).replace(".", "_"), f"{served}, contrastive weight {weight}"
             out[f"photos.synthetic.weight_{key}.item_in_top5"] = _figure(exact, "rate", says)
             out[f"photos.synthetic.weight_{key}.same_attributes_in_top5"] = _figure(same, "rate", says)
         top1 = [
@@ -1386,13 +1392,18 @@ def bench_gan_hm() -> Figures:
 
 def bench_vision() -> Figures:
     """Retrieval on hm-sample with the image model's embeddings (issue 24), from the model the cnn
-    bench leaves in bench/.cache: what the nightly run serves (both embeddings concatenated; no
-    suffix), the retrieval embedding alone (``_retrieval``) and the classifier's (``_classifier``: the
-    penultimate layer), same model, same run.
-    For 2,000 random articles: the share of their 10 nearest catalog neighbours (itself left out) with
-    the same product type, colour group and graphical appearance (look-alike precision@10); for 1,000
-    of them, recall@1 and @5 of the article from a strongly augmented copy of its own photo (shopper
-    photo: zoomed out, turned, relit, cropped, on clutter; then JPEG quality 60)."""
+    bench leaves in bench/.cache.
+    Look-alikes: for 2,000 random articles, the share of their 10 nearest catalog neighbours (itself
+    left out) with the same product type, colour group and graphical appearance (look-alike
+    precision@10), with what similar items serve (both embeddings concatenated; no suffix), the
+    retrieval embedding alone (``_retrieval``) and the classifier's (``_classifier``: the penultimate
+    layer), same model, same run; and with the article's true product type (``_given_type``), and its
+    graphical appearance too (``_given_type_and_appearance``), handed to the search: what the images
+    leave to find.
+    Shopper photos: for 1,000 of them, recall@1 and @5 of the article from a strongly augmented copy of
+    its own photo (zoomed out, turned, relit, cropped, on clutter; then JPEG quality 60): photo search
+    as served (no suffix: the photo whole and in crops, ``visrec.vision.search``), and each embedding
+    on the whole photo alone (``_single_view_<kind>``) and in crops (``_views_<kind>``)."""
     import csv
     import io
 
@@ -1403,7 +1414,9 @@ def bench_vision() -> Figures:
     import visrec.models.cnn  # noqa: F401  (registers the model class)
     from visrec.devdata.synth import shopper_photo
     from visrec.ingest.images import decode_image, fit_square, to_rgb
+    from visrec.store.tables import embeddings_table
     from visrec.vision.embed import embed_kinds
+    from visrec.vision.search import PHOTO_CROPS, match_photos, photo_embedding, photo_views
 
     cached = CACHE / "hm_pixels.npz"
     if not (HM_SAMPLE / "articles.csv").exists() or not cached.exists():
@@ -1413,28 +1426,23 @@ def bench_vision() -> Figures:
     item_ids, pixels = [str(i) for i in data["item_ids"]], data["pixels"]
     with open(HM_SAMPLE / "articles.csv", newline="") as f:
         rows = {r["article_id"]: r for r in csv.DictReader(f)}
-    look = np.array(
-        [
-            "|".join(
-                rows[i][k] for k in ("product_type_name", "colour_group_name", "graphical_appearance_name")
-            )
-            for i in item_ids
-        ]
-    )
+    columns = ("product_type_name", "colour_group_name", "graphical_appearance_name")
+    look = np.array(["|".join(rows[i][k] for k in columns) for i in item_ids])
     kind_of = np.array([rows[i]["product_type_name"] for i in item_ids])
     model = keras.models.load_model(CACHE / "hm_cnn.keras")
     size = model.image_size
     rng = np.random.default_rng(0)
     queries = rng.choice(len(item_ids), 2000, replace=False)
-    photos = []
-    for q in queries[:1000]:
+    n_photos = 1000
+    views = []
+    for q in queries[:n_photos]:
         image = np.asarray(
             fit_square(to_rgb(decode_image((HM_SAMPLE / "images" / f"{item_ids[q]}.jpg").read_bytes())), size)
         )
         buffer = io.BytesIO()
         Image.fromarray(shopper_photo(image, rng)).save(buffer, "JPEG", quality=60)
-        photos.append(np.asarray(fit_square(to_rgb(Image.open(io.BytesIO(buffer.getvalue()))), size)))
-    photos = np.stack(photos)
+        views.append(photo_views(Image.open(io.BytesIO(buffer.getvalue())), size))
+    views = np.stack(views)  # (photos, views, size, size, 3); view 0 is the whole photo
     note = f"hm-sample, the cnn bench's model (bench/.cache), {len(item_ids)} articles"
     # What a perfect look-alike search could reach: some articles have fewer than 10 look-alikes.
     others = {v: c - 1 for v, c in zip(*np.unique(look, return_counts=True), strict=True)}
@@ -1444,22 +1452,60 @@ def bench_vision() -> Figures:
             round(ceiling, 4), "share", f"{note}; the same queries, every look-alike first"
         )
     }
-    catalog_by_kind, photos_by_kind = embed_kinds(model, pixels), embed_kinds(model, photos)
-    for kind, catalog in catalog_by_kind.items():
-        suffix = "" if kind == "both" else f"_{kind}"
+
+    def neighbours(catalog: np.ndarray) -> np.ndarray:
         sims = catalog[queries] @ catalog.T
         sims[np.arange(len(queries)), queries] = -np.inf
-        top10 = np.argpartition(-sims, 10, axis=1)[:, :10]
-        found = photos_by_kind[kind] @ catalog.T
-        rank = (found > found[np.arange(1000), queries[:1000]][:, None]).sum(1)
+        return np.argpartition(-sims, 10, axis=1)[:, :10]
+
+    def ranks(photo_vectors: np.ndarray, catalog: np.ndarray) -> np.ndarray:
+        """Rank of each photo's article when an item scores its best view: (photos, views, d)."""
+        found = np.max(photo_vectors @ catalog.T, axis=1)
+        return (found > found[np.arange(n_photos), queries[:n_photos]][:, None]).sum(1)
+
+    catalog_by_kind = embed_kinds(model, pixels)
+    views_by_kind = embed_kinds(model, views.reshape(-1, size, size, 3))
+    for kind, catalog in catalog_by_kind.items():
+        suffix = "" if kind == "both" else f"_{kind}"
+        top10 = neighbours(catalog)
+        photo_vectors = views_by_kind[kind].reshape(n_photos, len(PHOTO_CROPS), -1)
+        single, cropped = ranks(photo_vectors[:, :1], catalog), ranks(photo_vectors, catalog)
         figures = {
-            "lookalike_precision_at_10": (float(np.mean(look[top10] == look[queries][:, None])), "share"),
-            "same_type_at_10": (float(np.mean(kind_of[top10] == kind_of[queries][:, None])), "share"),
-            "augmented_recall_at_1": (float(np.mean(rank < 1)), "recall"),
-            "augmented_recall_at_5": (float(np.mean(rank < 5)), "recall"),
+            f"lookalike_precision_at_10{suffix}": (np.mean(look[top10] == look[queries][:, None]), "share"),
+            f"same_type_at_10{suffix}": (np.mean(kind_of[top10] == kind_of[queries][:, None]), "share"),
+            f"augmented_recall_at_1_single_view_{kind}": (np.mean(single < 1), "recall"),
+            f"augmented_recall_at_5_single_view_{kind}": (np.mean(single < 5), "recall"),
+            f"augmented_recall_at_1_views_{kind}": (np.mean(cropped < 1), "recall"),
+            f"augmented_recall_at_5_views_{kind}": (np.mean(cropped < 5), "recall"),
         }
         for name, (value, unit) in figures.items():
-            out[f"vision.hm.{name}{suffix}"] = _figure(round(value, 4), unit, f"{note}; {kind} embedding")
+            out[f"vision.hm.{name}"] = _figure(round(float(value), 4), unit, f"{note}; {kind} embedding")
+
+    # How far look-alike search can go from these images: the served embedding handed each article's
+    # true product type (and graphical appearance), as one-hot parts weighted to dominate a cosine, so
+    # that only the rest (appearance and colour, or colour) is left to the images.
+    def told(column: str) -> np.ndarray:
+        codes = np.unique(np.array([rows[i][column] for i in item_ids]), return_inverse=True)[1]
+        return 3.0 * np.eye(codes.max() + 1, dtype=np.float32)[codes]
+
+    for name, given in (
+        ("type", [columns[0]]),
+        ("type_and_appearance", [columns[0], columns[2]]),
+    ):
+        top10 = neighbours(np.concatenate([*map(told, given), catalog_by_kind["both"]], 1))
+        out[f"vision.hm.lookalike_precision_at_10_given_{name}"] = _figure(
+            round(float(np.mean(look[top10] == look[queries][:, None])), 4),
+            "share",
+            f"{note}; the served embedding beside the true {' and '.join(given)}",
+        )
+    # Photo search as served: the catalog as the nightly item_embeddings table holds it.
+    # The table embed_items writes, from the embeddings made above.
+    table = embeddings_table(item_ids, catalog_by_kind["both"], "bench", model.features_dim)
+    found, _ = match_photos(model, views, table, 5)
+    hit = found == queries[:n_photos, None]
+    served = f"{note}; photo search as served ({photo_embedding(model)} embedding, {len(PHOTO_CROPS)} views)"
+    out["vision.hm.augmented_recall_at_1"] = _figure(round(float(hit[:, 0].mean()), 4), "recall", served)
+    out["vision.hm.augmented_recall_at_5"] = _figure(round(float(hit.any(1).mean()), 4), "recall", served)
     return out
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from visrec.models.topk import topk, topk_scores
+from visrec.models.topk import topk, topk_best_of, topk_scores
 
 
 def _brute(scores: np.ndarray, n: int) -> np.ndarray:
@@ -33,6 +33,26 @@ def test_topk_matches_brute_force_with_every_filter(n_items, chunk):
     # Precomputed scores through the same selection and filters give the same lists.
     idx2, _ = topk_scores(query @ items.T + biases, 7, filter_query_items=liked, filter_items=banned)
     np.testing.assert_array_equal(idx2, expected)
+
+
+@pytest.mark.parametrize("n_items", [300, 5000])
+def test_best_of_views_matches_brute_force_with_filters_and_pads_short_lists(n_items):
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(n_items, 8)).astype(np.float32)
+    views = rng.normal(size=(40, 6, 8)).astype(np.float32)
+    liked = sp.random(40, n_items, density=0.05, format="csr", random_state=4)
+    idx, scores = topk_best_of(items, views, 9, filter_query_items=liked)
+    best = (views @ items.T).max(axis=1)  # (queries, items): each item's best view
+    best[liked.nonzero()] = -np.inf
+    expected = _brute(best, 9)
+    np.testing.assert_array_equal(idx, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(best, expected, 1), rtol=1e-4, atol=1e-4)
+    assert len({tuple(sorted(set(row))) for row in idx}) == 40 and all(len(set(r)) == 9 for r in idx)
+    # A query that runs out of items: each item once, then padding.
+    bought = sp.csr_matrix(([1.0], ([0], [0])), shape=(2, 3))
+    few, few_scores = topk_best_of(items[:3], views[:2], 3, filter_query_items=bought)
+    assert sorted(few[0][:2]) == [1, 2] and few[0][2] == -1 and np.isneginf(few_scores[0][2])
+    assert sorted(few[1]) == [0, 1, 2]
 
 
 def test_item_is_never_its_own_neighbour_and_short_lists_pad():

@@ -6,7 +6,8 @@ scores ``query @ items.T (+ item_biases)`` and returns, per query row, the ``N``
 their scores, best first. Recommendations (user vectors against item vectors), similar items (item
 embeddings against themselves), photo search and the real items nearest a generated look all go
 through it. :func:`topk_scores` is the same selection over scores a model computed some other way
-(item-item CF, popularity, blends).
+(item-item CF, popularity, blends); :func:`topk_best_of` the same for queries seen several ways (a
+photo whole and in crops: an item scores its best view's score).
 
 One way to filter, for every caller: ``filter_query_items`` is a sparse (queries x items) matrix whose
 non-zeros are never returned for that query (what a user already bought, an item itself among its
@@ -179,3 +180,35 @@ def topk_scores(
     if filter_items is not None and len(filter_items):
         biases[np.asarray(filter_items, np.int64)] = -np.inf
     return _run(scores, scores.shape[1], k, None, biases, filter_query_items, False, len(scores) or 1, group)
+
+
+def topk_best_of(
+    items: np.ndarray,
+    query_views: np.ndarray,
+    N: int,
+    *,
+    filter_query_items: sp.spmatrix | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`topk` for queries seen several ways: ``query_views`` is (queries, views, dim) and a
+    query's score of an item is the best of its views' scores (a photo looked at whole and in crops).
+    Exact: an item in a query's top ``N`` by best score is in the top ``N`` of the view that gives
+    that score, so the union of the views' lists holds every answer."""
+    query_views = np.asarray(query_views, np.float32)
+    if query_views.ndim != 3:
+        raise ValueError(f"query_views must be (queries, views, dim), got shape {query_views.shape}")
+    n, views, dim = query_views.shape
+    rows = np.repeat(np.arange(n), views)
+    view_filter = None if filter_query_items is None else sp.csr_matrix(filter_query_items)[rows]
+    ids, scores = topk(items, query_views.reshape(n * views, dim), N, filter_query_items=view_filter)
+    k = ids.shape[1]
+    ids, scores = ids.reshape(n, views * k), scores.reshape(n, views * k)
+    out_ids, out_scores = np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32)
+    for row in range(n):
+        order = np.argsort(-scores[row], kind="stable")
+        found = ids[row, order]
+        # Best first, so an item's first place in the order carries its best score.
+        _, first = np.unique(found, return_index=True)
+        keep = np.sort(first[found[first] >= 0])[:k]
+        out_ids[row, : len(keep)] = found[keep]
+        out_scores[row, : len(keep)] = scores[row, order[keep]]
+    return out_ids.astype(ids.dtype), out_scores

@@ -113,6 +113,22 @@ def embeddings_matrix(table: pa.Table) -> np.ndarray:
     return column.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
 
 
+def embeddings_part(table: pa.Table, kind: str) -> np.ndarray:
+    """One embedding out of an ``item_embeddings`` table, rows L2-normalised: ``"classifier"`` (its
+    first ``classifier_dims`` dimensions), ``"retrieval"`` (the rest) or ``"both"`` (all). A table
+    made by a model with one embedding holds the classifier's only."""
+    if kind not in ("classifier", "retrieval", "both"):
+        raise ValueError(f"unknown embedding kind {kind!r}; use classifier, retrieval or both")
+    matrix = embeddings_matrix(table)
+    dims = int(table.column("classifier_dims")[0].as_py()) if table.num_rows else matrix.shape[1]
+    if kind == "both" or (kind == "classifier" and dims == matrix.shape[1]):
+        return matrix
+    if dims == matrix.shape[1]:
+        raise ValueError("these item embeddings have no retrieval part (the model had no retrieval head)")
+    part = matrix[:, :dims] if kind == "classifier" else matrix[:, dims:]
+    return part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
+
+
 def latest_partition(lake: Lake, table: str, ds: str | None = None) -> str:
     """The newest partition of ``table`` (at or before ``ds`` when given)."""
     dss = [d for d in lake.partitions(table) if ds is None or d <= ds]

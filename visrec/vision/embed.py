@@ -68,13 +68,18 @@ def embed_items(
 ) -> pa.Table:
     """Embed every staged item of ``ds`` into ``item_embeddings``; returns the table written."""
     images = images or load_staged_images(lake, ds)
-    emb = embed_pixels(model, images.pixels)
+    table = catalog_embeddings(model, images.item_ids, images.pixels, model_version)
+    lake.write_table("item_embeddings", ds, table)
+    log.info("embedded %d items with %s (%d dims)", table.num_rows, model_version, model.embedding_dim)
+    return table
+
+
+def catalog_embeddings(model, item_ids: list[str], pixels: np.ndarray, model_version: str) -> pa.Table:
+    """An ``item_embeddings`` table of catalog images: the model's default embedding of each, its
+    classifier part marked (``classifier_dims``)."""
     # The served embedding, when both, is the classifier's and then the retrieval embedding, side by side.
     split = model.features_dim if model.default_embedding == "both" else None
-    table = embeddings_table(images.item_ids, emb, model_version, split)
-    lake.write_table("item_embeddings", ds, table)
-    log.info("embedded %d items with %s (%d dims)", len(images.item_ids), model_version, emb.shape[1])
-    return table
+    return embeddings_table(item_ids, embed_pixels(model, pixels), model_version, split)
 
 
 def build_similar_items(lake: Lake, ds: str, k: int) -> pa.Table:

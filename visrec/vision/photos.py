@@ -11,12 +11,12 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from visrec.ingest.user_photos import retained_dates
-from visrec.models.topk import topk
 from visrec.settings import Settings
 from visrec.store.lake import Lake
 from visrec.store.schemas import empty_table, spec_for
-from visrec.store.tables import decode_pngs, embeddings_matrix, load_events
+from visrec.store.tables import decode_pngs, load_events
 from visrec.vision.embed import embed_pixels
+from visrec.vision.search import match_photos, photo_views
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,8 @@ def recognise_user_photos(
     settings: Settings, lake: Lake, ds: str, model, model_version: str, k: int = 10
 ) -> tuple[pa.Table, pa.Table]:
     """Every retained photo through the image model -> ``user_photos`` (top-3 categories, embedding);
-    the photos uploaded on ``ds`` -> ``photo_recommendations`` (nearest catalog items, bought ones
-    filtered). Returns both tables."""
+    the photos uploaded on ``ds`` -> ``photo_recommendations`` (nearest catalog items by photo search,
+    :func:`visrec.vision.search.match_photos`, bought ones filtered). Returns both tables."""
 
     dates = retained_dates(settings, lake, ds)
     staged = lake.read_table("staging_user_photos", dates).to_pandas() if dates else None
@@ -63,7 +63,12 @@ def recognise_user_photos(
     item_ids = items.column("item_id").to_pylist()
     today = np.flatnonzero((staged["ds"] == ds).to_numpy())
     bought = _bought(lake, ds, staged["user_id"].iloc[today].tolist(), item_ids)
-    idx, scores = topk(embeddings_matrix(items), emb[today], k, filter_query_items=bought)
+    views = np.stack([photo_views(pixels[n], model.image_size) for n in today]) if len(today) else None
+    idx, scores = (
+        match_photos(model, views, items, k, filter_query_items=bought)
+        if views is not None
+        else (np.zeros((0, k), np.int64), np.zeros((0, k), np.float32))
+    )
     out: dict[str, list] = {"user_id": [], "photo_id": [], "rank": [], "item_id": [], "score": []}
     for row, n in enumerate(today):
         user, photo = staged.at[n, "user_id"], staged.at[n, "photo_id"]

@@ -1,18 +1,86 @@
-""" "Find products like this photo": embed an uploaded photo and look it up among the catalog's embeddings."""
+""" "Find products like this photo": embed an uploaded photo and look it up among the catalog's embeddings.
+
+A shopper's photo frames the product with its surroundings, where a catalog image is the product
+filling the frame. The photo is looked at whole and cropped (``PHOTO_CROPS``: its centre and four
+corners at 80% of each side), every view is embedded, and an item scores the best of the views'
+similarities (:func:`visrec.models.topk.topk_best_of`): one of the crops frames the product about as
+the catalog does. Measured on hm-sample (``python bench/run.py cnn vision``) and the synthetic shop
+(``python bench/run.py photos``): see the README's image model.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+from PIL import Image
 
 from visrec.errors import VisrecError
-from visrec.ingest.images import normalise_image
-from visrec.models.topk import topk
+from visrec.ingest.images import decode_image, fit_square, to_rgb
+from visrec.models.topk import topk_best_of
 from visrec.settings import Settings
 from visrec.store.lake import Lake
-from visrec.store.tables import decode_pngs, embeddings_matrix, latest_partition
+from visrec.store.tables import embeddings_part, latest_partition
 from visrec.vision.embed import embed_pixels, load_cnn
+
+# (share of each side, horizontal place, vertical place: 0 left/top, 1 right/bottom) of each view of a
+# photo; the first is the whole photo.
+PHOTO_CROPS: tuple[tuple[float, float, float], ...] = (
+    (1.0, 0.5, 0.5),
+    (0.8, 0.5, 0.5),
+    (0.8, 0.0, 0.0),
+    (0.8, 1.0, 0.0),
+    (0.8, 0.0, 1.0),
+    (0.8, 1.0, 1.0),
+)
+# Which of the image model's embeddings photo search compares (see the README's image model).
+PHOTO_EMBEDDING = "classifier"
+
+
+def photo_views(photo: Image.Image | np.ndarray, size: int) -> np.ndarray:
+    """(len(PHOTO_CROPS), size, size, 3) uint8: the photo padded to a square as catalog images are,
+    whole (the same pixels as the catalog's own normalisation) and in each crop, resized (Lanczos)
+    from the photo's own resolution."""
+    image = Image.fromarray(photo) if isinstance(photo, np.ndarray) else to_rgb(photo)
+    square = fit_square(image, max(image.size))
+    side = square.size[0]
+    views = []
+    for share, x, y in PHOTO_CROPS:
+        crop = side * share
+        left, top = (side - crop) * x, (side - crop) * y
+        box = (left, top, left + crop, top + crop)
+        views.append(np.asarray(square.resize((size, size), Image.Resampling.LANCZOS, box=box)))
+    return np.stack(views)
+
+
+def photo_embedding(model) -> str:
+    """The embedding photo search uses with ``model``: :data:`PHOTO_EMBEDDING`, or the classifier's
+    when the model has no other."""
+    return PHOTO_EMBEDDING if model.retrieval_dim else "classifier"
+
+
+def match_photos(
+    model,
+    views: np.ndarray,
+    catalog: pa.Table,
+    k: int,
+    *,
+    filter_query_items: sp.spmatrix | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` catalog items (rows of the ``item_embeddings`` table ``catalog``) nearest each photo,
+    best first, as ``(ids, scores)`` from :func:`topk_best_of`; ``views`` is (photos, views, size,
+    size, 3), :func:`photo_views` of each photo."""
+    n, per_photo = views.shape[:2]
+    kind = photo_embedding(model)
+    vectors = embed_pixels(model, views.reshape(n * per_photo, *views.shape[2:]), kind=kind)
+    return topk_best_of(
+        embeddings_part(catalog, kind),
+        vectors.reshape(n, per_photo, -1),
+        k,
+        filter_query_items=filter_query_items,
+    )
 
 
 @dataclass
@@ -33,8 +101,9 @@ def find_similar_to_photo(
     lake: Lake | None = None,
     ds: str | None = None,
 ) -> tuple[list[PhotoMatch], dict]:
-    """Embed an uploaded photo with the champion image model and return the ``k`` nearest catalog
-    items, best first, plus context (model version, partition, predicted categories)."""
+    """Look an uploaded photo up with the champion image model (:func:`match_photos`) and return the
+    ``k`` nearest catalog items, best first, plus context (model version, partition, predicted
+    categories of the whole photo)."""
     from visrec.mlops.tracking import use_tracking
 
     lake = lake or Lake.from_settings(settings)
@@ -53,11 +122,9 @@ def find_similar_to_photo(
             f"item embeddings of {ds} were made with {sorted(made_with)} but the champion is {version}; "
             "re-embed the catalog (`visrec train cnn`)"
         )
-    png, _, _ = normalise_image(photo, name, model.image_size)
-    pixels = decode_pngs([png])
-    query = embed_pixels(model, pixels)
-    probs = np.asarray(model.predict(pixels, verbose=0))[0]
-    idx, scores = topk(embeddings_matrix(table), query, k)
+    views = photo_views(decode_image(photo, name), model.image_size)
+    probs = np.asarray(model.predict(views[:1], verbose=0))[0]
+    idx, scores = match_photos(model, views[None], table, k)
     ids = table.column("item_id").to_pylist()
     catalog_category = {}
     staged = (
