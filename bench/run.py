@@ -865,7 +865,7 @@ def bench_contrastive() -> Figures:
     it competes hardest with the category loss: two 400-item synthetic shops (seed 5, the tests'
     catalog, and seed 11), 30 epochs (the nightly default), weights 0.2, 0.35 (the default) and 0.5:
     held-out category accuracy, and how often a shopper's photo of one of 120 items finds that item
-    first among the catalog (the served embedding)."""
+    first among the catalog (both embeddings, as similar items compare them, on the whole photo)."""
     import numpy as np
 
     from visrec.devdata.synth import ShopConfig, generate_shop, shopper_photos

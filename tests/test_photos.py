@@ -103,8 +103,8 @@ def test_photos_are_recognised_with_the_model(recognised):
 
 def test_a_photo_of_an_item_finds_that_item(recognised):
     # Only photos taken today get photo_recommendations. The photographed item is one of ~3 catalog items
-    # with the same category, colour and pattern; measured here: in the top 5 for 0.70 of the photos
-    # (chance: 5/400). bench/run.py photos measures the rate at demo scale.
+    # with the same category, colour and pattern (chance of the top 5: 5/400). bench/run.py photos
+    # measures the rate at demo scale.
     _, lake, _, recs = recognised
     truth = {(t["user_id"], t["photo_id"]): t["item_id"] for t in _truth(lake, "user_photos.jsonl")}
     top5: dict[tuple[str, str], list[str]] = {}
