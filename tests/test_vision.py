@@ -14,7 +14,7 @@ from PIL import Image, ImageEnhance
 import mlflow
 from visrec.devdata.synth import CATEGORIES, ShopConfig, generate_shop, shopper_photos
 from visrec.ingest.catalog_images import ingest_images
-from visrec.ingest.images import ImageRejected
+from visrec.ingest.images import ImageRejected, fit_square
 from visrec.models.cnn import ImageClassifier
 from visrec.models.topk import topk
 from visrec.settings import Settings
@@ -115,6 +115,28 @@ def test_photo_queries_find_the_item(trained):
     assert first == len(items)  # the catalog image itself: its own item first
     assert top5 / len(items) >= 0.8, f"perturbed copy in top 5 for {top5}/{len(items)}"
     assert context["categories"][0][0] in CATEGORIES and context["model_version"] == "visrec-cnn/1"
+
+
+def test_photo_views_are_the_whole_photo_its_centre_and_its_corners():
+    # A 1600 x 1600 photo: red in its top-left corner, blue in its bottom-right one.
+    photo = np.full((1600, 1600, 3), 200, np.uint8)
+    photo[:100, :100], photo[-100:, -100:] = (255, 0, 0), (0, 0, 255)
+    views = photo_views(Image.fromarray(photo), 64).astype(int)
+    assert views.shape == (len(PHOTO_CROPS), 64, 64, 3)
+    red = lambda v: ((v[..., 0] > 200) & (v[..., 2] < 60)).any()  # noqa: E731
+    blue = lambda v: ((v[..., 2] > 200) & (v[..., 0] < 60)).any()  # noqa: E731
+    corners = {PHOTO_CROPS[k][1:]: views[k] for k in range(len(PHOTO_CROPS))}
+    assert red(views[0]) and blue(views[0])
+    assert red(corners[(0.0, 0.0)]) and not blue(corners[(0.0, 0.0)])
+    assert blue(corners[(1.0, 1.0)]) and not red(corners[(1.0, 1.0)])
+    assert not red(views[1]) and not blue(views[1])  # the centre crop leaves both corners out
+    # The whole view of a large wide photo (resampled from 256 pixels, not 2,000) is the catalog's
+    # normalisation of it up to resampling.
+    x, y = np.meshgrid(np.linspace(0, 1, 2000), np.linspace(0, 1, 500))
+    wide = (np.stack([x, y, (np.sin(12 * x) + 1) / 2], axis=-1) * 255).astype(np.uint8)
+    wide_view = photo_views(wide, 64)[0].astype(int)
+    reference = np.asarray(fit_square(Image.fromarray(wide), 64)).astype(int)
+    assert np.abs(wide_view - reference).mean() < 4
 
 
 @pytest.mark.parametrize("data", [b"", b"GIF89a-not-really", b"%PDF-1.4 hello"])

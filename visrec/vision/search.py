@@ -41,9 +41,17 @@ PHOTO_EMBEDDING = "classifier"
 
 def photo_views(photo: Image.Image | np.ndarray, size: int) -> np.ndarray:
     """(len(PHOTO_CROPS), size, size, 3) uint8: the photo padded to a square as catalog images are,
-    whole (the same pixels as the catalog's own normalisation) and in each crop, resized (Lanczos)
-    from the photo's own resolution."""
+    whole and in each crop, each resized (Lanczos) from the photo at its own resolution or, when
+    larger, at ``4 * size`` pixels on its longest side (a crop still has 3x the pixels it needs, and
+    a phone photo is not held at full size six times)."""
     image = Image.fromarray(photo) if isinstance(photo, np.ndarray) else to_rgb(photo)
+    longest, most = max(image.size), 4 * size
+    if longest > most:
+        scale = most / longest
+        image = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+            Image.Resampling.LANCZOS,
+        )
     square = fit_square(image, max(image.size))
     side = square.size[0]
     views = []

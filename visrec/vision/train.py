@@ -68,8 +68,9 @@ class CNNConfig:
     # At 1.0 the classifier stayed at 0.23 after 14 epochs: the contrastive loss drowned it.
     contrastive_weight: float = 0.35
     attributes: bool = True  # heads for the catalog's attribute columns on the retrieval embedding
-    # Each head's loss weight (the category head's too). On hm-sample in the 20-minute budget 0.2 kept
-    # product-type top-1 at 0.748 against 0.737 at 0.5, for look-alike precision 0.218 against 0.224.
+    # Each head's loss weight (the category head's too). On hm-sample in the 20-minute budget 0.2 gave
+    # product-type top-1 0.748 and 0.755 (two runs) against 0.737 at 0.5, for look-alike precision
+    # 0.217-0.218 against 0.224.
     attribute_weight: float = 0.2
     backbone: str = "compact"
     backbone_weights: str | None = None
