@@ -159,3 +159,34 @@ def test_a_day_without_retained_photos_writes_empty_tables(recognised):
     assert photos.num_rows == recs.num_rows == 0
     stored = lake.read_table("user_photos", "2027-06-01")
     assert stored.num_rows == 0 and stored.schema.field("embedding").type.list_size == model.embedding_dim
+
+
+def test_photo_evidence_does_not_depend_on_the_order_sums_run_in():
+    # An image model early in training puts every item close to every photo: standardising those
+    # similarities amplifies float rounding, and a Spark task (BLAS on one thread) must still publish
+    # the scores one process does. Permuting the embedding dimensions sums the same products in
+    # another order.
+    from visrec.recsys.score import PhotoBlend
+
+    rng = np.random.default_rng(7)
+    centre = rng.normal(size=128)
+
+    def near_centre(n: int) -> np.ndarray:
+        x = centre + 1e-3 * rng.normal(size=(n, 128))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    items, photos = near_centre(400), near_centre(6)
+    behaviour = rng.normal(size=(6, 400)).astype(np.float32)
+
+    class Behaviour:
+        def score(self, userids: np.ndarray) -> np.ndarray:
+            return behaviour[userids]
+
+    perm, users = rng.permutation(128), np.arange(6)
+    scores = [
+        PhotoBlend(Behaviour(), p, np.ones(6, bool), f, 1.0).score(users)
+        for p, f in ((photos, items), (photos[:, perm], items[:, perm]))
+    ]
+    assert not np.allclose(scores[0], behaviour)  # the photos moved the scores
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5, atol=1e-6)
+    assert (np.argsort(-scores[0], axis=1)[:, :20] == np.argsort(-scores[1], axis=1)[:, :20]).all()

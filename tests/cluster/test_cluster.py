@@ -87,8 +87,13 @@ def nightly(cluster):
                 fault.update(task=running[0]["task_id"], worker=running[0]["hostname"])
                 cluster.kill(fault["worker"])
         elif "restarted" not in fault:
+            # A retry queued keeps the lost worker's hostname until a worker takes it: wait for the other.
             retried = [
-                t for t in tries if t["task_id"] == fault["task"] and t["try_number"] > 1 and t["hostname"]
+                t
+                for t in tries
+                if t["task_id"] == fault["task"]
+                and t["try_number"] > 1
+                and t["hostname"] not in (None, "", fault["worker"])
             ]
             if retried:  # the other worker took the retry: bring the lost one back, as an operator would
                 cluster.start_worker(fault["worker"], WORKERS.index(fault["worker"]) + 1)

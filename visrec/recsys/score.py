@@ -99,8 +99,12 @@ class PhotoBlend(Recommender):
         item_features: np.ndarray,
         weight: float,
     ):
-        self.base, self.photo_vectors, self.has_photos = base, photo_vectors, has_photos
-        self.item_features, self.weight = item_features, weight
+        # Float64: standardising amplifies rounding where an item's similarities are close (an image
+        # model early in training), and float32 sums in another order (a Spark task's BLAS runs on one
+        # thread) then differ from one deployment to another in their fifth digit.
+        self.base, self.has_photos, self.weight = base, has_photos, weight
+        self.photo_vectors = photo_vectors.astype(np.float64)
+        self.item_features = item_features.astype(np.float64)
 
     def fit(self, data: TrainData) -> PhotoBlend:
         return self
@@ -119,7 +123,8 @@ class PhotoBlend(Recommender):
         out = self.base.score(userids).astype(np.float32)
         rows = self.has_photos[userids]
         if rows.any():
-            out[rows] = self._z(out[rows]) + self.weight * self._z(visual[rows])
+            blend = self._z(out[rows].astype(np.float64)) + self.weight * self._z(visual[rows])
+            out[rows] = blend.astype(np.float32)
         return out
 
 
