@@ -9,7 +9,11 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 CLUSTER_STAMP := $(VENV)/.cluster-installed
 
-.PHONY: demo test test-jax cluster-test bench lint format venv clean browser redis
+.PHONY: demo test test-fast test-jax cluster-test bench lint format venv clean browser redis test-timings
+
+# Every test tier prints its 25 slowest tests, and tests/timings.py records the tier's wall time
+# (.visrec/test-timings.json; `make test-timings` writes them into the README).
+PYTEST := $(BIN)/python tests/timings.py run
 
 venv: $(STAMP)
 
@@ -30,15 +34,20 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium is not installed: the report's browser test will skip"
 
-# Lint first: a formatting or lint error fails the tests (CI runs `make test`).
+# Lint first: a formatting or lint error fails the tests (CI runs `make test`). Two pytest-xdist
+# workers, each test module (and the image-model modules together) on one worker, so a module's
+# fixtures are built once (tests/conftest.py).
 test: $(STAMP) browser lint
-	$(BIN)/python -m pytest -q
+	$(PYTEST) test -- -q -n 2 --durations=25
 
-# The models under Keras's JAX backend (on the CPU here): cross-backend save/load, the recommender's
-# tests and every GAN test (the GAN trains the image model as its judge); "gan" matches test_gan.py.
+# The edit-test loop: the unit tier only (no Spark, no training, no DAG run).
+test-fast: $(STAMP)
+	$(PYTEST) test-fast -- -q -m unit -n 2 --durations=25
+
+# What differs under Keras's JAX backend (on the CPU here): the models' train steps, layers and
+# save/load (the `backend` mark). Cross-backend save/load runs in `make test` (both directions).
 test-jax: $(STAMP)
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/test_backends.py tests/test_gan.py \
-	  tests/test_recommenders.py -k "backend or gan or vbpr or VBPR or selection"
+	KERAS_BACKEND=jax $(PYTEST) test-jax -- -q -m backend --durations=25
 
 # Cluster mode needs Debian's redis-server (Celery's broker) and PostgreSQL's server binaries:
 # installed here when this is a root Debian machine.
@@ -58,7 +67,7 @@ $(CLUSTER_STAMP): $(STAMP)
 # The nightly DAG through a real scheduler, Celery workers, Postgres, Redis, MLflow server, S3 and a
 # Spark standalone cluster, all started and stopped by the tests (visrec cluster up|down).
 cluster-test: $(CLUSTER_STAMP) redis
-	$(BIN)/python -m pytest -q -m cluster tests/cluster -s
+	$(PYTEST) cluster-test -- -q -m cluster tests/cluster -s --durations=25
 
 # The bench compares against implicit (ALS, BPR): a bench-only dependency, installed here.
 $(BENCH_STAMP): $(STAMP)
@@ -76,6 +85,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format visrec tests bench spark_jobs dags
 	$(BIN)/ruff check --fix visrec tests bench spark_jobs dags
+
+# The README's table of test-tier timings, from the last measured run of each tier.
+test-timings:
+	$(BIN)/python tests/timings.py readme
 
 clean:
 	rm -rf $(VENV) .visrec .pytest_cache

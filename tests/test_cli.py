@@ -123,6 +123,7 @@ def test_bad_argument_type_is_a_usage_error(tmp_path: Path):
     assert result.returncode == 2 and "argument --users: must be at least 1, got 0" in result.stderr
 
 
+@pytest.mark.integration
 def test_a_step_run_from_python_c_really_runs(tmp_path: Path):
     """`python -c` has a __main__ without a file: pyspark's Spark Connect module, imported by Great
     Expectations, used to exit such a process with status 0 before the step wrote anything."""

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.conftest import VISION_DAYS
 from visrec.devdata.synth import ShopConfig, generate_shop
 from visrec.generation.looks import generate_looks
 from visrec.generation.train import GANConfig, gan_due, to_pixels, train_gan
@@ -14,24 +15,13 @@ from visrec.ingest.catalog_images import ingest_images
 from visrec.settings import Settings
 from visrec.store.lake import Lake
 
-DS = "2026-11-01"
+DS = VISION_DAYS[-1]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 400-item shop, the image model, and a 32x32 GAN trained briefly on its images."""
-    from visrec.vision.embed import embed_items, load_cnn
-    from visrec.vision.train import CNNConfig, train_cnn
-
-    settings = Settings(home=tmp_path_factory.mktemp("gan"))
-    lake = Lake.from_settings(settings)
-    generate_shop(ShopConfig(users=50, items=400, days=1, seed=3), lake)
-    ingest_images(settings, lake, DS)
-    # The judge, trained as the nightly run does (30 epochs): with its retrieval head at contrastive
-    # weight 0.35, 20 epochs left a category at 0.48 recognised on the JAX backend (14 at weight 0.2: 0.79).
-    train_cnn(settings, DS, lake=lake, config=CNNConfig(epochs=30, patience=30))
-    cnn, version = load_cnn()
-    embed_items(settings, DS, lake, cnn, version)
+def trained(vision_shop):
+    """The session's shop and image model (the judge), and a 32x32 GAN trained briefly on its images."""
+    settings, lake, cnn = vision_shop.settings, vision_shop.lake, vision_shop.model
     config = GANConfig(
         resolution=32, width=16, epochs=GAN_EPOCHS, batch_size=32, max_minutes=None, quality_samples=256
     )
@@ -39,7 +29,7 @@ def trained(tmp_path_factory):
     return settings, lake, result, cnn
 
 
-GAN_EPOCHS = 150
+GAN_EPOCHS = 100
 
 
 def test_generated_images_have_the_right_shape_and_range(trained):
@@ -119,37 +109,33 @@ def test_consistency_per_category_exposes_a_collapsed_category(trained):
 
 
 def test_cadence_trains_only_when_due(tmp_path):
+    day = "2026-11-01"
     settings = Settings(home=tmp_path, gan_every_days=7, gan_catalog_change=0.2)
     lake = Lake.from_settings(settings)
     generate_shop(ShopConfig(users=20, items=100, days=1, seed=1), lake)
-    ingest_images(settings, lake, DS)
-    items = lake.read_table("staging_images", DS).column("item_id").to_pylist()
+    ingest_images(settings, lake, day)
+    items = lake.read_table("staging_images", day).column("item_id").to_pylist()
     assert gan_due(settings, lake, "2026-11-03") == (True, "no GAN trained yet")
 
     def trained_on(ds: str, known: list[str]) -> None:
         lake.put_bytes(f"runs/ds={ds}/train_gan.json", json.dumps({"trained": True, "items": known}).encode())
 
     trained_on("2026-10-30", items)
-    due, why = gan_due(settings, lake, DS)
+    due, why = gan_due(settings, lake, day)
     assert not due and "2 days ago" in why
     trained_on("2026-10-30", items[:50])  # half the catalog is new since then
-    due, why = gan_due(settings, lake, DS)
+    due, why = gan_due(settings, lake, day)
     assert due and "new since" in why
     trained_on("2026-10-30", items)
     due, why = gan_due(settings, lake, "2026-11-06")
     assert due and "7 days ago" in why
     trained_on("2026-10-30", [])
-    lake.put_bytes(f"runs/ds={DS}/train_gan.json", json.dumps({"trained": False}).encode())
-    assert gan_due(settings, lake, DS)[0]  # an untrained day does not count as a training
+    lake.put_bytes(f"runs/ds={day}/train_gan.json", json.dumps({"trained": False}).encode())
+    assert gan_due(settings, lake, day)[0]  # an untrained day does not count as a training
 
 
 def test_generated_looks_follow_favourite_categories(trained):
-    from visrec.devdata.synth import write_events_table
-    from visrec.ingest.features import build_features
-
     settings, lake, result, cnn = trained
-    write_events_table(lake)
-    build_features(settings, lake, DS)
     table = generate_looks(settings, lake, DS, result.model, cnn, result.version, users_per_segment=2, keep=2)
     assert table.num_rows > 0
     profiles = {
@@ -164,6 +150,7 @@ def test_generated_looks_follow_favourite_categories(trained):
         )
 
 
+@pytest.mark.backend
 def test_diff_augment_shifts_and_cuts_out_and_passes_gradients():
     import keras
 
@@ -194,6 +181,7 @@ def test_diff_augment_shifts_and_cuts_out_and_passes_gradients():
     assert grad.sum() == pytest.approx(out.sum())  # each kept pixel reaches exactly one source pixel
 
 
+@pytest.mark.backend
 def test_conditional_batch_norm_normalises_then_scales_per_category():
     from visrec.models.gan import ConditionalBatchNorm
 
@@ -215,6 +203,7 @@ def test_conditional_batch_norm_normalises_then_scales_per_category():
     assert (clone.n_classes, clone.momentum, clone.norm.momentum) == (3, 0.9, 0.9)
 
 
+@pytest.mark.backend
 def test_minibatch_discrimination_sees_copies_within_a_category_only():
     from visrec.models.gan import Discriminator
 

@@ -60,6 +60,7 @@ def test_missing_files_are_named(tmp_path: Path):
         import_hm(tmp_path / "hm", Lake((tmp_path / "lake").as_uri()))
 
 
+@pytest.mark.integration
 def test_real_hm_sample(hm_sample: Path, tmp_path: Path):
     lake = Lake((tmp_path / "lake").as_uri())
     summary = import_hm(hm_sample, lake)
@@ -93,6 +94,7 @@ def _own_shop(root: Path) -> tuple[Path, Path, Path]:
     return root / "interactions.csv", root / "catalog.csv", images
 
 
+@pytest.mark.integration
 def test_import_events_then_ingest_the_range(tmp_path, monkeypatch):
     """`visrec import events` with mapped columns, then `visrec ingest --start --end`: every day's
     events arrive, and each bad row is in quarantine with its reason (nothing silently dropped)."""

@@ -200,6 +200,7 @@ def test_segments_follow_documented_thresholds(engine, request):
     assert got["loyal"]["top_categories"] == [{"category": "hat", "share": 1.0}]
 
 
+@pytest.mark.integration
 def test_empty_day_is_not_an_error(tmp_path):
     settings = Settings(home=tmp_path)
     lake = Lake.from_settings(settings)
@@ -245,6 +246,7 @@ def test_csv_logs_with_a_broken_row(where, engine, tmp_path, request):
     assert lake.read_table("events", "2026-11-03").column("price").to_pylist().count(12.5) == 1
 
 
+@pytest.mark.integration
 def test_error_budget_stops_the_run_after_writing_the_quarantine(tmp_path):
     settings = Settings(home=tmp_path, error_budget=0.05)
     lake = Lake.from_settings(settings)
@@ -257,6 +259,7 @@ def test_error_budget_stops_the_run_after_writing_the_quarantine(tmp_path):
         ingest_images(settings, lake, "2026-11-01")
 
 
+@pytest.mark.integration
 def test_a_broken_table_stops_with_the_failed_expectations_named(tmp_path, monkeypatch):
     settings = Settings(home=tmp_path)
     lake = Lake.from_settings(settings)
@@ -325,8 +328,10 @@ def test_the_s3_lake_is_read_by_the_executors_with_the_same_result(s3_endpoint, 
     assert results[0][0].quarantined > 0
 
 
+@pytest.mark.integration
 def test_spark_submit_entry_points(tmp_path):
-    """The job files run under spark-submit, as a cluster would run them."""
+    """The job files run under spark-submit, as a cluster would run them: both in one submission (a
+    driver that runs each file as ``__main__`` in turn), so the JVM and the driver start once."""
     import os
     import subprocess
     import sys
@@ -344,22 +349,25 @@ def test_spark_submit_entry_points(tmp_path):
         "SPARK_LOCAL_IP": "127.0.0.1",
     }
     repo = Path(__file__).resolve().parents[1]
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import runpy, sys\n"
+        "for job in ('ingest_events', 'build_features'):\n"
+        "    sys.argv = [job, '--ds', '2026-11-01']\n"
+        "    try:\n"
+        f"        runpy.run_path(f'{repo}/spark_jobs/{{job}}.py', run_name='__main__')\n"
+        "    except SystemExit as done:\n"
+        "        assert not done.code, f'{job} exited with {done.code}'\n"
+    )
+    result = subprocess.run(
+        [str(spark_submit), "--master", "local[2]", str(driver)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
     for job in ("ingest_events", "build_features"):
-        result = subprocess.run(
-            [
-                str(spark_submit),
-                "--master",
-                "local[2]",
-                str(repo / "spark_jobs" / f"{job}.py"),
-                "--ds",
-                "2026-11-01",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
         assert f"{job} 2026-11-01" in result.stdout
     lake = Lake.from_settings(settings)
     assert lake.read_table("interactions", "2026-11-01").num_rows > 0
@@ -419,6 +427,7 @@ def _ingested_day_by_day(tmp_path) -> tuple[Settings, Lake, list[str]]:
     return settings, lake, days
 
 
+@pytest.mark.integration
 def test_incremental_features_equal_a_rebuild_from_history(tmp_path):
     settings, lake, days = _ingested_day_by_day(tmp_path)
     incremental = _tables(lake, days[-1])
@@ -435,6 +444,7 @@ def test_incremental_features_equal_a_rebuild_from_history(tmp_path):
         assert a.equals(b), table
 
 
+@pytest.mark.integration
 def test_a_day_ingested_late_makes_the_later_snapshots_stale(tmp_path):
     import json
 
@@ -465,6 +475,7 @@ def test_a_day_ingested_late_makes_the_later_snapshots_stale(tmp_path):
     ]
 
 
+@pytest.mark.integration
 def test_a_range_in_one_pass_equals_day_by_day(tmp_path):
     from visrec.ingest.day import ingest_days
 

@@ -9,48 +9,31 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visrec.devdata.synth import ShopConfig, generate_shop
-from visrec.ingest.catalog_images import ingest_images
+from tests.conftest import VISION_DAYS
 from visrec.ingest.user_photos import STORE_PREFIX, ingest_user_photos
-from visrec.settings import Settings
 from visrec.store.lake import Lake
 from visrec.store.tables import photo_profiles
 from visrec.vision.photos import recognise_user_photos
 
-DAYS = [f"2026-11-0{d}" for d in range(1, 4)]
+DAYS = VISION_DAYS
 
 
 def _truth(lake: Lake, name: str) -> list[dict]:
     return [json.loads(line) for line in lake.get_bytes(f"truth/{name}").decode().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    """A shop with many uploaders and upload-only users; each day's uploads ingested."""
-    settings = Settings(home=tmp_path_factory.mktemp("photos"))
-    lake = Lake.from_settings(settings)
-    config = ShopConfig(
-        users=300, items=400, days=3, seed=11, corrupt_rate=0.03, uploader_share=0.2, upload_only_share=0.15
-    )
-    generate_shop(config, lake)
-    for ds in DAYS:
-        ingest_user_photos(settings, lake, ds)
-    return settings, lake
+@pytest.fixture
+def shop(vision_shop):
+    """The session's shop (many uploaders and upload-only users, each day's uploads ingested)."""
+    return vision_shop.settings, vision_shop.lake
 
 
 @pytest.fixture(scope="module")
-def recognised(shop):
-    """The image model trained on the catalog, the catalog embedded, the photos recognised."""
-    from visrec.vision.embed import embed_items, load_cnn
-    from visrec.vision.train import CNNConfig, train_cnn
-
-    settings, lake = shop
-    last = DAYS[-1]
-    ingest_images(settings, lake, last)
-    train_cnn(settings, last, lake=lake, config=CNNConfig(epochs=20, patience=20))
-    model, version = load_cnn()
-    embed_items(settings, last, lake, model, version)
-    photos, recs = recognise_user_photos(settings, lake, last, model, version, k=10)
+def recognised(vision_shop):
+    """The session's image model (trained on the catalog, the catalog embedded), the photos recognised."""
+    settings, lake = vision_shop.settings, vision_shop.lake
+    model, version = vision_shop.model, vision_shop.result.version
+    photos, recs = recognise_user_photos(settings, lake, DAYS[-1], model, version, k=10)
     return settings, lake, photos, recs
 
 

@@ -160,6 +160,7 @@ def test_metrics_by_hand():
     assert novelty(np.array([[0, 1]]), counts, 3) == pytest.approx((-np.log2(1.0) - np.log2(0.25)) / 2)
 
 
+@pytest.mark.backend
 def test_vbpr_save_load_round_trip(tmp_path):
     import keras
 
@@ -173,6 +174,7 @@ def test_vbpr_save_load_round_trip(tmp_path):
     np.testing.assert_allclose(np.asarray(loaded(inputs)), np.asarray(model(inputs)), atol=1e-6)
 
 
+@pytest.mark.backend
 def test_vbpr_learns_the_visual_signal(shop):
     """VBPR beats plain MF on items nobody had touched before the cut, and popularity overall."""
     _, _, split = shop
@@ -299,6 +301,7 @@ def test_train_register_and_score_every_user(shop):
     assert set(recs.source) == {"mf"} and set(recs.model_version) == {"visrec-mf/1"}
 
 
+@pytest.mark.integration
 def test_a_model_that_loses_to_popularity_is_not_promoted_and_popularity_serves(tmp_path):
     """A shop whose test window holds what was popular, with image features that say nothing: the
     first model is not promoted by default, and every user gets popularity-by-segment lists."""
@@ -539,6 +542,7 @@ def test_scoring_in_spark_shards_writes_the_same_table(tmp_path, spark, monkeypa
     assert differing_tables({"r": parts.sort_by(keys)}, {"r": one.sort_by(keys)}) == []
 
 
+@pytest.mark.integration
 def test_scoring_reads_the_days_pairs_as_the_event_history_gives_them(tmp_path):
     """Scoring reads the day's ``interactions`` snapshot (built night after night) instead of every
     event: the same users, items, confidences, recent pairs and purchases, whole and per shard."""
