@@ -61,6 +61,9 @@ FIXTURE_TIERS = {
     "spark": "integration",
     "s3_endpoint": "integration",
     "vision_shop": "integration",
+    # Module fixtures that generate and ingest a shop, or train on one (test_recommenders, test_ingest).
+    "shop": "integration",
+    "dirty": "integration",
 }
 
 
