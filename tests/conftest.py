@@ -61,6 +61,7 @@ FIXTURE_TIERS = {
     "spark": "integration",
     "s3_endpoint": "integration",
     "vision_shop": "integration",
+    "photo_shop": "integration",
     # Module fixtures that generate and ingest a shop, or train on one (test_recommenders, test_ingest).
     "shop": "integration",
     "dirty": "integration",
@@ -177,15 +178,13 @@ class VisionShop:
 
 
 @pytest.fixture(scope="session")
-def vision_shop(tmp_path_factory) -> VisionShop:
+def photo_shop(tmp_path_factory):
     """A 400-item shop of 300 users over 3 days with corrupt input (3%) and shoppers' uploads (20% of
-    users upload, 15% only upload), every day ingested (events, features, images, uploads), the image
-    model trained on the last day (visrec-cnn/1), the catalog embedded, similar items built."""
+    users upload, 15% only upload), every day ingested (events, features, the last day's images, each
+    day's uploads); returns ``(settings, lake)``."""
     from visrec.devdata.synth import ShopConfig, generate_shop
     from visrec.ingest.day import ingest_days
     from visrec.ingest.user_photos import ingest_user_photos
-    from visrec.vision.embed import build_similar_items, embed_items, load_cnn
-    from visrec.vision.train import CNNConfig, train_cnn
 
     settings = Settings(home=tmp_path_factory.mktemp("vision"), error_budget=0.2)
     lake = Lake.from_settings(settings)
@@ -196,9 +195,20 @@ def vision_shop(tmp_path_factory) -> VisionShop:
     ingest_days(settings, VISION_DAYS, lake=lake)  # in one pass, the images for the last day
     for ds in VISION_DAYS:
         ingest_user_photos(settings, lake, ds)
+    return settings, lake
+
+
+@pytest.fixture(scope="session")
+def vision_shop(photo_shop) -> VisionShop:
+    """:func:`photo_shop` with the image model trained on its last day (visrec-cnn/1), the catalog
+    embedded and its similar items built."""
+    from visrec.vision.embed import build_similar_items, embed_items, load_cnn
+    from visrec.vision.train import CNNConfig, train_cnn
+
+    settings, lake = photo_shop
     ds = VISION_DAYS[-1]
     # Trained once for every test that needs a model that has learned: the nightly default's epochs on
-    # 400 items (about 35 s here) reach 0.9+ held-out accuracy and find shoppers' photos.
+    # 400 items (about 35 s here, one worker alone) reach 0.9+ held-out accuracy and find shoppers' photos.
     result = train_cnn(settings, ds, lake=lake, config=CNNConfig(epochs=30, patience=30))
     model, version = load_cnn()
     embed_items(settings, ds, lake, model, version)

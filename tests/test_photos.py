@@ -23,9 +23,9 @@ def _truth(lake: Lake, name: str) -> list[dict]:
 
 
 @pytest.fixture
-def shop(vision_shop):
+def shop(photo_shop):
     """The session's shop (many uploaders and upload-only users, each day's uploads ingested)."""
-    return vision_shop.settings, vision_shop.lake
+    return photo_shop
 
 
 @pytest.fixture(scope="module")
