@@ -34,11 +34,11 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium is not installed: the report's browser test will skip"
 
-# Lint first: a formatting or lint error fails the tests (CI runs `make test`). Two pytest-xdist
-# workers, each test module (and the image-model modules together) on one worker, so a module's
-# fixtures are built once (tests/conftest.py).
+# Lint first: a formatting or lint error fails the tests (CI runs `make test`). Three pytest-xdist
+# workers on two cores, each test module (and the image-model modules together) on one worker, so a
+# module's fixtures are built once (tests/conftest.py says why three).
 test: $(STAMP) browser lint
-	$(PYTEST) test -- -q -n 2 --durations=25
+	$(PYTEST) test -- -q -n 3 --durations=25
 
 # The edit-test loop: the unit tier only (no Spark, no training, no DAG run).
 test-fast: $(STAMP)

@@ -4,7 +4,7 @@
 
 Each mutant is a textual change to visrec's source, applied to the working tree, then undone whatever
 happens. First the tests written to guard that behaviour run (``guards``), then the whole suite as
-``make test`` runs it (two workers), stopping at its first failure (``-x``). A mutant that the whole
+``make test`` runs it (three workers), stopping at its first failure (``-x``). A mutant that the whole
 suite lets pass is reported as SURVIVED and the exit status is 1.
 """
 
@@ -89,7 +89,7 @@ def run(mutant: Mutant, whole_suite: bool = True) -> tuple[bool, str, bool, str,
     try:
         path.write_text(mutated)
         guarded, by_guards = _pytest(list(mutant.guards))
-        caught, by_suite = _pytest(["-x", "-n", "2"]) if whole_suite else (guarded, "not run")
+        caught, by_suite = _pytest(["-x", "-n", "3"]) if whole_suite else (guarded, "not run")
     finally:
         path.write_text(source)
     return guarded, by_guards, caught, by_suite, time.perf_counter() - started

@@ -21,7 +21,7 @@ from visrec.mlops.validation import TableValidator, ValidationFailed
 from visrec.settings import Settings
 from visrec.store.engine import DuckDBEngine, Engine, SparkEngine
 from visrec.store.lake import Lake
-from visrec.store.schemas import EVENT_TYPES
+from visrec.vocabulary import EVENT_TYPES
 
 DAYS = ["2026-11-01", "2026-11-02"]
 SHOP = dict(users=200, items=150, days=2, seed=3)

@@ -102,7 +102,7 @@ def test_dag_parses_cheaply_with_the_expected_shape(tmp_path):
             "queues": {{t.task_id: t.queue for t in dag.tasks}},
             "retries": min(t.retries for t in dag.tasks),
             "max_active_runs": dag.max_active_runs, "catchup": dag.catchup,
-            "heavy": sorted(m for m in ("tensorflow", "keras", "pyspark", "mlflow", "visrec.pipeline")
+            "heavy": sorted(m for m in ("tensorflow", "keras", "pyspark", "mlflow", "pyarrow", "visrec.pipeline")
                             if m in sys.modules),
         }}))
     """)

@@ -26,8 +26,8 @@ RECORDS = REPO / ".visrec" / "test-timings.json"
 README = REPO / "README.md"
 START, END = "<!-- test-timings:start -->", "<!-- test-timings:end -->"
 TIERS = {
-    "test": "`make test` (lint, then every tier but cluster, 2 workers)",
-    "test-fast": "`make test-fast` (the unit tier, 2 workers)",
+    "test": "`make test` (every tier but cluster)",
+    "test-fast": "`make test-fast` (the unit tier)",
     "test-jax": "`make test-jax` (the backend tier under JAX)",
     "cluster-test": "`make cluster-test` (the nightly DAG as deployed, fault injection)",
 }
@@ -64,7 +64,7 @@ def run(tier: str, args: list[str]) -> int:
 
 
 def table(records: dict) -> list[str]:
-    lines = ["| tier | wall time | result | measured |", "|---|---|---|---|"]
+    lines = ["| tier | pytest's wall time | result | command | measured |", "|---|---|---|---|---|"]
     for tier, label in TIERS.items():
         if tier in records:
             r = records[tier]

@@ -18,7 +18,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from visrec.errors import VisrecError
-from visrec.store.schemas import EVENT_TYPES
+from visrec.vocabulary import EVENT_TYPES
 
 
 class SettingsError(VisrecError, ValueError):

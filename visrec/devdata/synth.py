@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from visrec.store.lake import Lake
-from visrec.store.schemas import EVENT_TYPES
+from visrec.vocabulary import EVENT_TYPES
 
 CATEGORIES: tuple[str, ...] = (
     "tshirt",

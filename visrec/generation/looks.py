@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from visrec.generation.train import resize, to_pixels
 from visrec.models.topk import topk
+from visrec.recsys.train import champion_scorer
 from visrec.settings import Settings
 from visrec.store.lake import Lake
 from visrec.store.tables import item_embeddings
@@ -39,7 +40,6 @@ def generate_looks(
     """Generated looks for the most active users of each segment -> images under
     ``published/looks/ds=<ds>/`` and the ``generated_looks`` table. ``scorer``: the recommender whose
     visual factors say what each user likes (the champion when not given)."""
-    from visrec.recsys.train import champion_scorer
 
     profiles = lake.read_table("user_profiles", ds).to_pandas()
     profiles["activity"] = profiles[["n_view", "n_click", "n_add_to_cart", "n_purchase"]].sum(axis=1)

@@ -21,6 +21,7 @@ import numpy as np
 
 from visrec.mlops import registry
 from visrec.mlops.registry import load_keras, model_uri
+from visrec.mlops.tracking import tracked_run, use_tracking
 from visrec.models.tfdata import in_memory_batches
 from visrec.settings import Settings
 from visrec.store.lake import Lake, check_ds
@@ -189,7 +190,6 @@ def train_gan(
 
     import mlflow
     from visrec.mlops.callbacks import EpochReport
-    from visrec.mlops.tracking import tracked_run, use_tracking
     from visrec.models.callbacks import TimeBudget
     from visrec.models.gan import ConditionalGAN
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from visrec.errors import VisrecError
-from visrec.store.schemas import EVENT_TYPES, SOURCES
+from visrec.vocabulary import EVENT_TYPES, SOURCES
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 
 from visrec.models.topk import GROUP, topk, topk_scores
 from visrec.recsys.data import TrainData
+from visrec.recsys.spark_item_cf import item_similarities
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -241,8 +242,6 @@ class SparkItemCF(ItemCF):
 
     def fit(self, data: TrainData) -> SparkItemCF:
         import pandas as pd
-
-        from visrec.recsys.spark_item_cf import item_similarities
 
         coo = data.user_items.tocoo()
         pairs = self.spark.createDataFrame(

@@ -13,7 +13,8 @@ import numpy as np
 
 from visrec.errors import VisrecError
 from visrec.mlops import registry
-from visrec.recsys.baselines import FactorRecommender, Recommender
+from visrec.mlops.tracking import tracked_run, use_tracking
+from visrec.recsys.baselines import FactorRecommender, Popularity, Recommender
 from visrec.recsys.data import Split, TrainData, build_split, full_data, item_categories
 from visrec.recsys.metrics import bootstrap_interval, evaluate, recall_per_user, users_with
 from visrec.recsys.rules import cap_per_category
@@ -208,7 +209,6 @@ def champion_scorer(
     everything (for scoring), ``eval_factors.npz`` the one trained before its evaluation cut (for the
     promotion gate)."""
     import mlflow
-    from visrec.mlops.tracking import use_tracking
 
     use_tracking(settings)
     if version:
@@ -242,7 +242,6 @@ def serving(settings: Settings) -> tuple[str, str]:
     from mlflow.exceptions import MlflowException
 
     import mlflow
-    from visrec.mlops.tracking import use_tracking
 
     use_tracking(settings)
     try:
@@ -262,8 +261,6 @@ def train_mf(
     import contextlib
 
     import mlflow
-    from visrec.mlops.tracking import tracked_run
-    from visrec.recsys.baselines import Popularity
     from visrec.recsys.select import make_vbpr, select_vbpr
 
     config = config or MFConfig()

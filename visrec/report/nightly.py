@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from visrec.mlops.tracking import tracked_run
 from visrec.report.charts import bar_chart, line_chart
 from visrec.report.html import render
 from visrec.settings import Settings
@@ -371,7 +372,6 @@ def build_report(settings: Settings, ds: str, *, lake: Lake | None = None, log_t
     lake.put_bytes(key, text.encode())
     if log_to_mlflow:
         import mlflow
-        from visrec.mlops.tracking import tracked_run
 
         with tracked_run(settings, "report", ds=ds):
             mlflow.log_text(text, "report/index.html")

@@ -20,6 +20,7 @@ import pyarrow as pa
 from visrec.settings import Settings
 from visrec.store.lake import Lake
 from visrec.store.schemas import TableSpec, spec_for
+from visrec.store.spark import get_spark, read_table
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -138,7 +139,6 @@ class SparkEngine(Engine):
         frame.createOrReplaceTempView(name)
 
     def register_lake(self, name: str, lake: Lake, table: str | TableSpec, dss: list[str]) -> None:
-        from visrec.store.spark import read_table
 
         read_table(self.spark, lake, table, dss).createOrReplaceTempView(name)
 
@@ -170,7 +170,5 @@ def open_engine(settings: Settings, app: str = "visrec") -> Engine:
     """The engine the settings ask for (see :func:`engine_name`)."""
     name = engine_name(settings)
     if name == "spark":
-        from visrec.store.spark import get_spark
-
         return SparkEngine(get_spark(settings, app))
     return DuckDBEngine()

@@ -13,9 +13,6 @@ import pyarrow as pa
 
 from visrec.errors import VisrecError
 
-EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
-SOURCES: tuple[str, ...] = ("mf", "visual", "photo", "generated", "popular")
-
 # A field carrying this metadata holds a float32 embedding of any fixed size (the model decides it).
 _ANY_DIM = {b"visrec.embedding": b"fixed_size_list<float32>"}
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from visrec.errors import VisrecError
 from visrec.ingest.images import decode_image, fit_square, to_rgb
+from visrec.mlops.tracking import use_tracking
 from visrec.models.topk import topk_best_of
 from visrec.settings import Settings
 from visrec.store.lake import Lake
@@ -112,7 +113,6 @@ def find_similar_to_photo(
     """Look an uploaded photo up with the champion image model (:func:`match_photos`) and return the
     ``k`` nearest catalog items, best first, plus context (model version, partition, predicted
     categories of the whole photo)."""
-    from visrec.mlops.tracking import use_tracking
 
     lake = lake or Lake.from_settings(settings)
     ds = latest_partition(lake, "item_embeddings", ds)

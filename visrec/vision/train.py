@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from visrec.mlops import registry
+from visrec.mlops.tracking import tracked_run, use_tracking
 from visrec.models.tfdata import in_memory_batches
 from visrec.settings import Settings
 from visrec.store.catalog import CATALOG_KEY, catalog_attributes, read_catalog
@@ -150,7 +151,6 @@ def train_cnn(
     import mlflow.keras
 
     import mlflow
-    from visrec.mlops.tracking import tracked_run
     from visrec.models.cnn import ImageClassifier
 
     config = config or CNNConfig()
@@ -177,8 +177,6 @@ def train_cnn(
 
     model, base_version, champion_accuracy = None, None, None
     if config.register:
-        from visrec.mlops.tracking import use_tracking
-
         use_tracking(settings)
         current = registry.champion(MODEL_NAME)
         if current is not None:

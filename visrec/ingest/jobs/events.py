@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from visrec.store.schemas import EVENT_TYPES
+from visrec.store.spark import read_objects
+from visrec.vocabulary import EVENT_TYPES
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -236,7 +237,6 @@ def _spark_lines(spark: SparkSession, lake: Lake, keys: list[str], header: bool)
 
     if lake.is_local:
         return spark.read.text([lake.path(k) for k in keys]).withColumn("source", F.input_file_name())
-    from visrec.store.spark import read_objects
 
     schema = pa.schema([("value", pa.string()), ("source", pa.string())])
 

@@ -29,7 +29,7 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
-from visrec.store.schemas import EVENT_TYPES
+from visrec.vocabulary import EVENT_TYPES
 
 SEGMENTS = ("new", "loyal", "engaged", "casual")
 TOP_CATEGORIES = 3

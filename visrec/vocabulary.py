@@ -1,0 +1,7 @@
+"""The data contract's vocabularies, with no dependencies: settings, the schemas and the jobs share them,
+and importing them loads nothing (the DAG file parses with settings, so no pyarrow at parse time)."""
+
+from __future__ import annotations
+
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+SOURCES: tuple[str, ...] = ("mf", "visual", "photo", "generated", "popular")
