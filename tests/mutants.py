@@ -55,8 +55,9 @@ MUTANTS = [
         (
             ("    rows = validate_outputs(settings, lake, ds, present, k)\n", ""),
             (
-                '    _reached("before_switch")\n',
-                '    _reached("before_switch")\n    rows = validate_outputs(settings, lake, ds, present, k)\n',
+                "    lake.put_bytes(RELEASE_KEY, json.dumps(release, indent=1, sort_keys=True).encode())\n",
+                "    lake.put_bytes(RELEASE_KEY, json.dumps(release, indent=1, sort_keys=True).encode())\n"
+                "    rows = validate_outputs(settings, lake, ds, present, k)\n",
             ),
         ),
         "the outputs are validated after the release is switched, not before",
@@ -89,7 +90,7 @@ def run(mutant: Mutant, whole_suite: bool = True) -> tuple[bool, str, bool, str,
     try:
         path.write_text(mutated)
         guarded, by_guards = _pytest(list(mutant.guards))
-        caught, by_suite = _pytest(["-x", "-n", "3"]) if whole_suite else (guarded, "not run")
+        caught, by_suite = _pytest(["-x", "-n", "3"]) if whole_suite else (guarded, "")
     finally:
         path.write_text(source)
     return guarded, by_guards, caught, by_suite, time.perf_counter() - started
@@ -103,7 +104,12 @@ def main(args: list[str]) -> int:
         guarded, by_guards, caught, by_suite, seconds = run(mutant, "--guards-only" not in args)
         survived += not caught
         guards = f"its guards failed: {by_guards}" if guarded else f"its guards PASSED ({by_guards})"
-        suite = f"the suite's first failure: {by_suite}" if caught else f"SURVIVED the suite ({by_suite})"
+        if not by_suite:
+            suite = "the whole suite not run (--guards-only)"
+        elif caught:
+            suite = f"the suite's first failure: {by_suite}"
+        else:
+            suite = f"SURVIVED the suite ({by_suite})"
         print(f"{mutant.name} ({mutant.why}): {guards}; {suite} [{seconds:.0f} s]", flush=True)
     return 1 if survived else 0
 
