@@ -70,7 +70,8 @@ def table(records: dict) -> list[str]:
             r = records[tier]
             minutes, seconds = divmod(round(r["seconds"]), 60)
             lines.append(
-                f"| {label} | {minutes} min {seconds:02d} s | {r['summary']} | {r['at']}, {r['machine']} |"
+                f"| {label} | {minutes} min {seconds:02d} s | {r['summary']} | `{r['command']}` "
+                f"| {r['at']}, {r['machine']} |"
             )
     return lines
 
