@@ -87,7 +87,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix visrec tests bench spark_jobs dags
 
 # The README's table of test-tier timings, from the last measured run of each tier.
-test-timings:
+test-timings: $(STAMP)
 	$(BIN)/python tests/timings.py readme
 
 clean:

@@ -175,9 +175,8 @@ VISION_DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
 class VisionShop:
     """The session's shop with a trained image model (see :func:`vision_shop`)."""
 
-    settings: Any
+    settings: Settings
     lake: Lake
-    ds: str
     result: Any  # the CNNResult of the training
     model: Any  # the trained ImageClassifier (registered as visrec-cnn/1)
 
@@ -191,7 +190,7 @@ def photo_shop(tmp_path_factory):
     from visrec.ingest.day import ingest_days
     from visrec.ingest.user_photos import ingest_user_photos
 
-    settings = Settings(home=tmp_path_factory.mktemp("vision"), error_budget=0.2)
+    settings = Settings(home=tmp_path_factory.mktemp("photo-shop"), error_budget=0.2)
     lake = Lake.from_settings(settings)
     config = ShopConfig(
         users=300, items=400, days=3, seed=11, corrupt_rate=0.03, uploader_share=0.2, upload_only_share=0.15
@@ -218,7 +217,7 @@ def vision_shop(photo_shop) -> VisionShop:
     model, version = load_cnn()
     embed_items(settings, ds, lake, model, version)
     build_similar_items(lake, ds, k=5)
-    return VisionShop(settings, lake, ds, result, model)
+    return VisionShop(settings, lake, result, model)
 
 
 @pytest.fixture(autouse=True)
