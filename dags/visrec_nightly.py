@@ -1,12 +1,13 @@
-"""visrec nightly: ingest -> features -> image model -> embeddings, user photos -> recommender -> score ->
-publish -> report.
+"""visrec nightly: ingest -> features -> image model -> embeddings, user photos -> recommender -> GAN ->
+generated looks -> score -> publish -> report.
 
-Each task is one call into ``visrec.pipeline`` (the only visrec module this file imports, inside the
-tasks) for the run's logical date (``ds``); heavy libraries are imported inside the tasks, never when
-the scheduler parses this file. Tasks hand their results (counts, model versions, lake URIs, K) to the
-tasks that depend on them through XCom, and those use them: never dataframes. Every task overwrites only its own ``ds``
-partitions, so retries, reruns and backfills (``airflow dags backfill`` or ``visrec run --ds ...``) are
-safe; only ``publish`` changes what readers see, in one step, after validation.
+The tasks are built in a loop from the step graph declared once in ``visrec.pipeline.graph``: each
+task is one call into ``visrec.pipeline`` (the only visrec module this file imports; the steps load
+inside the task) for the run's logical date (``ds``). A task is handed the results of the steps it
+takes (counts, model versions, lake URIs, K) through XCom, never dataframes; a step that only has to
+come after another gets a plain dependency. Every task overwrites only its own ``ds`` partitions, so
+retries, reruns and backfills (``airflow dags backfill`` or ``visrec run --ds ...``) are safe; only
+``publish`` changes what readers see, in one step, after validation.
 
 Queues (Celery): Spark jobs go to ``spark``, model training to ``training`` (where a GPU worker plugs
 in), everything else to ``default``; a worker serves some or all of them (``airflow celery worker
@@ -21,14 +22,10 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from visrec.settings import Settings
+from visrec import pipeline
 
-SETTINGS = Settings.from_env()  # light (pydantic): the schedule; the heavy libraries load in the tasks
-
-SPARK_POOL = "visrec_spark"
-TRAINING_POOL = "visrec_training"
-SPARK = {"pool": SPARK_POOL, "queue": "spark"}
-TRAINING = {"pool": TRAINING_POOL, "queue": "training", "execution_timeout": timedelta(hours=1)}
+# A training that runs past this is stuck: fail it (and retry) rather than hold its pool slot all night.
+TIMEOUTS = {"training": timedelta(hours=1)}
 
 DEFAULT_ARGS = {
     "owner": "visrec",
@@ -39,16 +36,23 @@ DEFAULT_ARGS = {
 }
 
 
-def _run(step: str, ds: str, params: dict | None = None, **upstream: dict) -> dict:
-    """One pipeline step for the run's date, handed the results of the tasks it depends on."""
-    from visrec import pipeline
+def _task(step: pipeline.Step):
+    """The TaskFlow task of one declared step."""
+    where = {"queue": step.queue, **({"pool": step.pool} if step.pool else {})}
+    if step.queue in TIMEOUTS:
+        where["execution_timeout"] = TIMEOUTS[step.queue]
 
-    return pipeline.run_task(step, ds, reuse_backfill=bool((params or {}).get("ingested")), **upstream)
+    @task(task_id=step.name, doc_md=step.doc, **where)
+    def run(upstream: dict, ds: str | None = None, params: dict | None = None) -> dict:
+        ingested = bool((params or {}).get("ingested"))
+        return pipeline.run_task(step.name, ds, reuse_backfill=ingested, **upstream)
+
+    return run
 
 
 @dag(
     dag_id="visrec_nightly",
-    schedule=None if SETTINGS.dag_schedule.lower() == "none" else SETTINGS.dag_schedule,
+    schedule=pipeline.dag_schedule(),
     # Early enough for any shop's history: a run for a date before start_date runs no task at all.
     start_date=pendulum.datetime(2000, 1, 1, tz="UTC"),
     catchup=False,
@@ -67,65 +71,11 @@ def _run(step: str, ds: str, params: dict | None = None, **upstream: dict) -> di
     },
 )
 def visrec_nightly():
-    @task(**SPARK)
-    def ingest_events(ds: str | None = None, params: dict | None = None) -> dict:
-        return _run("ingest_events", ds, params)
-
-    @task
-    def ingest_images(ds: str | None = None) -> dict:
-        return _run("ingest_images", ds)
-
-    @task
-    def ingest_user_photos(ds: str | None = None) -> dict:
-        return _run("ingest_user_photos", ds)
-
-    @task(**SPARK)
-    def build_features(events: dict, ds: str | None = None, params: dict | None = None) -> dict:
-        return _run("build_features", ds, params, events=events)
-
-    @task(**TRAINING)
-    def train_cnn(images: dict, ds: str | None = None) -> dict:
-        return _run("train_cnn", ds, images=images)
-
-    @task
-    def embed_items(cnn: dict, ds: str | None = None) -> dict:
-        return _run("embed_items", ds, cnn=cnn)
-
-    @task(**TRAINING)
-    def train_mf(features: dict, embeddings: dict, ds: str | None = None) -> dict:
-        return _run("train_mf", ds, features=features, embeddings=embeddings)
-
-    @task(**TRAINING)
-    def train_gan(embeddings: dict, ds: str | None = None) -> dict:
-        return _run("train_gan", ds, embeddings=embeddings)
-
-    @task
-    def generate_looks(gan: dict, mf: dict, embeddings: dict, ds: str | None = None) -> dict:
-        return _run("generate_looks", ds, gan=gan, mf=mf, embeddings=embeddings)
-
-    @task
-    def recognise_user_photos(uploads: dict, embeddings: dict, ds: str | None = None) -> dict:
-        return _run("recognise_user_photos", ds, uploads=uploads, embeddings=embeddings)
-
-    @task
-    def score(mf: dict, photos: dict, looks: dict, ds: str | None = None) -> dict:
-        return _run("score", ds, mf=mf, photos=photos, looks=looks)
-
-    @task
-    def publish(recommendations: dict, looks: dict, ds: str | None = None) -> dict:
-        return _run("publish", ds, recommendations=recommendations, looks=looks)
-
-    @task
-    def report(published: dict, ds: str | None = None) -> dict:
-        return _run("report", ds, published=published)
-
-    images = ingest_images()
-    features = build_features(ingest_events())
-    embeddings = embed_items(train_cnn(images))
-    photos = recognise_user_photos(ingest_user_photos(), embeddings)
-    mf = train_mf(features, embeddings)
-    looks = generate_looks(train_gan(embeddings), mf, embeddings)
-    report(publish(score(mf, photos, looks), looks))
+    results = {}  # step name -> its task's XCom result
+    for step in pipeline.STEPS:  # declared in order: every upstream step is built before
+        results[step.name] = _task(step)({arg: results[up] for arg, up in step.takes.items()})
+        for up in step.follows:
+            results[up] >> results[step.name]
 
 
 visrec_nightly()

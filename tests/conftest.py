@@ -213,7 +213,12 @@ def vision_shop(photo_shop) -> VisionShop:
     ds = VISION_DAYS[-1]
     # Trained once for every test that needs a model that has learned: the nightly default's epochs on
     # 400 items (about 35 s here, one worker alone) reach 0.9+ held-out accuracy and find shoppers' photos.
-    result = train_cnn(settings, ds, lake=lake, config=CNNConfig(epochs=30, patience=30))
+    result = train_cnn(
+        settings,
+        ds,
+        lake=lake,
+        config=CNNConfig.from_settings(settings, epochs=30, patience=30, max_minutes=None),
+    )
     model, version = load_cnn()
     embed_items(settings, ds, lake, model, version)
     build_similar_items(lake, ds, k=5)

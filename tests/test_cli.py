@@ -75,7 +75,7 @@ def test_synth_writes_shop_and_says_where(tmp_path: Path):
         (["score", "--ds", "2026-11-01", "-k", "5"], {"VISREC_TOP_K": "0"}, "bad setting VISREC_TOP_K='0'"),
         (["ingest", "--ds", "2026-02-30"], {}, "not a real date"),
         (["ingest", "--ds", "2026-11-01"], {}, "no catalog at"),
-        (["publish", "--ds", "2026-11-01"], {}, "no recommendations for 2026-11-01; run `visrec score"),
+        (["publish", "--ds", "2026-11-01"], {}, "no recommendations for 2026-11-01; run `visrec step score"),
         (
             ["ingest", "--ds", "2026-11-01"],
             {"VISREC_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
@@ -133,7 +133,9 @@ def test_a_step_run_from_python_c_really_runs(tmp_path: Path):
 
     lake = Lake.from_settings(Settings(home=tmp_path))
     generate_shop(ShopConfig(users=20, items=20, days=1), lake)
-    code = "from visrec import pipeline; print('summary:', pipeline.run_step('ingest_images', '2026-11-01'))"
+    code = (
+        "from visrec.pipeline import steps; print('summary:', steps.run_step('ingest_images', '2026-11-01'))"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from visrec.app.cli import STEP_NAMES, main
+from visrec.app.cli import main
 from visrec.devdata.synth import ShopConfig, generate_shop
+from visrec.pipeline import NAMES
 from visrec.settings import Settings
 from visrec.store.lake import Lake
 
@@ -50,7 +51,7 @@ SETTINGS_VARS = [
     "VISREC_DECAY_HALF_LIFE_DAYS",
 ]
 # Ingestion steps are left out: a day without raw events or uploads is a real (empty) day.
-STEPS = [step for step in STEP_NAMES if not step.startswith("ingest_")]
+STEPS = [step for step in NAMES if not step.startswith("ingest_")]
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -14,6 +12,7 @@ from visrec.generation.train import GANConfig, gan_due, to_pixels, train_gan
 from visrec.ingest.catalog_images import ingest_images
 from visrec.settings import Settings
 from visrec.store.lake import Lake
+from visrec.store.runs import RunLog
 
 DS = VISION_DAYS[-1]
 
@@ -22,8 +21,14 @@ DS = VISION_DAYS[-1]
 def trained(vision_shop):
     """The session's shop and image model (the judge), and a 32x32 GAN trained briefly on its images."""
     settings, lake, cnn = vision_shop.settings, vision_shop.lake, vision_shop.model
-    config = GANConfig(
-        resolution=32, width=16, epochs=GAN_EPOCHS, batch_size=32, max_minutes=None, quality_samples=256
+    config = GANConfig.from_settings(
+        settings,
+        resolution=32,
+        width=16,
+        epochs=GAN_EPOCHS,
+        batch_size=32,
+        max_minutes=None,
+        quality_samples=256,
     )
     result = train_gan(settings, DS, lake=lake, config=config, cnn=cnn)
     return settings, lake, result, cnn
@@ -115,23 +120,28 @@ def test_cadence_trains_only_when_due(tmp_path):
     generate_shop(ShopConfig(users=20, items=100, days=1, seed=1), lake)
     ingest_images(settings, lake, day)
     items = lake.read_table("staging_images", day).column("item_id").to_pylist()
-    assert gan_due(settings, lake, "2026-11-03") == (True, "no GAN trained yet")
+    runs = RunLog(lake)
+
+    def is_due(ds: str) -> tuple[bool, str]:  # as the pipeline's train_gan step asks
+        return gan_due(settings, lake, ds, runs.last("train_gan", ds, "trained"))
+
+    assert is_due("2026-11-03") == (True, "no GAN trained yet")
 
     def trained_on(ds: str, known: list[str]) -> None:
-        lake.put_bytes(f"runs/ds={ds}/train_gan.json", json.dumps({"trained": True, "items": known}).encode())
+        runs.record(ds, "train_gan", {"trained": True, "items": known})
 
     trained_on("2026-10-30", items)
-    due, why = gan_due(settings, lake, day)
+    due, why = is_due(day)
     assert not due and "2 days ago" in why
     trained_on("2026-10-30", items[:50])  # half the catalog is new since then
-    due, why = gan_due(settings, lake, day)
+    due, why = is_due(day)
     assert due and "new since" in why
     trained_on("2026-10-30", items)
-    due, why = gan_due(settings, lake, "2026-11-06")
+    due, why = is_due("2026-11-06")
     assert due and "7 days ago" in why
     trained_on("2026-10-30", [])
-    lake.put_bytes(f"runs/ds={day}/train_gan.json", json.dumps({"trained": False}).encode())
-    assert gan_due(settings, lake, day)[0]  # an untrained day does not count as a training
+    runs.record(day, "train_gan", {"trained": False})
+    assert is_due(day)[0]  # an untrained day does not count as a training
 
 
 def test_generated_looks_follow_favourite_categories(trained):

@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import REPO, _free_port, make_bucket
 from visrec.devdata.synth import ShopConfig, generate_shop
 from visrec.mlops.validation import ValidationFailed
+from visrec.pipeline import BY_NAME, NAMES, STEPS
 from visrec.publish import OUTPUT_TABLES, publish
 from visrec.settings import Settings
 from visrec.store.catalog import CATALOG_KEY
@@ -102,8 +103,9 @@ def test_dag_parses_cheaply_with_the_expected_shape(tmp_path):
             "queues": {{t.task_id: t.queue for t in dag.tasks}},
             "retries": min(t.retries for t in dag.tasks),
             "max_active_runs": dag.max_active_runs, "catchup": dag.catchup,
-            "heavy": sorted(m for m in ("tensorflow", "keras", "pyspark", "mlflow", "pyarrow", "visrec.pipeline")
-                            if m in sys.modules),
+            "heavy": sorted(m for m in ("tensorflow", "keras", "pyspark", "mlflow", "pyarrow", "pandas",
+                                        "visrec.pipeline.steps") if m in sys.modules),
+            "visrec": sorted(m for m in sys.modules if m.startswith("visrec")),
         }}))
     """)
     )
@@ -112,20 +114,17 @@ def test_dag_parses_cheaply_with_the_expected_shape(tmp_path):
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["errors"] == {}
     assert info["heavy"] == []
-    assert info["tasks"]["build_features"] == ["ingest_events"]
-    assert info["tasks"]["train_mf"] == ["build_features", "embed_items"]
-    assert info["tasks"]["report"] == ["publish"]
-    assert info["tasks"]["recognise_user_photos"] == ["embed_items", "ingest_user_photos"]
-    assert info["tasks"]["score"] == ["generate_looks", "recognise_user_photos", "train_mf"]
-    assert info["tasks"]["generate_looks"] == ["embed_items", "train_gan", "train_mf"]
-    assert info["tasks"]["publish"] == ["generate_looks", "score"]
-    assert (
-        info["pools"]["ingest_events"] == "visrec_spark" and info["pools"]["train_cnn"] == "visrec_training"
-    )
-    queues = info["queues"]
-    assert {t for t, q in queues.items() if q == "spark"} == {"ingest_events", "build_features"}
-    assert {t for t, q in queues.items() if q == "training"} == {"train_cnn", "train_mf", "train_gan"}
-    assert {q for q in queues.values()} == {"spark", "training", "default"}
+    # The DAG file imports visrec.pipeline only; the package's light top brings settings along.
+    assert "visrec.pipeline" in info["visrec"] and "visrec.store.lake" not in info["visrec"]
+    # The parsed DAG is the declared step graph: every edge, queue and pool.
+    assert info["tasks"] == {step.name: list(step.upstream) for step in STEPS}
+    assert info["queues"] == {step.name: step.queue for step in STEPS}
+    assert info["pools"] == {step.name: step.pool or "default_pool" for step in STEPS}
+    # And the declaration says what the DAG's operators need: a few edges a reader can check.
+    assert BY_NAME["build_features"].upstream == ("ingest_events",)
+    assert BY_NAME["score"].upstream == ("generate_looks", "recognise_user_photos", "train_mf")
+    assert set(BY_NAME["report"].upstream) == set(NAMES) - {"report"}
+    assert {s.name for s in STEPS if s.queue == "training"} == {"train_cnn", "train_mf", "train_gan"}
     assert info["retries"] >= 1 and info["max_active_runs"] == 1 and info["catchup"] is False
 
 
@@ -295,7 +294,7 @@ def test_publish_on_s3_and_a_store_outage_publishes_nothing_half(nightly, tmp_pa
     were, and the retry publishes. (The whole DAG with its lake on S3 runs in ``make cluster-test``.)"""
     from moto.server import ThreadedMotoServer
 
-    from visrec.pipeline import publish as publish_step
+    from visrec.pipeline.steps import publish as publish_step
 
     settings, lake, _ = nightly
     for name, value in (
@@ -411,7 +410,7 @@ def test_score_with_k_then_publish_from_the_command_line(nightly):
 
 
 def test_a_published_date_is_changed_only_with_force_and_old_features_only_on_request(nightly):
-    from visrec.pipeline import AlreadyPublished, InputMissing, score
+    from visrec.pipeline.steps import AlreadyPublished, InputMissing, score
 
     settings, lake, _ = nightly
     version = lake.manifest("recommendations", D3).version
@@ -427,7 +426,7 @@ def test_a_published_date_is_changed_only_with_force_and_old_features_only_on_re
 
 def test_forget_removes_a_user_everywhere_and_for_good(nightly):
     from visrec.forget import all_specs, forget_user
-    from visrec.pipeline import ingest_events, ingest_user_photos
+    from visrec.pipeline.steps import ingest_events, ingest_user_photos
     from visrec.store.forgotten import file_mentions
 
     settings, lake, _ = nightly

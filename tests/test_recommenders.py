@@ -237,9 +237,9 @@ def test_each_search_trial_is_an_mlflow_child_run(shop, tmp_path):
     settings = settings.with_overrides(
         mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", mf_trials=2, mf_epochs=3
     )
-    result = train_mf(settings, LAST, lake=lake, config=MFConfig(register=True))
+    result = train_mf(settings, LAST, lake=lake, config=MFConfig.from_settings(settings, register=True))
     parent = mlflow.search_runs(
-        filter_string="tags.`visrec.step` = 'train_mf'", output_format="list", search_all_experiments=True
+        filter_string="tags.`visrec.step` = 'mf training'", output_format="list", search_all_experiments=True
     )
     assert len(parent) == 1
     children = mlflow.search_runs(
@@ -283,7 +283,10 @@ def test_train_register_and_score_every_user(shop):
         second.metrics["vbpr"]["recall_at_20"], abs=0.02
     )
     scored = score_users(
-        settings.with_overrides(top_k=10), LAST, lake=lake, config=MFConfig(max_per_category=4)
+        settings.with_overrides(top_k=10),
+        LAST,
+        lake=lake,
+        config=MFConfig.from_settings(settings, max_per_category=4),
     )
     recs = lake.read_table("recommendations", LAST).to_pandas()
     assert (scored.rows, scored.users) == (len(recs), recs["user_id"].nunique())

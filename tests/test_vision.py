@@ -164,7 +164,12 @@ def test_similar_items_table(trained):
 
 def test_second_training_fine_tunes_the_champion_and_applies_the_gate(trained):
     settings, lake, first, _ = trained
-    again = train_cnn(settings, DS, lake=lake, config=CNNConfig(fine_tune_epochs=1))
+    again = train_cnn(
+        settings,
+        DS,
+        lake=lake,
+        config=CNNConfig.from_settings(settings, fine_tune_epochs=1, max_minutes=None),
+    )
     assert again.fine_tuned_from == "visrec-cnn/1" and again.version == "visrec-cnn/2"
     assert "vs champion v1" in again.reason
     assert again.promoted == (
@@ -237,7 +242,7 @@ def test_backbone_options():
 
 def test_photo_query_reranked_for_a_user(trained):
     from visrec.errors import VisrecError
-    from visrec.pipeline import find_similar
+    from visrec.pipeline.steps import find_similar
     from visrec.recsys.train import MODEL_NAME, train_mf
 
     settings, lake, _, _ = trained
@@ -334,7 +339,12 @@ def test_photo_search_finds_the_photographed_item_first_more_often_than_the_clas
     settings, lake, result, model = trained
     assert model.retrieval_dim == 64 and model.attributes == {}  # the synthetic catalog names no colour
     plain = train_cnn(
-        settings, DS, lake=lake, config=CNNConfig(epochs=30, patience=30, retrieval_dim=0, register=False)
+        settings,
+        DS,
+        lake=lake,
+        config=CNNConfig.from_settings(
+            settings, epochs=30, patience=30, retrieval_dim=0, register=False, max_minutes=None
+        ),
     ).model
     assert plain.retrieval_dim == 0 and plain.embedding_dim == plain.features_dim
     images = load_staged_images(lake, DS)
@@ -400,7 +410,7 @@ def test_attribute_heads_are_used_only_when_the_catalog_has_the_columns(tmp_path
     lake = Lake.from_settings(settings)
     generate_shop(ShopConfig(users=10, items=120, days=1, seed=2), lake)
     ingest_images(settings, lake, DS)
-    config = CNNConfig(epochs=1, register=False)
+    config = CNNConfig.from_settings(settings, epochs=1, register=False)
     assert train_cnn(settings, DS, lake=lake, config=config).model.attributes == {}
     truth = _truth(lake)
     rows = lake.get_bytes(CATALOG_KEY).decode().splitlines()
@@ -415,7 +425,7 @@ def test_attribute_heads_are_used_only_when_the_catalog_has_the_columns(tmp_path
     loaded = ImageClassifier.from_config(result.model.get_config())
     assert loaded.attributes == result.model.attributes and len(loaded.retrieval_heads) == 3
     # Without a retrieval embedding there is nothing to put the heads on.
-    no_retrieval = CNNConfig(epochs=1, register=False, retrieval_dim=0)
+    no_retrieval = CNNConfig.from_settings(settings, epochs=1, register=False, retrieval_dim=0)
     assert train_cnn(settings, DS, lake=lake, config=no_retrieval).model.attributes == {}
     with pytest.raises(ValueError, match="attribute heads"):
         ImageClassifier(["a", "b"], attributes={"colour": ["red", "blue"]})

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         1000, ge=1, description="the test window grows back day by day until it holds this many users"
     )
     top_k: int = Field(20, ge=1, le=1000, description="recommendations per user")
+    eval_k: int = Field(
+        20, ge=1, le=1000, description="evaluation: the cutoff K of the recommender's metrics"
+    )
+    max_per_category: int = Field(
+        8, ge=0, le=1000, description="most items of one category in a published list (0: no cap)"
+    )
     similar_k: int = Field(10, ge=1, le=1000, description="neighbours per item in similar_items")
     cnn_max_minutes: float = Field(
         20.0,
@@ -262,6 +268,11 @@ class Settings(BaseSettings):
             if value not in (None, ""):
                 values[name] = value
         return _checked(cls, {}, **values)
+
+    def with_profile(self, profile: dict[str, Any]) -> Settings:
+        """A copy with ``profile``'s values (a named set of settings, such as the demo's) for the fields
+        that the environment or the caller did not set: those keep their value."""
+        return self.with_overrides(**{k: v for k, v in profile.items() if k not in self.model_fields_set})
 
     def with_overrides(self, *, flags: dict[str, str] | None = None, **overrides: Any) -> Settings:
         """A copy with some fields replaced (command-line flags), validated like the environment; an

@@ -30,7 +30,7 @@ from base64 import urlsafe_b64encode
 from dataclasses import dataclass
 from pathlib import Path
 
-from visrec.app.orchestrate import DAG_ID, POOLS
+from visrec.app.orchestrate import DAG_ID, POOL_NOTES
 from visrec.errors import VisrecError
 from visrec.settings import Settings
 from visrec.store.lake import check_ds
@@ -356,7 +356,9 @@ class LocalCluster:
     def _airflow(self, pool_slots: dict[str, int]) -> None:
         self._run("create Airflow's metadata database in PostgreSQL", self.airflow("db", "migrate"))
         for pool, slots in pool_slots.items():
-            self._run(f"create the pool {pool}", self.airflow("pools", "set", pool, str(slots), POOLS[pool]))
+            self._run(
+                f"create the pool {pool}", self.airflow("pools", "set", pool, str(slots), POOL_NOTES[pool])
+            )
         self._start("api-server", self.airflow("api-server", "--workers", "1"))
         self._start("scheduler", self.airflow("scheduler"))
         self._start("dag-processor", self.airflow("dag-processor"))

@@ -12,16 +12,24 @@ report is, and the commands that open the MLflow and Airflow UIs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from datetime import date, timedelta
 
-# The GAN's budget in the demo. At 2 minutes (about 23 epochs on 2 cores) its class consistency was
-# still swinging from epoch to epoch (0.55-0.94 of the image model's accuracy over seeds). At 3 minutes
-# (33-35 epochs; `python bench/run.py gan`, 4 seeds) it was 0.915-0.983 of it (mean 0.962, no category
-# mostly missed), against 0.928-1.0 (mean 0.975) at 5 minutes: 3 keeps `make demo` within 8 minutes.
-DEMO_GAN_MINUTES = 3.0
+import duckdb
+
+from visrec.app.orchestrate import airflow_env, run_dates
+from visrec.devdata.synth import ShopConfig, generate_shop
+from visrec.devdata.trial import DEMO
+from visrec.errors import VisrecError
+from visrec.ingest.day import ingest_days
+from visrec.ingest.user_photos import ingest_user_photos
+from visrec.logs import setup_logging
+from visrec.pipeline import steps
+from visrec.publish import OUTPUT_TABLES
+from visrec.settings import Settings
+from visrec.store.lake import Lake
+from visrec.store.runs import RunLog
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,42 +42,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dag-days", type=int, default=2, help="run the DAG for the last N days (default 2)")
     parser.add_argument("--corrupt-rate", type=float, default=0.01)
     parser.add_argument(
-        "--cnn-minutes", type=float, default=3.0, help="image model budget per run (default 3)"
+        "--cnn-minutes",
+        type=float,
+        help=f"image model budget per run (default {DEMO['cnn_max_minutes']:g}, or VISREC_CNN_MINUTES)",
     )
     parser.add_argument(
         "--gan-minutes",
         type=float,
-        default=DEMO_GAN_MINUTES,
-        help=f"GAN budget when it trains (default {DEMO_GAN_MINUTES:g})",
+        help=f"GAN budget when it trains (default {DEMO['gan_max_minutes']:g}, or VISREC_GAN_MINUTES)",
     )
     parser.add_argument(
         "--mf-minutes",
         type=float,
-        default=0.5,
-        help="the recommender's settings search budget per run (default 0.5: about five trials here)",
+        help=f"the recommender's settings search budget per run (default {DEMO['mf_minutes']:g}: about five "
+        "trials here, or VISREC_MF_MINUTES)",
     )
     parser.add_argument("--no-airflow", action="store_true", help="run the DAG's steps in this process")
     args = parser.parse_args(argv)
-    os.environ.setdefault("VISREC_CNN_MINUTES", str(args.cnn_minutes))
-    os.environ.setdefault("VISREC_GAN_MINUTES", str(args.gan_minutes))
-    os.environ.setdefault("VISREC_MF_MINUTES", str(args.mf_minutes))
-
-    from visrec.logs import setup_logging
-
     setup_logging()
-    from visrec.app.orchestrate import airflow_env, run_dates
-    from visrec.devdata.synth import ShopConfig, generate_shop
-    from visrec.errors import VisrecError
-    from visrec.ingest.day import ingest_days
-    from visrec.ingest.user_photos import ingest_user_photos
-    from visrec.publish import OUTPUT_TABLES
-    from visrec.settings import Settings
-    from visrec.store.lake import Lake
-    from visrec.store.runs import run_summaries
 
     started = time.perf_counter()
     try:
-        settings = Settings.from_env()
+        # The demo's budgets where the environment sets none, the flags over both; Airflow's tasks
+        # get these settings through their environment (see orchestrate.airflow_env).
+        settings = (
+            Settings.from_env()
+            .with_profile(DEMO)
+            .with_overrides(
+                cnn_max_minutes=args.cnn_minutes, gan_max_minutes=args.gan_minutes, mf_minutes=args.mf_minutes
+            )
+        )
         lake = Lake.from_settings(settings)
         shop = generate_shop(
             ShopConfig(
@@ -108,10 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"visrec demo: error: {exc}", file=sys.stderr)
         return 1
 
-    import duckdb
-
     last = dag_days[-1]
-    summaries = run_summaries(lake, last)
+    runs_log = RunLog(lake)
+    summaries = runs_log.night(last)
     print("\n=== visrec demo: summary ===")
     print(f"lake:       {lake.uri}")
     print(f"warehouse:  {settings.warehouse_path}  (DuckDB views over the published Parquet)")
@@ -123,14 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         tasks = ", ".join(f"{name} {sec:.0f}s" for name, sec in run.task_seconds.items())
         print(f"DAG run {run.ds}: {run.seconds:.0f}s ({tasks})")
-    cnn = summaries.get("train_cnn", {})
+    cnn = summaries.get(steps.train_cnn.__name__, {})
     if cnn:
         m = cnn["metrics"]
         print(
             f"image model:  {cnn['version']} held-out accuracy {m['held_out_accuracy']:.3f} "
             f"(majority class {m['majority_class_accuracy']:.3f}); {cnn['reason']}"
         )
-    mf = summaries.get("train_mf", {})
+    mf = summaries.get(steps.train_mf.__name__, {})
     for name, m in mf.get("metrics", {}).items():
         print(
             f"recommender:  {name:<10} recall@20 {m['recall_at_20']:.3f}  ndcg@20 {m['ndcg_at_20']:.3f}  "
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"              selected settings: {mf['selected']}")
         served = "the champion's lists" if mf.get("serving") == "model" else "popularity-by-segment lists"
         print(f"              scoring serves {served}")
-    gans = [run_summaries(lake, d).get("train_gan") for d in dag_days]
+    gans = [runs_log.get(d, steps.train_gan.__name__) for d in dag_days]
     gan = next((g for g in reversed(gans) if g and g.get("trained")), None)
     if gan:
         m = gan["metrics"]
@@ -151,12 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             f"class consistency {m['class_consistency']:.3f} vs the image model's {m['cnn_accuracy_on_real']:.3f} on "
             f"real images; trained {sum(bool(g and g.get('trained')) for g in gans)} of {len(dag_days)} nights"
         )
-    photos = summaries.get("recognise_user_photos", {})
+    photos = summaries.get(steps.recognise_user_photos.__name__, {})
     if photos:
         print(
             f"user photos:  {photos['user_photos']} recognised, {photos['photo_recommendations']} photo recommendations"
         )
-    print(f"report:       {summaries.get('report', {}).get('report')}")
+    print(f"report:       {summaries.get(steps.report.__name__, {}).get('report')}")
     print(f"data docs:    {lake.url(f'validation/ds={last}')}/<step>/data_docs/index.html")
     print("MLflow UI:    mlflow/ui.sh   (then open http://127.0.0.1:5000)")
     home = airflow_env(settings)["AIRFLOW_HOME"]

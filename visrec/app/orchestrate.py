@@ -8,6 +8,7 @@ one process, honouring retries, and exits non-zero when the run fails.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -15,22 +16,27 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from visrec.errors import VisrecError
+from visrec.pipeline import POOLS, STEPS, steps
 from visrec.settings import Settings
-from visrec.store.lake import check_ds
+from visrec.store.lake import Lake, check_ds
+from visrec.store.runs import RunLog
 
 log = logging.getLogger(__name__)
 
 DAG_ID = "visrec_nightly"
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
-POOLS = {"visrec_spark": "Spark jobs at once", "visrec_training": "model trainings at once"}
+# Each pool's description in Airflow.
+POOL_NOTES = {pool: f"visrec's {queue} tasks at once" for queue, pool in POOLS.items()}
 
 
 def pool_slots(settings: Settings) -> dict[str, int]:
-    """Each pool's size, from the settings."""
-    return {"visrec_spark": settings.spark_pool_slots, "visrec_training": settings.training_pool_slots}
+    """Each pool of the step graph (one per bounded queue) and its size, from the settings."""
+    sizes = {"spark": settings.spark_pool_slots, "training": settings.training_pool_slots}
+    return {pool: sizes[queue] for queue, pool in POOLS.items()}
 
 
 class RunFailed(VisrecError):
@@ -76,7 +82,7 @@ def prepare_airflow(settings: Settings) -> dict[str, str]:
     if not (home / "airflow.db").exists():
         _call([airflow, "db", "migrate"], env, "create Airflow's metadata database")
     for pool, slots in pool_slots(settings).items():
-        _call([airflow, "pools", "set", pool, str(slots), POOLS[pool]], env, f"create the pool {pool}")
+        _call([airflow, "pools", "set", pool, str(slots), POOL_NOTES[pool]], env, f"create the pool {pool}")
     return env
 
 
@@ -98,18 +104,12 @@ def run_dates(dates: list[str], settings: Settings, *, airflow: bool = True) -> 
     """Run the whole nightly DAG for each date in order; stop at the first failed date. More than one
     date (a backfill): their events and features are ingested first in one pass (``visrec ingest
     --start --end``), and each date's run reuses them (the DAG's ``ingested`` parameter)."""
-    import json
-
-    from visrec import pipeline
-    from visrec.store.lake import Lake
-    from visrec.store.runs import run_summaries
-
     dates = [check_ds(d) for d in dates]
     lake = Lake.from_settings(settings)
     env = prepare_airflow(settings) if airflow else None
     backfill = len(dates) > 1
     if backfill:
-        done = pipeline.ingest_range(dates, settings)
+        done = steps.ingest_range(dates, settings)
         log.info("ingested %d days in one pass in %.1fs; now the DAG for each", len(dates), done["seconds"])
     runs = []
     for ds in dates:
@@ -126,25 +126,22 @@ def run_dates(dates: list[str], settings: Settings, *, airflow: bool = True) -> 
                 [_airflow_bin(), "dags", "test", DAG_ID, ds, *conf], env, f"run {DAG_ID} for {ds}", log_path
             )
             task_seconds = task_durations(ds, env)
-            missing = sorted(set(pipeline.STEPS) - set(task_seconds))
+            missing = sorted({step.name for step in STEPS} - set(task_seconds))
             if missing:  # Airflow marks a run with tasks it never started as a success
                 raise RunFailed(
                     f"the {DAG_ID} run for {ds} did not run {', '.join(missing)}; log: {log_path}"
                 )
         else:
-            pipeline.run_all(ds, settings, on_step=task_seconds.__setitem__, reuse_backfill=backfill)
+            steps.run_all(ds, settings, on_step=task_seconds.__setitem__, reuse_backfill=backfill)
         seconds = time.perf_counter() - started
         runs.append(DateRun(ds, seconds, str(log_path) if log_path else None, task_seconds))
-        log.info("%s done in %.0fs; steps recorded: %s", ds, seconds, sorted(run_summaries(lake, ds)))
+        log.info("%s done in %.0fs; steps recorded: %s", ds, seconds, sorted(RunLog(lake).night(ds)))
     return runs
 
 
 def task_durations(ds: str, env: dict[str, str]) -> dict[str, float]:
     """Each task's wall time in the DAG run of ``ds``, from Airflow's task-instance records
     (``airflow tasks states-for-dag-run``), in the order the tasks started."""
-    import json
-    from datetime import datetime
-
     result = subprocess.run(
         [_airflow_bin(), "tasks", "states-for-dag-run", DAG_ID, ds, "-o", "json"],
         env=env,

@@ -16,6 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from visrec.mlops.tracking import tracked_run, use_tracking
 from visrec.models.tfdata import in_memory_batches
 from visrec.settings import Settings
 from visrec.store.lake import Lake, check_ds
-from visrec.store.runs import run_dates, run_summary
+from visrec.store.runs import Summary
 from visrec.store.tables import load_staged_images
 from visrec.vision.embed import embed_kinds, load_cnn
 
@@ -42,20 +43,27 @@ MISSED_BELOW = 0.5  # a category recognised in fewer than this share of its imag
 
 @dataclass
 class GANConfig:
-    """Training hyperparameters (defaults: the nightly run on a CPU)."""
+    """Training hyperparameters (defaults: the nightly run on a CPU). Its epochs and budget are
+    operational settings (``VISREC_GAN_EPOCHS``, ``VISREC_GAN_MINUTES``): build it with
+    :meth:`from_settings`."""
 
+    epochs: int
+    max_minutes: float | None  # training budget (None: none)
     resolution: int = 64
     latent_dim: int = 64
     width: int = 32
-    epochs: int = 60
     batch_size: int = 32  # twice the updates of 64 for the same images/s on a CPU
     label_smoothing: float = 0.1
     class_weight: float = 1.0  # the auxiliary classifier's loss beside the adversarial one
     augment: bool = True  # DiffAugment (translation, cutout) before the discriminator
     minibatch_kernels: int = 16  # same-category minibatch discrimination; 0 turns it off
-    max_minutes: float | None = None  # training budget; the nightly run passes VISREC_GAN_MINUTES
     quality_samples: int = 512
     register: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> GANConfig:
+        """The nightly run's config: epochs and budget from ``settings``, ``overrides`` on top."""
+        return cls(**{"epochs": settings.gan_epochs, "max_minutes": settings.gan_max_minutes, **overrides})
 
 
 @dataclass
@@ -193,7 +201,7 @@ def train_gan(
     from visrec.models.callbacks import TimeBudget
     from visrec.models.gan import ConditionalGAN
 
-    config = config or GANConfig()
+    config = config or GANConfig.from_settings(settings)
     lake = lake or Lake.from_settings(settings)
     images = load_staged_images(lake, ds)
     class_names = sorted(set(images.categories))
@@ -221,7 +229,7 @@ def train_gan(
         (to_unit(pixels), labels), config.batch_size, shuffle_seed=settings.seed, drop_remainder=True
     )
     run = (
-        tracked_run(settings, "train_gan", ds=ds, nested=mlflow.active_run() is not None, training=True)
+        tracked_run(settings, "gan training", ds=ds, nested=mlflow.active_run() is not None, training=True)
         if config.register
         else None
     )
@@ -280,19 +288,17 @@ def _png_array(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
-def gan_due(settings: Settings, lake: Lake, ds: str) -> tuple[bool, str]:
-    """Whether the nightly run should train the GAN on ``ds``: when there is no GAN yet, when the last
-    training is ``VISREC_GAN_EVERY_DAYS`` or more days old, or when more than
-    ``VISREC_GAN_CATALOG_CHANGE`` of the catalog is new since then. Otherwise generate with the champion."""
+def gan_due(
+    settings: Settings, lake: Lake, ds: str, last_trained: tuple[str, Summary] | None
+) -> tuple[bool, str]:
+    """Whether the nightly run should train the GAN on ``ds``, given the last training's (date, run
+    record) at or before ``ds``: when there is no GAN yet, when the last training is
+    ``VISREC_GAN_EVERY_DAYS`` or more days old, or when more than ``VISREC_GAN_CATALOG_CHANGE`` of the
+    catalog is new since then. Otherwise generate with the champion."""
     check_ds(ds)
-    trained = []
-    for run_ds in run_dates(lake):
-        summary = run_summary(lake, run_ds, "train_gan") if run_ds <= ds else None
-        if summary and summary.get("trained"):
-            trained.append((run_ds, summary))
-    if not trained:
+    if last_trained is None:
         return True, "no GAN trained yet"
-    last_ds, last = max(trained)
+    last_ds, last = last_trained
     age = (date.fromisoformat(ds) - date.fromisoformat(last_ds)).days
     if age == 0:
         return False, f"trained for {ds} already ({last.get('version')})"

@@ -17,6 +17,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from visrec.deprecated import homes, moved
+
 
 @keras.saving.register_keras_serializable(package="visrec")
 class VBPR(keras.Model):
@@ -115,3 +117,7 @@ class VBPR(keras.Model):
             }
         )
         return config
+
+
+# Deprecated: the batch recommender on this model moved to visrec.recsys.vbpr (and visrec.api).
+__getattr__ = moved(__name__, homes("visrec.recsys.vbpr", "VBPRRecommender"))

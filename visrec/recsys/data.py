@@ -57,9 +57,9 @@ class Split:
     train: TrainData
     relevant: list[set[int]]
     cold: np.ndarray  # items with no interaction before the cut
-    cut: datetime
-    dropped_events: int
-    events: pd.DataFrame  # the events it was cut from (items with an embedding only)
+    cut: datetime | None = None  # None: not cut by time (e.g. a random split per user)
+    dropped_events: int = 0
+    events: pd.DataFrame | None = None  # the events it was cut from (items with an embedding only)
 
 
 def confidence_matrix(

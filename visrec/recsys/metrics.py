@@ -49,6 +49,8 @@ def recall_per_user(recommended: np.ndarray, relevant: list[set[int]], k: int) -
 
 
 def recall_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:
+    """Mean Recall@K over the users with something relevant: the share of their relevant items in
+    their first ``k`` recommendations (``recommended``: item ids, one row per user of ``relevant``)."""
     per_user = recall_per_user(recommended, relevant, k)
     return float(per_user.mean()) if len(per_user) else 0.0
 
@@ -80,11 +82,13 @@ def ndcg_per_user(recommended: np.ndarray, relevant: list[set[int]], k: int) -> 
 
 
 def ndcg_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:
+    """Mean NDCG@K (binary relevance) over the users with something relevant."""
     per_user = ndcg_per_user(recommended, relevant, k)
     return float(per_user.mean()) if len(per_user) else 0.0
 
 
 def map_at_k(recommended: np.ndarray, relevant: list[set[int]], k: int) -> float:
+    """Mean average precision at K over the users with something relevant."""
     users = users_with(relevant)
     if not len(users):
         return 0.0

@@ -455,7 +455,7 @@ def score_users(
     Users whose only signal is uploads: ranked by how close items look to their photos
     (``source='photo'``). Everyone else: what is popular lately among users of their segment, or
     overall for users without one (``source='popular'``). Forgotten users get nothing."""
-    config = config or MFConfig()
+    config = config or MFConfig.from_settings(settings)
     lake = lake or Lake.from_settings(settings)
     if scorer is None:
         serve, why = serving(settings)

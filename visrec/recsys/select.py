@@ -65,18 +65,29 @@ def make_vbpr(settings: Settings, params: dict) -> VBPRRecommender:
 
 
 def select_vbpr(settings: Settings, split: Split, ds: str) -> Selection:
-    """Search VBPR's settings on a validation window before ``split``'s cut (``split`` as of ``ds``)
-    within ``VISREC_MF_MINUTES`` and ``VISREC_MF_TRIALS``; the winner's epoch count is the one that
-    did best on validation."""
+    """The nightly selection: :func:`search_vbpr` on a validation window cut by time before ``split``'s
+    cut (``split`` as of ``ds``)."""
+    if settings.mf_trials == 0:
+        return Selection(default_params(settings))
+    return search_vbpr(settings, validation_split(settings, split, ds))
+
+
+def search_vbpr(settings: Settings, validation: Split) -> Selection:
+    """Search VBPR's settings on ``validation`` (models fit on its training data, ranked by NDCG on what
+    its users went on to use) within ``VISREC_MF_MINUTES`` and ``VISREC_MF_TRIALS``; the defaults
+    (``VISREC_MF_*``) are tried first, and the winner's epoch count is the one that did best."""
     defaults = default_params(settings)
+    if validation.train.item_features is None:
+        defaults["visual_factors"] = 0
     if settings.mf_trials == 0:
         return Selection(defaults)
-    validation = validation_split(settings, split, ds)
     users = len(users_with(validation.relevant))
     if users == 0 or validation.train.user_items.nnz == 0:
-        log.info("mf selection: no validation window before %s; using the default settings", split.cut)
+        log.info("mf selection: an empty validation window; using the default settings")
         return Selection(defaults)
     space = settings.mf_search_space()
+    if validation.train.item_features is None:  # no images: plain BPR-MF is all there is to search
+        space["visual_factors"], defaults["visual_factors"] = [0], 0
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=settings.seed))
     for visual in (defaults["visual_factors"], 0):
         first = {**{k: defaults[k] for k in SEARCHED}, "visual_factors": visual}

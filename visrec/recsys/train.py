@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,9 +40,8 @@ def fit_and_evaluate(model: Recommender, split: Split, k: int = 20) -> tuple[dic
     """:func:`evaluate_model`'s metrics, and Recall@k per test user (``users_with`` order): what the
     promotion gate compares, user by user."""
     if split.train.user_items.nnz == 0:
-        raise VisrecError(
-            f"no interactions before the cut {split.cut:%Y-%m-%d %H:%M}; ingest more days or lower VISREC_TEST_DAYS"
-        )
+        when = f" before the cut {split.cut:%Y-%m-%d %H:%M}" if split.cut else ""
+        raise VisrecError(f"no training interactions{when}; ingest more days or lower VISREC_TEST_DAYS")
     started = time.perf_counter()
     model = model.fit(split.train)  # a frozen FactorScorer returns an aligned copy rather than itself
     fit_seconds = time.perf_counter() - started
@@ -196,9 +195,15 @@ class MFConfig:
     """How the nightly recommender is evaluated and published (its hyperparameters and search space
     are settings: ``VISREC_MF_*``)."""
 
-    k: int = 20
-    max_per_category: int | None = 8
+    k: int  # evaluation cutoff (VISREC_EVAL_K)
+    max_per_category: int | None  # cap per category in a published list (VISREC_MAX_PER_CATEGORY; None: none)
     register: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> MFConfig:
+        """The nightly run's config from ``settings``, ``overrides`` on top."""
+        cap = settings.max_per_category or None
+        return cls(**{"k": settings.eval_k, "max_per_category": cap, **overrides})
 
 
 def champion_scorer(
@@ -263,13 +268,13 @@ def train_mf(
     import mlflow
     from visrec.recsys.select import make_vbpr, select_vbpr
 
-    config = config or MFConfig()
+    config = config or MFConfig.from_settings(settings)
     lake = lake or Lake.from_settings(settings)
     events = load_events(lake, ds)
     split = build_split(settings, lake, ds, events)
     k, gate = config.k, f"recall_at_{config.k}"
     run = (
-        tracked_run(settings, "train_mf", ds=ds, nested=mlflow.active_run() is not None, training=True)
+        tracked_run(settings, "mf training", ds=ds, nested=mlflow.active_run() is not None, training=True)
         if config.register
         else contextlib.nullcontext()
     )

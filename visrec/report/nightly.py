@@ -17,7 +17,7 @@ from visrec.report.charts import bar_chart, line_chart
 from visrec.report.html import render
 from visrec.settings import Settings
 from visrec.store.lake import Lake, check_ds, published_dates, read_release
-from visrec.store.runs import run_dates, run_summaries
+from visrec.store.runs import RunLog, Summary
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,8 @@ _RECENT_ITEMS = 8
 _SHOWN_RECS = 10
 
 
-def _previous_run(lake: Lake, ds: str) -> str | None:
-    earlier = [d for d in run_dates(lake) if d < ds]
+def _previous_run(runs: RunLog, ds: str) -> str | None:
+    earlier = [d for d in runs.dates() if d < ds]
     return earlier[-1] if earlier else None
 
 
@@ -88,6 +88,8 @@ def _optional(lake: Lake, table: str, ds: str):
     return lake.read_table(table, ds).to_pandas() if lake.manifest(table, ds) is not None else None
 
 
+GAN_STEP = "train_gan"
+
 LABELS = {
     "recall_at_20": "Recall@20",
     "ndcg_at_20": "NDCG@20",
@@ -133,9 +135,10 @@ def _get(summary: dict, *path: str) -> float | None:
     return float(summary) if isinstance(summary, int | float) else None
 
 
-def _nights(lake: Lake, ds: str) -> list[tuple[str, dict]]:
-    """(date, step records) of the last ``TREND_NIGHTS`` nights up to ``ds``."""
-    return [(d, run_summaries(lake, d)) for d in [d for d in run_dates(lake) if d <= ds][-TREND_NIGHTS:]]
+def _nights(runs: RunLog, ds: str, night: dict[str, Summary]) -> list[tuple[str, dict]]:
+    """(date, step records) of the last ``TREND_NIGHTS`` nights up to ``ds`` (``ds``'s: ``night``)."""
+    before = [d for d in runs.dates() if d < ds][-(TREND_NIGHTS - 1) :]
+    return [(d, runs.night(d)) for d in before] + [(ds, night)]
 
 
 def _headlines(now: dict, before: dict) -> list[dict]:
@@ -285,15 +288,25 @@ def _night_row(lake: Lake, ds: str, summaries: dict, published: set[str]) -> dic
 def build_index(lake: Lake) -> str:
     """Write ``reports/index.html``: every night, newest first, each linking its page; return its URI."""
     published = published_dates(lake)
-    nights = [_night_row(lake, d, run_summaries(lake, d), published) for d in reversed(run_dates(lake))]
+    runs = RunLog(lake)
+    nights = [_night_row(lake, d, runs.night(d), published) for d in reversed(runs.dates())]
     lake.put_bytes(
         "reports/index.html", render("index.html.j2", title="visrec nightly runs", nights=nights).encode()
     )
     return lake.url("reports/index.html")
 
 
-def build_report(settings: Settings, ds: str, *, lake: Lake | None = None, log_to_mlflow: bool = True) -> str:
-    """Write ``reports/ds=<ds>/index.html`` (and log it to MLflow); return its URI."""
+def build_report(
+    settings: Settings,
+    ds: str,
+    night: dict[str, Summary] | None = None,
+    *,
+    lake: Lake | None = None,
+    log_to_mlflow: bool = True,
+) -> str:
+    """Write ``reports/ds=<ds>/index.html`` (and log it to MLflow) for the night whose step results are
+    ``night`` (step name -> summary; None: the date's run records); return its URI. Earlier nights
+    come from the run records."""
 
     lake = lake or Lake.from_settings(settings)
     check_ds(ds)
@@ -334,17 +347,14 @@ def build_report(settings: Settings, ds: str, *, lake: Lake | None = None, log_t
             }
         )
 
-    summaries = run_summaries(lake, ds)
-    previous_ds = _previous_run(lake, ds)
-    previous = run_summaries(lake, previous_ds) if previous_ds else {}
-    gan_grid = next(
-        (
-            lake.get_bytes(f"runs/ds={d}/gan_samples.png")
-            for d in reversed(run_dates(lake))
-            if d <= ds and lake.exists(f"runs/ds={d}/gan_samples.png")
-        ),
-        None,
-    )
+    runs = RunLog(lake)
+    summaries = night if night is not None else runs.night(ds)
+    previous_ds = _previous_run(runs, ds)
+    previous = runs.night(previous_ds) if previous_ds else {}
+    # The latest GAN sample grid: tonight's when the GAN trained tonight, else the last training's.
+    gan = summaries.get(GAN_STEP) if (summaries.get(GAN_STEP) or {}).get("samples") else None
+    last_gan = (ds, gan) if gan else runs.last(GAN_STEP, ds, "samples")
+    gan_grid = runs.file(last_gan[1]["samples"]) if last_gan else None
     docs = sorted(
         {k.split("/")[2] for k in lake.list_keys(f"validation/ds={ds}") if k.endswith("data_docs/index.html")}
     )
@@ -363,7 +373,7 @@ def build_report(settings: Settings, ds: str, *, lake: Lake | None = None, log_t
         previous_ds=previous_ds,
         published=sorted(summaries.get("publish", {}).get("rows", {}).items()),
         headlines=_headlines(summaries, previous),
-        trends=_trend_charts(_nights(lake, ds)),
+        trends=_trend_charts(_nights(runs, ds, summaries)),
         tasks=_task_chart(summaries),
         gan_grid=gan_grid,
         data_docs=[(step, lake.url(f"validation/ds={ds}/{step}/data_docs/index.html")) for step in docs],

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +43,12 @@ def stratified_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.nd
 
 @dataclass
 class CNNConfig:
-    """Training hyperparameters of the image model (defaults: the nightly run on a CPU)."""
+    """Training hyperparameters of the image model (defaults: the nightly run on a CPU). Its epochs
+    and budget are operational settings (``VISREC_CNN_EPOCHS``, ``VISREC_CNN_MINUTES``): build it with
+    :meth:`from_settings`."""
 
-    epochs: int = 30
+    epochs: int
+    max_minutes: float | None  # training budget (None: none)
     fine_tune_epochs: int = 5
     # Views through the network per step. With the retrieval embedding a step takes
     # batch_size / (1 + pair_share) images, the second views filling the rest: the same cost per step.
@@ -56,9 +60,6 @@ class CNNConfig:
     held_out_share: float = 0.2
     patience: int = 10  # scored epochs without a better held-out accuracy before stopping
     validate_from: float = 0.5  # score the held-out images once training is this far along
-    max_minutes: float | None = (
-        None  # training budget (None: none); the nightly run passes VISREC_CNN_MINUTES
-    )
     mixed_precision: bool = False  # float16 compute: worth it on a GPU only
     # The retrieval embedding (see visrec.models.cnn); 0: the classifier's embedding only.
     retrieval_dim: int = 64
@@ -77,6 +78,11 @@ class CNNConfig:
     backbone_weights: str | None = None
     fine_tune: bool = True  # start from the champion when its categories are the same
     register: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> CNNConfig:
+        """The nightly run's config: epochs and budget from ``settings``, ``overrides`` on top."""
+        return cls(**{"epochs": settings.cnn_epochs, "max_minutes": settings.cnn_max_minutes, **overrides})
 
 
 @dataclass
@@ -153,7 +159,7 @@ def train_cnn(
     import mlflow
     from visrec.models.cnn import ImageClassifier
 
-    config = config or CNNConfig()
+    config = config or CNNConfig.from_settings(settings)
     lake = lake or Lake.from_settings(settings)
     images = images or load_staged_images(lake, ds)
     class_names = sorted(set(images.categories))
@@ -233,7 +239,7 @@ def train_cnn(
     held_ds = in_memory_batches((images.pixels[held_idx], one_hot[held_idx]), 256)
     nested = mlflow.active_run() is not None if config.register else False
     run_ctx = (
-        tracked_run(settings, "train_cnn", ds=ds, nested=nested, training=True)
+        tracked_run(settings, "cnn training", ds=ds, nested=nested, training=True)
         if config.register
         else nullcontext()
     )

@@ -1,0 +1,66 @@
+"""What every bench shares: where figures go, how one is written, the real data sets' paths, and
+helpers that more than one bench uses. Figures go to bench/results.json (flat keys) and
+bench/RESULTS.md (for people, with the command that made it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from visrec.ingest.events import ingest_events
+from visrec.ingest.features import build_features
+
+HERE = Path(__file__).resolve().parent
+RESULTS_JSON = HERE / "results.json"
+RESULTS_MD = HERE / "RESULTS.md"
+CACHE = HERE / ".cache"
+FIGURES = HERE / "figures.json"  # every figure with its unit, note and bench; the other two derive
+
+Figures = dict[str, dict]  # key -> {"value", "unit", "command", "note"}
+
+HM_SAMPLE = Path(os.environ.get("VISREC_HM_SAMPLE", HERE.parent.parent / "shared" / "data" / "hm-sample"))
+
+
+def figure(value: float | int, unit: str, note: str = "") -> dict:
+    return {"value": value, "unit": unit, "note": note}
+
+
+def raw_event_days(lake) -> list[str]:
+    """The days of the raw zone's event logs (``raw/events/dt=<day>/...``), sorted."""
+    return sorted({k.split("dt=")[1].split("/")[0] for k in lake.list_keys("raw/events")})
+
+
+def nightly_step(settings, lake, ds: str) -> tuple[float, int, int]:
+    """The nightly ingestion step of ``ds`` (its events, then incremental features), median seconds of
+    five (a step takes a fifth of a second), the events it ingested and the pairs in its snapshot."""
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        counts, _ = ingest_events(settings, lake, ds)
+        rows = build_features(settings, lake, ds)
+        times.append(time.perf_counter() - started)
+    return round(float(np.median(times)), 3), counts.raw, rows["interactions"]
+
+
+def write_results(results: dict) -> None:
+    """Write bench/results.json and bench/RESULTS.md from every figure."""
+    RESULTS_JSON.write_text(json.dumps({k: v["value"] for k, v in sorted(results.items())}, indent=1) + "\n")
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (`python bench/run.py`); each figure names the bench that measured it.",
+        "Machine of the last run: " + results.get("_machine", {}).get("note", "?"),
+        "",
+        "| key | value | unit | bench (command) | measured | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, fig in sorted(results.items()):
+        if key.startswith("_"):
+            continue
+        cmd = f"`python bench/run.py {fig['bench']}`"
+        lines.append(f"| {key} | {fig['value']} | {fig['unit']} | {cmd} | {fig['at']} | {fig['note']} |")
+    RESULTS_MD.write_text("\n".join(lines) + "\n")
