@@ -22,6 +22,7 @@ FIGURES = HERE / "figures.json"  # every figure with its unit, note and bench; t
 
 Figures = dict[str, dict]  # key -> {"value", "unit", "command", "note"}
 
+ML1M = Path(os.environ.get("VISREC_ML1M", HERE.parent.parent / "shared" / "data" / "ml1m-posters"))
 HM_SAMPLE = Path(os.environ.get("VISREC_HM_SAMPLE", HERE.parent.parent / "shared" / "data" / "hm-sample"))
 
 

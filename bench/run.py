@@ -30,6 +30,7 @@ BENCHES = (
     "mf",
     "mf_speed",
     "mf_hm",
+    "mf_ml1m",
     "photos",
     "contrastive",
     "gan",

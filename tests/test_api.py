@@ -71,6 +71,10 @@ def test_split_per_user_holds_out_a_share_of_each_user_and_never_trains_on_it():
     assert train.sum() == len(ratings) - 3
     again = api.split_per_user(ratings, test_share=0.25, seed=3)
     assert again.relevant == split.relevant
+    # Splitting training data again (a validation split) leaves it as it was.
+    before = split.train.user_items.toarray()
+    api.split_per_user(split.train, test_share=0.5, seed=1)
+    assert (split.train.user_items.toarray() == before).all()
 
 
 def test_training_data_refuses_missing_columns_and_unknown_ids():

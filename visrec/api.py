@@ -33,7 +33,7 @@ import scipy.sparse as sp
 
 from visrec.ingest.images import normalise_many
 from visrec.recsys.baselines import ItemCF, Popularity, Recommender
-from visrec.recsys.data import Split, TrainData
+from visrec.recsys.data import Split, TrainData, holdout_per_user
 from visrec.recsys.metrics import bootstrap_interval, map_at_k, ndcg_at_k, recall_at_k
 from visrec.recsys.train import evaluate_model
 from visrec.settings import Settings
@@ -109,24 +109,8 @@ def split_per_user(
     (Microsoft Recommenders' random split). ``interactions``: a DataFrame (``columns``: the keyword
     arguments of :func:`training_data`) or training data, e.g. a split's ``train`` to cut a validation
     split from it."""
-    if not 0 < test_share < 1:
-        raise ValueError(f"test_share must be between 0 and 1, got {test_share}")
     data = interactions if isinstance(interactions, TrainData) else training_data(interactions, **columns)
-    rng = np.random.default_rng(seed)
-    matrix = data.user_items.tocsr()
-    keep = np.ones(matrix.nnz, bool)
-    relevant: list[set[int]] = []
-    for u in range(data.n_users):
-        start, stop = matrix.indptr[u], matrix.indptr[u + 1]
-        n_test = int(round((stop - start) * test_share)) if stop - start > 1 else 0
-        held = rng.choice(np.arange(start, stop), size=n_test, replace=False) if n_test else np.zeros(0, int)
-        keep[held] = False
-        relevant.append(set(matrix.indices[held].tolist()))
-    train = sp.csr_matrix((matrix.data * keep, matrix.indices, matrix.indptr), shape=matrix.shape)
-    train.eliminate_zeros()
-    cold = np.asarray((train > 0).sum(axis=0)).ravel() == 0
-    trained = TrainData(train, data.item_features, train, data.user_ids, data.item_ids, data.classifier_dims)
-    return Split(trained, relevant, cold)
+    return holdout_per_user(data, test_share, seed)
 
 
 def evaluate(model: Recommender, split: Split, k: int = 10) -> dict[str, float]:

@@ -148,6 +148,12 @@ class Settings(BaseSettings):
         le=10_000,
         description="settings the recommender's search tries (0: the defaults below only)",
     )
+    mf_validation_min_users: int = Field(
+        50,
+        ge=1,
+        description="recommender search: fewest validation users with history on both sides of a time "
+        "cut; fewer: a per-user holdout, and below it too the defaults",
+    )
     mf_promotion: Literal["gate", "always"] = Field(
         "gate",
         description="gate: a new recommender becomes champion only if it clearly beats popularity and the "

@@ -236,3 +236,32 @@ def item_categories(lake: Lake, ds: str, item_ids: list[str]) -> list[str]:
         zip(catalog.column("item_id").to_pylist(), catalog.column("category").to_pylist(), strict=True)
     )
     return [category.get(i, "") for i in item_ids]
+
+
+def holdout_per_user(data: TrainData, share: float, seed: int) -> Split:
+    """A random split per user of ``data``: ``share`` of each user's distinct items held out (users with
+    one item keep it), what a model should find; the design for data without usable timestamps, or
+    whose time windows hold too few users (see :func:`visrec.recsys.select.validation_design`)."""
+    if not 0 < share < 1:
+        raise ValueError(f"the held-out share must be between 0 and 1, got {share}")
+    rng = np.random.default_rng(seed)
+    matrix = data.user_items.tocsr()
+    keep = np.ones(matrix.nnz, bool)
+    relevant: list[set[int]] = []
+    for u in range(data.n_users):
+        start, stop = matrix.indptr[u], matrix.indptr[u + 1]
+        n_test = int(round((stop - start) * share)) if stop - start > 1 else 0
+        held = rng.choice(np.arange(start, stop), size=n_test, replace=False) if n_test else np.zeros(0, int)
+        keep[held] = False
+        relevant.append(set(matrix.indices[held].tolist()))
+    # Copies of the index arrays: eliminate_zeros works in place, and ``data`` must stay as it was.
+    train = sp.csr_matrix(
+        (matrix.data * keep, matrix.indices.copy(), matrix.indptr.copy()), shape=matrix.shape
+    )
+    train.eliminate_zeros()
+    recent = None
+    if data.recent_user_items is not None:  # the recent part of what stays for training
+        recent = data.recent_user_items.multiply(train > 0).tocsr()
+    cold = np.asarray((train > 0).sum(axis=0)).ravel() == 0
+    trained = TrainData(train, data.item_features, recent, data.user_ids, data.item_ids, data.classifier_dims)
+    return Split(trained, relevant, cold)

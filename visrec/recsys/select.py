@@ -1,11 +1,15 @@
-"""Model selection for the nightly recommender: an Optuna search over VBPR's settings, scored on a
-validation window cut from the training data by time (so the test window that the promotion gate
-uses is never seen), each trial stopped early on validation NDCG.
+"""Model selection for the nightly recommender: an Optuna search over VBPR's settings on a validation
+split cut from the training data (so the test window that the promotion gate uses is never seen),
+each trial stopped early on validation NDCG.
 
-The search space and the defaults are settings (``VISREC_MF_*``); the defaults and the same without
-a visual term are always the first two trials, so the search is never worse than the defaults on
-validation, and the visual term is kept only when it earns its place there. Each trial is an MLflow
-child run when a run is active.
+The validation split is a time window before the test window's cut when that window holds at least
+``VISREC_MF_VALIDATION_MIN_USERS`` users with history on both sides of its own cut; otherwise (few
+users, bursty activity, no timestamps) a random holdout of each user's items inside the training data;
+below the floor in both, the defaults are kept. Trials are scored on the users a model would serve:
+those with history in the validation's training part. The defaults (and the same without a visual
+term) are always the first trials, and a searched setting replaces them only when its per-user NDCG
+gain over the defaults has a paired-bootstrap 95% interval above zero. The design, its user count
+and the verdict are logged and recorded in the MLflow run; each trial is an MLflow child run.
 """
 
 from __future__ import annotations
@@ -14,27 +18,32 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import optuna
 
 import mlflow
-from visrec.recsys.data import Split, validation_split
-from visrec.recsys.metrics import users_with
+from visrec.recsys.data import Split, holdout_per_user, validation_split
+from visrec.recsys.metrics import bootstrap_interval, ndcg_per_user, users_with
 from visrec.recsys.vbpr import VBPRRecommender
 from visrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SEARCHED = ("factors", "visual_factors", "negatives", "l2", "visual_l2", "learning_rate")
+HOLDOUT_SHARE = 0.25  # of each user's items, in the per-user holdout design
 
 
 @dataclass
 class Selection:
-    """The chosen settings (``VBPRRecommender`` keyword arguments, ``epochs`` included) and the trials."""
+    """The chosen settings (``VBPRRecommender`` keyword arguments, ``epochs`` included), the trials, and
+    how they were chosen: the validation ``design``, its ``validation_users`` and the ``verdict``."""
 
     params: dict
     validation_ndcg: float | None = None
     validation_users: int = 0
     trials: list[dict] = field(default_factory=list)
+    design: str = "none"
+    verdict: str = "the defaults (no search)"
 
     @property
     def visual_helps(self) -> bool | None:
@@ -64,36 +73,78 @@ def make_vbpr(settings: Settings, params: dict) -> VBPRRecommender:
     return VBPRRecommender(**params, batch_size=settings.mf_batch_size, seed=settings.seed)
 
 
+def served_users(split: Split) -> Split:
+    """``split`` with only the users a model would serve scored: those with history in its training
+    part (the others get popularity lists, whatever the settings)."""
+    history = np.diff(split.train.user_items.tocsr().indptr) > 0
+    relevant = [items if history[u] else set() for u, items in enumerate(split.relevant)]
+    return Split(split.train, relevant, split.cold, split.cut, split.dropped_events, split.events)
+
+
+def validation_design(settings: Settings, split: Split, ds: str) -> tuple[Split | None, str]:
+    """The split that the selection ranks settings on, and a line saying which design it is and why:
+    a time window before ``split``'s cut, else a per-user holdout inside the training data, else None
+    (fewer than ``VISREC_MF_VALIDATION_MIN_USERS`` users either way)."""
+    floor = settings.mf_validation_min_users
+    timed = served_users(validation_split(settings, split, ds)) if split.cut is not None else None
+    in_window = len(users_with(timed.relevant)) if timed is not None else 0
+    if timed is not None and in_window >= floor:
+        return timed, f"time window before {split.cut:%Y-%m-%d}: {in_window} users with history on both sides"
+    holdout = served_users(holdout_per_user(split.train, HOLDOUT_SHARE, settings.seed))
+    held = len(users_with(holdout.relevant))
+    window = f"the time window held {in_window} users with history on both sides" if timed else "no time cut"
+    if held >= floor:
+        return (
+            holdout,
+            f"per-user holdout of {HOLDOUT_SHARE:.0%} of each user's items: {held} users ({window})",
+        )
+    return None, f"too few validation users ({window}, a per-user holdout {held}; the floor is {floor})"
+
+
 def select_vbpr(settings: Settings, split: Split, ds: str) -> Selection:
-    """The nightly selection: :func:`search_vbpr` on a validation window cut by time before ``split``'s
-    cut (``split`` as of ``ds``)."""
+    """The nightly selection: :func:`search_vbpr` on the validation design that ``split`` (as of ``ds``)
+    allows (see :func:`validation_design`); the defaults when none does."""
     if settings.mf_trials == 0:
         return Selection(default_params(settings))
-    return search_vbpr(settings, validation_split(settings, split, ds))
+    validation, design = validation_design(settings, split, ds)
+    log.info("mf selection: validation by %s", design)
+    if validation is None:
+        defaults = default_params(settings)
+        if split.train.item_features is None:
+            defaults["visual_factors"] = 0
+        selection = Selection(defaults, design=design, verdict="the defaults: " + design)
+        _record(selection)
+        return selection
+    return search_vbpr(settings, validation, design)
 
 
-def search_vbpr(settings: Settings, validation: Split) -> Selection:
-    """Search VBPR's settings on ``validation`` (models fit on its training data, ranked by NDCG on what
-    its users went on to use) within ``VISREC_MF_MINUTES`` and ``VISREC_MF_TRIALS``; the defaults
-    (``VISREC_MF_*``) are tried first, and the winner's epoch count is the one that did best."""
+def search_vbpr(
+    settings: Settings, validation: Split, design: str = "the validation split given"
+) -> Selection:
+    """Search VBPR's settings on ``validation`` (models fit on its training data, each user's NDCG on
+    what they went on to use) within ``VISREC_MF_MINUTES`` and ``VISREC_MF_TRIALS``. The defaults
+    (``VISREC_MF_*``) are tried first and stay unless the best trial beats them clearly (a paired
+    bootstrap over users: the 95% interval of the NDCG gain above zero); the winner's epoch count is
+    the one that did best on validation."""
     defaults = default_params(settings)
-    if validation.train.item_features is None:
-        defaults["visual_factors"] = 0
-    if settings.mf_trials == 0:
-        return Selection(defaults)
-    users = len(users_with(validation.relevant))
-    if users == 0 or validation.train.user_items.nnz == 0:
-        log.info("mf selection: an empty validation window; using the default settings")
-        return Selection(defaults)
     space = settings.mf_search_space()
     if validation.train.item_features is None:  # no images: plain BPR-MF is all there is to search
         space["visual_factors"], defaults["visual_factors"] = [0], 0
+    if settings.mf_trials == 0:
+        return Selection(defaults)
+    users = users_with(validation.relevant)
+    if len(users) == 0 or validation.train.user_items.nnz == 0:
+        log.info("mf selection: an empty validation split; using the default settings")
+        return Selection(defaults, design=design, verdict="the defaults: an empty validation split")
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=settings.seed))
     for visual in (defaults["visual_factors"], 0):
         first = {**{k: defaults[k] for k in SEARCHED}, "visual_factors": visual}
         if all(_inside(first[k], space[k]) for k in SEARCHED):
             study.enqueue_trial(first, skip_if_exists=True)
     trials: list[dict] = []
+    per_user: dict[int, np.ndarray] = {}
+    relevant = [validation.relevant[u] for u in users]
+    k = settings.eval_k
 
     def objective(trial: optuna.Trial) -> float:
         params = {
@@ -104,8 +155,10 @@ def search_vbpr(settings: Settings, validation: Split) -> Selection:
         }
         started = time.perf_counter()
         model = make_vbpr(settings, {**params, "epochs": settings.mf_epochs})
-        model.fit(validation.train, validation=validation.relevant, k=settings.top_k)
-        value = max(model.validation_history)
+        model.fit(validation.train, validation=validation.relevant, k=k)
+        ids, _ = model.recommend(users, validation.train.user_items, N=k, filter_already_liked_items=True)
+        per_user[trial.number] = ndcg_per_user(ids, relevant, k)
+        value = float(per_user[trial.number].mean())
         record = {
             **params,
             "epochs": model.best_epochs,
@@ -120,24 +173,41 @@ def search_vbpr(settings: Settings, validation: Split) -> Selection:
                 mlflow.log_metrics(
                     {k: float(record[k]) for k in ("validation_ndcg", "epochs", "fit_seconds")}
                 )
-        log.info("mf trial %d: validation NDCG@%d %.4f with %s", trial.number, settings.top_k, value, record)
+        log.info("mf trial %d: validation NDCG@%d %.4f with %s", trial.number, k, value, record)
         return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(objective, n_trials=settings.mf_trials, timeout=settings.mf_minutes * 60)
-    best = study.best_trial
-    params = {**best.params, "epochs": best.user_attrs["epochs"]}
-    selection = Selection(params, best.value, users, trials)
+    first, best = study.trials[0], study.best_trial
+    chosen = best
+    if best.number == first.number:
+        verdict = "the defaults: no trial did better on validation"
+    else:
+        low, high = bootstrap_interval(per_user[best.number] - per_user[first.number], seed=settings.seed)
+        gain = f"NDCG@{k} gain over the defaults {best.value - first.value:+.4f} [{low:+.4f}, {high:+.4f}]"
+        if low > 0:
+            verdict = f"searched settings: {gain}"
+        else:
+            chosen, verdict = first, f"the defaults: the best trial's {gain} is not clearly above zero"
+    params = {**chosen.params, "epochs": chosen.user_attrs["epochs"]}
+    selection = Selection(params, chosen.value, len(users), trials, design, verdict)
     log.info(
-        "mf selection: %d trials on %d validation users; best NDCG@%d %.4f with %s (visual term helps: %s)",
+        "mf selection: %d trials on %d validation users (%s); %s; chosen %s (visual term helps: %s)",
         len(trials),
-        users,
-        settings.top_k,
-        best.value,
+        len(users),
+        design,
+        verdict,
         params,
         selection.visual_helps,
     )
+    _record(selection)
     return selection
+
+
+def _record(selection: Selection) -> None:
+    """The selection's design and verdict in the active MLflow run (the training's), if any."""
+    if mlflow.active_run() is not None:
+        mlflow.set_tags({"selection.design": selection.design, "selection.verdict": selection.verdict})
 
 
 def _inside(value, choices) -> bool:
