@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from visrec.devdata.synth import CATEGORIES, COLOURS, PATTERNS, ShopConfig, generate_shop, write_events_table
 from visrec.devdata.trial import differing_tables
 from visrec.models.mf import VBPR
-from visrec.recsys.baselines import ItemCF, Popularity, SparkALS, SparkItemCF, VisualProfile
+from visrec.recsys.baselines import EASE, ItemCF, Popularity, SparkALS, SparkItemCF, VisualProfile
 from visrec.recsys.data import Split, TrainData, build_split
 from visrec.recsys.metrics import (
     coverage,
@@ -105,6 +105,23 @@ class TestPopularity(RecommenderBehaviour):
 class TestItemCF(RecommenderBehaviour):
     def make(self, spark):
         return ItemCF(neighbours=50)
+
+
+class TestEASE(RecommenderBehaviour):
+    def make(self, spark):
+        return EASE(l2=50.0)
+
+
+def test_ease_solves_the_closed_form_and_refuses_a_catalog_too_large():
+    rng = np.random.default_rng(0)
+    x = (rng.random((60, 12)) < 0.3).astype(np.float32)
+    model = EASE(l2=10.0).fit(TrainData(sp.csr_matrix(x)))
+    p = np.linalg.inv(x.T.astype(np.float64) @ x + 10.0 * np.eye(12))
+    expected = np.eye(12) - p / np.diag(p)[None, :]
+    assert np.allclose(model.weights, expected, atol=1e-5) and np.allclose(np.diag(model.weights), 0)
+    assert np.allclose(model.score(np.arange(3)), x[:3] @ expected, atol=1e-4)
+    with pytest.raises(ValueError, match="over max_items=5"):
+        EASE(max_items=5).fit(TrainData(sp.csr_matrix(x)))
 
 
 class TestVisualProfile(RecommenderBehaviour):

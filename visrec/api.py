@@ -32,7 +32,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from visrec.ingest.images import normalise_many
-from visrec.recsys.baselines import ItemCF, Popularity, Recommender
+from visrec.recsys.baselines import EASE, ItemCF, Popularity, Recommender
 from visrec.recsys.data import Split, TrainData, holdout_per_user
 from visrec.recsys.metrics import bootstrap_interval, map_at_k, ndcg_at_k, recall_at_k
 from visrec.recsys.train import evaluate_model
@@ -199,6 +199,7 @@ def embed_images(model: Any, pixels: np.ndarray, kind: str | None = None) -> np.
 
 
 __all__ = [
+    "EASE",
     "ImageClassifier",
     "Images",
     "ItemCF",

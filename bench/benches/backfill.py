@@ -20,7 +20,7 @@ def run() -> Figures:
 
     from visrec.devdata.synth import ShopConfig, generate_shop
     from visrec.ingest.features import build_features
-    from visrec.pipeline import steps
+    from visrec.pipeline import steps as pipeline_steps
     from visrec.settings import Settings
     from visrec.store.lake import Lake
 
@@ -35,7 +35,7 @@ def run() -> Figures:
         days = raw_event_days(lake)
         shape = f"{len(days)} days, {shop.events} events, {config.items} items with images"
         started = time.perf_counter()
-        summary = steps.ingest_range(days, settings)
+        summary = pipeline_steps.ingest_range(days, settings)
         seconds = time.perf_counter() - started
         out["backfill.days"] = figure(len(days), "days", shape)
         out["backfill.events"] = figure(summary["events"]["valid"], "events", shape)
@@ -70,7 +70,7 @@ def run() -> Figures:
             )
             generate_shop(busy, lake)
             days = raw_event_days(lake)
-            steps.ingest_range(days[:-1], settings)
+            pipeline_steps.ingest_range(days[:-1], settings)
             keys = lake.list_keys(f"raw/events/dt={days[-1]}")
             lines = [line for key in keys for line in lake.get_bytes(key).decode().splitlines()]
             for key in keys:

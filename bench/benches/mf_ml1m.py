@@ -12,7 +12,7 @@ import pandas as pd
 from benchkit import CACHE, ML1M, Figures, figure
 
 from visrec.api import load_images, split_per_user, train_image_model
-from visrec.recsys.baselines import FactorRecommender, ItemCF, Popularity, Recommender
+from visrec.recsys.baselines import EASE, FactorRecommender, ItemCF, Popularity, Recommender
 from visrec.recsys.data import Split
 from visrec.recsys.metrics import bootstrap_interval, map_at_k, ndcg_per_user, recall_per_user, users_with
 from visrec.settings import Settings
@@ -20,7 +20,16 @@ from visrec.settings import Settings
 K = 10
 SEED = 42
 POSTER_MINUTES = 8.0  # the image model's budget on the posters
-MODELS = ("popularity", "item_cf", "defaults", "visual_ablation", "selected", "implicit_als", "implicit_bpr")
+MODELS = (
+    "popularity",
+    "item_cf",
+    "ease",
+    "defaults",
+    "visual_ablation",
+    "selected",
+    "implicit_als",
+    "implicit_bpr",
+)
 
 
 def _implicit(model) -> FactorRecommender:
@@ -108,7 +117,8 @@ def _measure(model: Recommender, split: Split, seen: np.ndarray) -> tuple[dict[s
 def run() -> Figures:
     """Recommenders on MovieLens-1M with posters (../shared/data/ml1m-posters), the protocol Microsoft
     Recommenders publishes against: per user a random 75/25 split of their movies (seed 42), rank the
-    movies seen in training that the user has not rated, top-10. Models: popularity, item-CF, visrec's
+    movies seen in training that the user has not rated, top-10. Models: popularity, item-CF, EASE
+    (closed-form item-item, l2 500), visrec's
     VBPR at its defaults with the poster embeddings (``defaults``), the same without the visual term
     (``visual_ablation``, i.e. BPR-MF), the nightly selection exactly as ``train_mf`` runs it on this
     data (no timestamps: its per-user holdout design) then refit (``selected``), and implicit's ALS and
@@ -146,6 +156,7 @@ def run() -> Figures:
         models = {
             "popularity": Popularity(),
             "item_cf": ItemCF(),
+            "ease": EASE(l2=500.0),
             "defaults": make_vbpr(settings, defaults),
             "visual_ablation": make_vbpr(settings, {**defaults, "visual_factors": 0}),
             "selected": make_vbpr(settings, selection.params),

@@ -115,7 +115,31 @@ def select_vbpr(settings: Settings, split: Split, ds: str) -> Selection:
         selection = Selection(defaults, design=design, verdict="the defaults: " + design)
         _record(selection)
         return selection
-    return search_vbpr(settings, validation, design)
+    selection = search_vbpr(settings, validation, design)
+    return scaled_epochs(settings, selection, validation.train.user_items.nnz, split.train.user_items.nnz)
+
+
+def scaled_epochs(
+    settings: Settings, selection: Selection, validation_pairs: int, final_pairs: int
+) -> Selection:
+    """``selection`` with its epoch count (the best on validation) scaled by how much more data the
+    model it configures trains on (``final_pairs`` user-item pairs against ``validation_pairs``), at most
+    ``VISREC_MF_EPOCHS``: on ML-1M the count chosen on a 75% holdout (19) left the refit on all the
+    training data short of what 30 epochs reached (NDCG@10 0.406 against 0.412)."""
+    chosen = selection.params.get("epochs")
+    if not chosen or not validation_pairs or final_pairs <= validation_pairs or not selection.trials:
+        return selection
+    epochs = min(settings.mf_epochs, max(chosen, round(chosen * final_pairs / validation_pairs)))
+    if epochs != chosen:
+        log.info("mf selection: %d epochs on validation -> %d on %d pairs", chosen, epochs, final_pairs)
+    return Selection(
+        {**selection.params, "epochs": epochs},
+        selection.validation_ndcg,
+        selection.validation_users,
+        selection.trials,
+        selection.design,
+        selection.verdict,
+    )
 
 
 def search_vbpr(
