@@ -158,3 +158,32 @@ def test_negative_budget_is_an_error_before_anything_runs(home):
     )
     assert code == 1 and "--max-minutes -3.0 (VISREC_CNN_MINUTES): Input should be greater than 0" in err
     assert _snapshot(home) == before and not (home / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "closest"), [("VISREC_CNN_MINUTS", "VISREC_CNN_MINUTES"), ("VISREC_TOPK", "VISREC_TOP_K")]
+)
+def test_a_misspelt_setting_is_refused_naming_the_closest(home, name, closest):
+    before = _snapshot(home)
+    code, err = _run(["score", "--ds", "2026-11-01"], {"VISREC_HOME": str(home), name: "1"})
+    assert code == 1 and f"unknown setting {name} (did you mean {closest}?)" in err
+    assert "Traceback" not in err and _snapshot(home) == before
+    # Variables that other parts own (the benches' data paths, a container's worker queues) are fine.
+    assert Settings.from_env({"VISREC_ML1M": "/data", "VISREC_QUEUES": "training"}).top_k == 20
+
+
+def test_run_on_an_empty_home_fails_at_once_writing_nothing(tmp_path):
+    empty = tmp_path / "empty"
+    code, err = _run(["run", "--ds", "2026-11-01"], {"VISREC_HOME": str(empty)})
+    assert code == 1 and "no catalog at" in err and "visrec synth" in err
+    assert not empty.exists()
+
+
+def test_plain_paths_work_wherever_a_lake_or_output_uri_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = _run(["synth", "-q", "--out", "shop", "--users", "5", "--items", "8", "--days", "1"], {})
+    assert code == 0, err
+    assert (tmp_path / "shop" / "raw" / "catalog" / "items.csv").exists()
+    settings = Settings.from_env({"VISREC_LAKE_URI": "shop"})
+    assert settings.lake_uri == (tmp_path / "shop").as_uri()
+    assert Lake.from_settings(settings).exists("raw/catalog/items.csv")

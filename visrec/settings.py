@@ -10,6 +10,8 @@ nothing here names a path of any particular machine.
 
 from __future__ import annotations
 
+import difflib
+import os
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +25,20 @@ from visrec.vocabulary import EVENT_TYPES
 
 class SettingsError(VisrecError, ValueError):
     """A setting (environment variable or command-line flag) has a value visrec cannot use."""
+
+
+# VISREC_* variables that are not settings: read by the benches (data paths) and by the container
+# entrypoint (which queues a worker serves); every other VISREC_* name must be a setting.
+NOT_SETTINGS = frozenset(
+    {
+        "VISREC_HM_SAMPLE",
+        "VISREC_ML1M",
+        "VISREC_QUEUES",
+        "VISREC_WORKER_CONCURRENCY",
+        "VISREC_WORKER_HOSTNAME",
+        "VISREC_WORKER_NAME",
+    }
+)
 
 
 def _env(alias: str, name: str) -> AliasChoices:
@@ -220,8 +236,10 @@ class Settings(BaseSettings):
     @field_validator("lake_uri")
     @classmethod
     def _check_lake(cls, value: str) -> str:
+        if value and "://" not in value:  # a plain path: the local folder's file URI
+            value = Path(value).expanduser().resolve().as_uri()
         if value and not value.startswith(("file://", "s3://")):
-            raise ValueError("must start with file:// or s3://")
+            raise ValueError("must be a path, file:///path or s3://bucket/prefix")
         return value
 
     @model_validator(mode="after")
@@ -265,7 +283,10 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        """Read settings from the environment (``os.environ`` unless ``environ`` is given)."""
+        """Read settings from the environment (``os.environ`` unless ``environ`` is given); a
+        ``VISREC_*`` variable that is no setting is refused, naming the closest one (a misspelt
+        setting would otherwise be ignored and its default used)."""
+        _check_names(cls, os.environ if environ is None else environ)
         if environ is None:
             return _checked(cls, {})
         values = {}
@@ -290,6 +311,24 @@ class Settings(BaseSettings):
         values = {k: getattr(self, k) for k in type(self).model_fields}
         return _checked(
             type(self), {k: f for k, f in (flags or {}).items() if k in given}, **{**values, **given}
+        )
+
+
+def _check_names(cls: type[Settings], environ: typing.Mapping[str, str]) -> None:
+    known = set(NOT_SETTINGS)
+    for name, field in cls.model_fields.items():
+        known.add(f"VISREC_{name.upper()}")
+        if isinstance(field.validation_alias, AliasChoices):
+            known.update(str(choice) for choice in field.validation_alias.choices)
+    unknown = sorted(k for k in environ if k.startswith("VISREC_") and k not in known)
+    if unknown:
+        names = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(known - NOT_SETTINGS), n=1, cutoff=0.6)
+            names.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        raise SettingsError(
+            f"unknown setting{'s' if len(names) > 1 else ''} {', '.join(names)}: "
+            "the README's settings table lists every VISREC_* variable"
         )
 
 
@@ -369,7 +408,7 @@ def settings_table() -> str:
                     bounds.append(f"{sign} {getattr(rule, attr):g}")
         kind = {int: "whole number", float: "number", bool: "0 or 1"}.get(field.annotation, "")
         if name == "lake_uri":
-            kind = "`file://...` or `s3://...`"
+            kind = "a path, `file://...` or `s3://...`"
         elif name == "event_weights":
             kind = "each event type `=` a number >= 0"
         elif typing.get_origin(field.annotation) is Literal:

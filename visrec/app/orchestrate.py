@@ -22,6 +22,7 @@ from pathlib import Path
 from visrec.errors import VisrecError
 from visrec.pipeline import POOLS, STEPS, steps
 from visrec.settings import Settings
+from visrec.store.catalog import CATALOG_KEY
 from visrec.store.lake import Lake, check_ds
 from visrec.store.runs import RunLog
 
@@ -106,6 +107,7 @@ def run_dates(dates: list[str], settings: Settings, *, airflow: bool = True) -> 
     --start --end``), and each date's run reuses them (the DAG's ``ingested`` parameter)."""
     dates = [check_ds(d) for d in dates]
     lake = Lake.from_settings(settings)
+    check_inputs_exist(lake)
     env = prepare_airflow(settings) if airflow else None
     backfill = len(dates) > 1
     if backfill:
@@ -137,6 +139,18 @@ def run_dates(dates: list[str], settings: Settings, *, airflow: bool = True) -> 
         runs.append(DateRun(ds, seconds, str(log_path) if log_path else None, task_seconds))
         log.info("%s done in %.0fs; steps recorded: %s", ds, seconds, sorted(RunLog(lake).night(ds)))
     return runs
+
+
+def check_inputs_exist(lake: Lake) -> None:
+    """Refuse, before Airflow starts or anything is written, a lake with nothing to run on: no catalog
+    (every night ingests its images), or no event log at all."""
+    if not lake.exists(CATALOG_KEY):
+        raise RunFailed(
+            f"no catalog at {lake.url(CATALOG_KEY)}: make a shop first (`visrec synth`, or `visrec import` "
+            "for your own data)"
+        )
+    if not lake.list_keys("raw/events"):
+        raise RunFailed(f"no event logs under {lake.url('raw/events')}: `visrec synth` or `visrec import` first")
 
 
 def task_durations(ds: str, env: dict[str, str]) -> dict[str, float]:

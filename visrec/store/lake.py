@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -132,11 +133,19 @@ def make_filesystem(
     raise LakeError(f"unsupported lake URI {uri!r}: use file:///path or s3://bucket/prefix")
 
 
+def as_uri(location: str) -> str:
+    """A lake or output location as a URI: ``s3://...`` and ``file://...`` as they are, a plain path
+    (``./shop``, ``/data/lake``) as the ``file://`` URI of its absolute path."""
+    if "://" in location:
+        return location
+    return Path(location).expanduser().resolve().as_uri()
+
+
 class Lake:
-    """Tables and objects under one root URI."""
+    """Tables and objects under one root URI (a plain path is a local folder)."""
 
     def __init__(self, uri: str, *, s3_endpoint: str | None = None, s3_region: str = "us-east-1"):
-        self.uri = uri.rstrip("/")
+        self.uri = as_uri(uri).rstrip("/")
         self.s3_endpoint, self.s3_region = s3_endpoint, s3_region  # to open the same lake elsewhere
         self.fs, self.root = make_filesystem(self.uri, s3_endpoint, s3_region)
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
