@@ -284,6 +284,12 @@ def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
     elif args.action == "env":
         print(cluster.env_file().read_text() if cluster.env_file().exists() else "", end="")
     else:  # run
+        down = [name for name in ("api-server", "scheduler") if not cluster.alive(name)]
+        if down:
+            raise VisrecError(
+                f"the cluster under {root} has no running {' or '.join(down)}; start it with `visrec cluster up` "
+                "(with the same --dir)"
+            )
         for ds in _dates(args):
             run_id = cluster.trigger(ds)
             print(
@@ -320,7 +326,8 @@ def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> int:
     photo = Path(args.photo)
     if not photo.is_file():
-        raise VisrecError(f"photo {photo} not found")
+        what = "is a folder, not a photo" if photo.is_dir() else "not found"
+        raise VisrecError(f"photo {photo} {what}")
     lake = _lake(None, settings)
     matches, context = steps.find_similar(
         settings, photo.read_bytes(), photo.name, k=args.k, ds=args.ds, user=args.user, lake=lake

@@ -150,7 +150,9 @@ def check_inputs_exist(lake: Lake) -> None:
             "for your own data)"
         )
     if not lake.list_keys("raw/events"):
-        raise RunFailed(f"no event logs under {lake.url('raw/events')}: `visrec synth` or `visrec import` first")
+        raise RunFailed(
+            f"no event logs under {lake.url('raw/events')}: `visrec synth` or `visrec import` first"
+        )
 
 
 def task_durations(ds: str, env: dict[str, str]) -> dict[str, float]:
