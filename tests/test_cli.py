@@ -75,7 +75,11 @@ def test_synth_writes_shop_and_says_where(tmp_path: Path):
         (["score", "--ds", "2026-11-01", "-k", "5"], {"VISREC_TOP_K": "0"}, "bad setting VISREC_TOP_K='0'"),
         (["ingest", "--ds", "2026-02-30"], {}, "not a real date"),
         (["similar", "/"], {}, "photo / is a folder, not a photo"),
-        (["cluster", "run", "--ds", "2026-11-01"], {}, "has no running api-server or scheduler; start it with"),
+        (
+            ["cluster", "run", "--ds", "2026-11-01"],
+            {},
+            "has no running api-server or scheduler; start it with",
+        ),
         (["ingest", "--ds", "2026-11-01"], {}, "no catalog at"),
         (["publish", "--ds", "2026-11-01"], {}, "no recommendations for 2026-11-01; run `visrec step score"),
         (

@@ -16,7 +16,15 @@ import scipy.sparse as sp
 from visrec.devdata.synth import CATEGORIES, COLOURS, PATTERNS, ShopConfig, generate_shop, write_events_table
 from visrec.devdata.trial import differing_tables
 from visrec.models.mf import VBPR
-from visrec.recsys.baselines import EASE, ItemCF, Popularity, SparkALS, SparkItemCF, VisualProfile
+from visrec.recsys.baselines import (
+    EASE,
+    ItemCF,
+    LowRankEASE,
+    Popularity,
+    SparkALS,
+    SparkItemCF,
+    VisualProfile,
+)
 from visrec.recsys.data import Split, TrainData, build_split
 from visrec.recsys.metrics import (
     coverage,
@@ -122,6 +130,31 @@ def test_ease_solves_the_closed_form_and_refuses_a_catalog_too_large():
     assert np.allclose(model.score(np.arange(3)), x[:3] @ expected, atol=1e-4)
     with pytest.raises(ValueError, match="over max_items=5"):
         EASE(max_items=5).fit(TrainData(sp.csr_matrix(x)))
+
+
+class TestLowRankEASE(RecommenderBehaviour):
+    def make(self, spark):
+        return LowRankEASE(l2=50.0, rank=16)
+
+
+def test_low_rank_ease_is_a_factor_model_the_registry_can_hold():
+    from visrec.recsys.train import _factors_as_keras
+
+    rng = np.random.default_rng(1)
+    x = (rng.random((80, 30)) < 0.25).astype(np.float32)
+    x[:, 29] = 0  # an item nobody touched
+    data = TrainData(sp.csr_matrix(x))
+    model = LowRankEASE(l2=5.0, rank=29).fit(data)
+    full = EASE(l2=5.0).fit(data)
+    # At full rank the factors give EASE's scores (the untouched item pushed below everything).
+    assert np.allclose(model.score(np.arange(5))[:, :29], full.score(np.arange(5))[:, :29], atol=1e-3)
+    ids, _ = model.recommend(np.arange(80), data.user_items, N=5)
+    assert 29 not in ids
+    keras_model = _factors_as_keras(model)
+    users, pos, neg = np.array([0, 1], np.int32), np.array([2, 3], np.int32), np.array([4, 5], np.int32)
+    scores = model.score(np.array([0, 1]))
+    expected = scores[[0, 1], pos] - scores[[0, 1], neg]
+    assert np.allclose(np.asarray(keras_model((users, pos, neg))).ravel(), expected, atol=1e-4)
 
 
 class TestVisualProfile(RecommenderBehaviour):
@@ -238,7 +271,7 @@ def test_selection_keeps_the_visual_term_only_where_it_helps(shop):
     """The search's first two trials are the defaults with and without the visual term; with features
     that carry the taste the visual one wins on validation, with noise the plain one."""
     settings, _, split = shop
-    settings = settings.with_overrides(mf_trials=2)
+    settings = settings.with_overrides(mf_trials=2, mf_families="vbpr")  # VBPR's own trials only
     informed = select_vbpr(settings, split, LAST)
     noise = select_vbpr(settings, _noise_split(split), LAST)
     assert [t["visual_factors"] for t in informed.trials] == [settings.mf_visual_factors, 0]
@@ -591,3 +624,33 @@ def test_scoring_reads_the_days_pairs_as_the_event_history_gives_them(tmp_path):
         recent, want_recent = data.recent_user_items > 0, want.recent_user_items > 0
         assert 0 < want_recent.nnz < (want.user_items > 0).nnz and (recent != want_recent).nnz == 0
         assert bought.nnz > 0 and ((bought > 0) != (purchased_matrix(events, want) > 0)).nnz == 0
+
+
+def test_when_ease_wins_the_selection_it_is_registered_and_serves(shop, tmp_path, monkeypatch):
+    """The EASE family through the whole recommender path: selected, evaluated under its own name,
+    registered (as a Keras factor model) and scoring every user. The VBPR search is made to lose
+    (its validation NDCG zero for every user): this test is about serving the other family."""
+    from visrec.recsys import select
+
+    settings, lake, _ = shop
+    settings = settings.with_overrides(
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        mf_trials=1,
+        mf_epochs=2,
+        mf_ease_rank=32,
+        mf_promotion="always",  # serve it whatever the gate says of it on this small shop
+    )
+    real_search = select.search_vbpr
+
+    def losing_search(settings, validation, design="given"):
+        chosen = real_search(settings, validation, design)
+        return dataclasses.replace(chosen, validation_per_user=np.zeros_like(chosen.validation_per_user))
+
+    monkeypatch.setattr(select, "search_vbpr", losing_search)
+    result = train_mf(settings, LAST, lake=lake)
+    assert result.selected["family"] == "ease" and "ease" in result.metrics and "vbpr" not in result.metrics
+    assert result.version == "visrec-mf/1" and result.serving == "model"
+    scored = score_users(settings.with_overrides(top_k=10), LAST, lake=lake)
+    recs = lake.read_table("recommendations", LAST).to_pandas()
+    assert scored.rows == len(recs) > 0 and (recs.groupby("user_id").size() == 10).all()
+    assert "visrec-mf/1" in set(recs["model_version"])

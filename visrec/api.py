@@ -122,16 +122,19 @@ def evaluate(model: Recommender, split: Split, k: int = 10) -> dict[str, float]:
 def select_recommender(validation: Split, settings: Settings | None = None) -> Selection:
     """The nightly model selection on a validation split you choose: VBPR's defaults and settings from
     its search space (``VISREC_MF_*``), each fit on ``validation.train`` and ranked by NDCG on
-    ``validation.relevant``. ``settings`` default to the environment's."""
+    ``validation.relevant``, then the winner against EASE (``VISREC_MF_FAMILIES``); a challenger replaces
+    the defaults only when clearly better. ``settings`` default to the environment's."""
     from visrec.recsys import select  # Keras and MLflow load here, on first use
 
-    return select.search_vbpr(settings or Settings.from_env(), validation)
+    settings = settings or Settings.from_env()
+    return select.compare_families(settings, validation, select.search_vbpr(settings, validation))
 
 
 def fit_selected(
     selection: Selection | None, data: TrainData, settings: Settings | None = None
-) -> VBPRRecommender:
-    """A VBPR with the selected settings (None: the defaults), fit on ``data`` (e.g. train + validation);
+) -> Recommender:
+    """The selected model (VBPR with its settings, or EASE when the selection chose that family; None:
+    VBPR's defaults), fit on ``data`` (e.g. train + validation);
     without item features, plain BPR-MF (``visual_factors=0``)."""
     from visrec.recsys import select  # Keras and MLflow load here, on first use
 
@@ -139,7 +142,7 @@ def fit_selected(
     params = selection.params if selection is not None else select.default_params(settings)
     if data.item_features is None:
         params = {**params, "visual_factors": 0}
-    return select.make_vbpr(settings, params).fit(data)
+    return select.make_recommender(settings, params).fit(data)
 
 
 @dataclass

@@ -164,6 +164,19 @@ class Settings(BaseSettings):
         le=10_000,
         description="settings the recommender's search tries (0: the defaults below only)",
     )
+    mf_families: str = Field(
+        "vbpr,ease",
+        pattern=r"^vbpr(,ease)?$",
+        description="recommender search: the families compared (vbpr; vbpr,ease: EASE replaces the chosen "
+        "VBPR when clearly better on validation)",
+    )
+    mf_ease_l2: float = Field(500.0, gt=0, description="recommender: EASE's L2 (its family's one setting)")
+    mf_ease_rank: int = Field(
+        128,
+        ge=1,
+        le=4096,
+        description="recommender: the factors EASE's item-item weights are cut to for scoring",
+    )
     mf_validation_min_users: int = Field(
         50,
         ge=1,

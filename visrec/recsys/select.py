@@ -14,6 +14,7 @@ and the verdict are logged and recorded in the MLflow run; each trial is an MLfl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 import optuna
 
 import mlflow
+from visrec.recsys.baselines import EASE, FactorRecommender, LowRankEASE
 from visrec.recsys.data import Split, holdout_per_user, validation_split
 from visrec.recsys.metrics import bootstrap_interval, ndcg_per_user, users_with
 from visrec.recsys.vbpr import VBPRRecommender
@@ -30,6 +32,7 @@ from visrec.settings import Settings
 log = logging.getLogger(__name__)
 
 SEARCHED = ("factors", "visual_factors", "negatives", "l2", "visual_l2", "learning_rate")
+EASE_MAX_ITEMS = EASE().max_items
 HOLDOUT_SHARE = 0.25  # of each user's items, in the per-user holdout design
 
 
@@ -44,12 +47,16 @@ class Selection:
     trials: list[dict] = field(default_factory=list)
     design: str = "none"
     verdict: str = "the defaults (no search)"
+    # The chosen settings' NDCG per validation user (what a family comparison pairs against).
+    validation_per_user: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def visual_helps(self) -> bool | None:
         """Whether the best trial with a visual term beat the best without one (None: not both tried)."""
         best = {True: -1.0, False: -1.0}
         for trial in self.trials:
+            if "visual_factors" not in trial:  # another family's trial
+                continue
             key = trial["visual_factors"] > 0
             best[key] = max(best[key], trial["validation_ndcg"])
         return None if min(best.values()) < 0 else best[True] > best[False]
@@ -71,6 +78,54 @@ def default_params(settings: Settings) -> dict:
 def make_vbpr(settings: Settings, params: dict) -> VBPRRecommender:
     """A ``VBPRRecommender`` with ``params`` and the settings' batch size and seed."""
     return VBPRRecommender(**params, batch_size=settings.mf_batch_size, seed=settings.seed)
+
+
+def make_recommender(settings: Settings, params: dict) -> FactorRecommender:
+    """The model a selection's ``params`` describe: EASE (as a low-rank factor model) when their
+    ``family`` is ``ease``, else VBPR."""
+    if params.get("family") == "ease":
+        return LowRankEASE(l2=params["l2"], rank=params["rank"], seed=settings.seed)
+    return make_vbpr(settings, params)
+
+
+def compare_families(settings: Settings, validation: Split, selection: Selection) -> Selection:
+    """The chosen VBPR against EASE (``VISREC_MF_FAMILIES``) on the same validation users: EASE replaces
+    it only when the paired-bootstrap 95% interval of its per-user NDCG gain is above zero."""
+    if "ease" not in settings.mf_families.split(",") or selection.validation_per_user is None:
+        return selection
+    if validation.train.n_items > EASE_MAX_ITEMS:
+        log.info(
+            "mf selection: EASE not tried: %d items (its solve holds up to %d)",
+            validation.train.n_items,
+            EASE_MAX_ITEMS,
+        )
+        return selection
+    params = {"family": "ease", "l2": settings.mf_ease_l2, "rank": settings.mf_ease_rank}
+    started = time.perf_counter()
+    model = make_recommender(settings, params).fit(validation.train)
+    users = users_with(validation.relevant)
+    ids, _ = model.recommend(users, validation.train.user_items, N=settings.eval_k)
+    ease = ndcg_per_user(ids, [validation.relevant[u] for u in users], settings.eval_k)
+    low, high = bootstrap_interval(ease - selection.validation_per_user, seed=settings.seed)
+    gain = (
+        f"EASE's NDCG@{settings.eval_k} {ease.mean():.4f} against VBPR's "
+        f"{selection.validation_per_user.mean():.4f}, gain [{low:+.4f}, {high:+.4f}]"
+    )
+    log.info("mf selection: %s (%.1fs)", gain, time.perf_counter() - started)
+    trial = {**params, "validation_ndcg": float(ease.mean()), "fit_seconds": time.perf_counter() - started}
+    trials = [*selection.trials, trial]
+    if low <= 0:
+        return dataclasses.replace(
+            selection, trials=trials, verdict=f"{selection.verdict}; VBPR kept: {gain}"
+        )
+    return dataclasses.replace(
+        selection,
+        params=params,
+        validation_ndcg=float(ease.mean()),
+        trials=trials,
+        verdict=f"EASE: {gain}",
+        validation_per_user=ease,
+    )
 
 
 def served_users(split: Split) -> Split:
@@ -115,7 +170,7 @@ def select_vbpr(settings: Settings, split: Split, ds: str) -> Selection:
         selection = Selection(defaults, design=design, verdict="the defaults: " + design)
         _record(selection)
         return selection
-    selection = search_vbpr(settings, validation, design)
+    selection = compare_families(settings, validation, search_vbpr(settings, validation, design))
     return scaled_epochs(settings, selection, validation.train.user_items.nnz, split.train.user_items.nnz)
 
 
@@ -126,20 +181,13 @@ def scaled_epochs(
     model it configures trains on (``final_pairs`` user-item pairs against ``validation_pairs``), at most
     ``VISREC_MF_EPOCHS``: on ML-1M the count chosen on a 75% holdout (19) left the refit on all the
     training data short of what 30 epochs reached (NDCG@10 0.406 against 0.412)."""
-    chosen = selection.params.get("epochs")
+    chosen = selection.params.get("epochs")  # None for a family without epochs (EASE)
     if not chosen or not validation_pairs or final_pairs <= validation_pairs or not selection.trials:
         return selection
     epochs = min(settings.mf_epochs, max(chosen, round(chosen * final_pairs / validation_pairs)))
     if epochs != chosen:
         log.info("mf selection: %d epochs on validation -> %d on %d pairs", chosen, epochs, final_pairs)
-    return Selection(
-        {**selection.params, "epochs": epochs},
-        selection.validation_ndcg,
-        selection.validation_users,
-        selection.trials,
-        selection.design,
-        selection.verdict,
-    )
+    return dataclasses.replace(selection, params={**selection.params, "epochs": epochs})
 
 
 def search_vbpr(
@@ -214,7 +262,7 @@ def search_vbpr(
         else:
             chosen, verdict = first, f"the defaults: the best trial's {gain} is not clearly above zero"
     params = {**chosen.params, "epochs": chosen.user_attrs["epochs"]}
-    selection = Selection(params, chosen.value, len(users), trials, design, verdict)
+    selection = Selection(params, chosen.value, len(users), trials, design, verdict, per_user[chosen.number])
     log.info(
         "mf selection: %d trials on %d validation users (%s); %s; chosen %s (visual term helps: %s)",
         len(trials),

@@ -24,7 +24,6 @@ from visrec.store.tables import load_events
 
 if TYPE_CHECKING:
     from visrec.recsys.select import Selection
-    from visrec.recsys.vbpr import VBPRRecommender
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +265,7 @@ def train_mf(
     import contextlib
 
     import mlflow
-    from visrec.recsys.select import make_vbpr, select_vbpr
+    from visrec.recsys.select import make_recommender, select_vbpr
 
     config = config or MFConfig.from_settings(settings)
     lake = lake or Lake.from_settings(settings)
@@ -280,12 +279,13 @@ def train_mf(
     )
     with run:
         selection = select_vbpr(settings, split, ds)
-        challenger, popularity = make_vbpr(settings, selection.params), Popularity()
+        challenger, popularity = make_recommender(settings, selection.params), Popularity()
         metrics, rivals = {}, {}
         metrics["popularity"], rivals["popularity"] = fit_and_evaluate(popularity, split, k)
-        metrics["vbpr"], recall = fit_and_evaluate(challenger, split, k)
+        family = selection.params.get("family", "vbpr")  # the metrics say which model they measure
+        metrics[family], recall = fit_and_evaluate(challenger, split, k)
         categories = item_categories(lake, ds, split.train.item_ids)
-        metrics["vbpr_published"] = evaluate_published_lists(
+        metrics[f"{family}_published"] = evaluate_published_lists(
             challenger, split, categories, k, config.max_per_category
         )
         # Like with like: the champion's own evaluation model (trained before *its* cut, so it never
@@ -305,7 +305,7 @@ def train_mf(
             )
             serve = "model" if kept_beats else "popularity"
         full = full_data(settings, lake, ds, events)
-        production = make_vbpr(settings, selection.params).fit(full)
+        production = make_recommender(settings, selection.params).fit(full)
         scorer = FactorScorer.from_model(production, full)
         version = promoted = None
         reason = f"not registered ({verdict})"
@@ -326,6 +326,21 @@ def train_mf(
     return MFResult(metrics, version, promoted, reason, scorer, serve, selection.params)
 
 
+def _factors_as_keras(model: FactorRecommender):
+    """A factor model of another family (EASE) as the Keras scoring model the registry holds: a
+    :class:`visrec.models.mf.VBPR` without a visual term whose factors and biases are the model's, so
+    ``x_ui - x_uj`` is its score difference."""
+    from visrec.models.mf import VBPR
+
+    users, items = model.user_vectors.shape[0], model.item_vectors.shape[0]
+    keras_model = VBPR(users, items, 0, model.item_vectors.shape[1], 0)
+    keras_model.build()
+    keras_model.user_factors.set_weights([model.user_vectors])
+    keras_model.item_factors.set_weights([model.item_vectors])
+    keras_model.item_bias.set_weights([model.item_biases.reshape(-1, 1)])
+    return keras_model
+
+
 def _register(
     settings: Settings,
     *,
@@ -333,7 +348,7 @@ def _register(
     full: TrainData,
     selection: Selection,
     metrics: dict[str, dict[str, float]],
-    models: tuple[VBPRRecommender, VBPRRecommender, FactorScorer],
+    models: tuple[FactorRecommender, FactorRecommender, FactorScorer],
     decision: tuple[bool, str, str],
 ) -> str:
     """Log the training to the active MLflow run, register the production model (``models``: the
@@ -372,10 +387,11 @@ def _register(
         mlflow.log_artifact(str(Path(tmp) / "eval_factors.npz"), "scoring")
     example = {name: np.array([0], np.int32) for name in ("users", "pos_items", "neg_items")}
     example["neg_items"][0] = min(1, full.n_items - 1)
+    keras_model = production.model if hasattr(production, "model") else _factors_as_keras(production)
     model_uri = registry.log_keras_model(
-        production.model,
+        keras_model,
         example,
-        np.asarray(production.model(tuple(example.values()))),
+        np.asarray(keras_model(tuple(example.values()))),
         pip_requirements=["keras", "tensorflow-cpu"],
     )
     registration = registry.register_decided(model_uri, MODEL_NAME, promote, verdict)

@@ -116,6 +116,8 @@ LABELS = {
     "train_gan": "image generator",
     "vbpr": "new VBPR",
     "vbpr_published": "new VBPR after the category cap",
+    "ease": "new EASE",
+    "ease_published": "new EASE after the category cap",
     "champion": "champion",
     "popularity": "popularity",
 }
