@@ -23,7 +23,7 @@ def run() -> Figures:
     from visrec.ingest.catalog_images import ingest_images
     from visrec.recsys.baselines import ItemCF, Popularity, Recommender, SparkALS, SparkItemCF, VisualProfile
     from visrec.recsys.data import build_split
-    from visrec.recsys.select import make_vbpr, select_vbpr
+    from visrec.recsys.select import make_recommender, select_vbpr
     from visrec.recsys.train import evaluate_model
     from visrec.recsys.vbpr import VBPRRecommender
     from visrec.settings import Settings
@@ -106,7 +106,7 @@ def run() -> Figures:
             "mf": VBPRRecommender(visual_factors=0),
             "vbpr": VBPRRecommender(),
             # What the nightly training picks: a search on a validation window before the test window.
-            "selected": make_vbpr(settings, select_vbpr(settings, split, last).params),
+            "selected": make_recommender(settings, select_vbpr(settings, split, last).params),
         }
         note = (
             f"synthetic shop {config.users} users x {config.items} items x {config.days} days, "
@@ -126,7 +126,7 @@ def run() -> Figures:
         )
         results["vbpr_true_attributes"] = evaluate_model(VBPRRecommender(), told)
         results["selected_true_attributes"] = evaluate_model(
-            make_vbpr(settings, select_vbpr(settings, told, last).params), told
+            make_recommender(settings, select_vbpr(settings, told, last).params), told
         )
         # The item embeddings are the image model's classifier and retrieval embeddings side by side; VBPR
         # reads the classifier's part (classifier_dims), the visual profile all of it. Each fed the other

@@ -41,7 +41,7 @@ def run() -> Figures:
     from visrec.devdata.synth import write_events_table
     from visrec.recsys.baselines import ItemCF, Popularity, SparkALS, SparkItemCF, VisualProfile
     from visrec.recsys.data import build_split
-    from visrec.recsys.select import make_vbpr, select_vbpr
+    from visrec.recsys.select import make_recommender, select_vbpr
     from visrec.recsys.train import evaluate_model
     from visrec.recsys.vbpr import VBPRRecommender
     from visrec.settings import Settings
@@ -90,7 +90,7 @@ def run() -> Figures:
             ),
             "mf": VBPRRecommender(visual_factors=0),
             "vbpr": VBPRRecommender(),
-            "selected": make_vbpr(settings, select_vbpr(settings, split, last).params),
+            "selected": make_recommender(settings, select_vbpr(settings, split, last).params),
         }
         rel = [r for r in split.relevant if r]
         cold_pairs = sum(len({i for i in r if split.cold[i]}) for r in rel)

@@ -127,7 +127,7 @@ def run() -> Figures:
     from implicit.als import AlternatingLeastSquares
     from implicit.bpr import BayesianPersonalizedRanking
 
-    from visrec.recsys.select import default_params, make_vbpr, select_vbpr
+    from visrec.recsys.select import default_params, make_recommender, make_vbpr, select_vbpr
 
     if not (ML1M / "ratings.parquet").exists():
         print(f"  mf_ml1m: needs {ML1M} (absent here); skipped", file=sys.stderr)
@@ -159,7 +159,7 @@ def run() -> Figures:
             "ease": EASE(l2=500.0),
             "defaults": make_vbpr(settings, defaults),
             "visual_ablation": make_vbpr(settings, {**defaults, "visual_factors": 0}),
-            "selected": make_vbpr(settings, selection.params),
+            "selected": make_recommender(settings, selection.params),
             "implicit_als": _implicit(AlternatingLeastSquares(factors=64, iterations=15, random_state=0)),
             "implicit_bpr": _implicit(
                 BayesianPersonalizedRanking(factors=64, iterations=100, random_state=0)
