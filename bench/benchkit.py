@@ -65,3 +65,20 @@ def write_results(results: dict) -> None:
         cmd = f"`python bench/run.py {fig['bench']}`"
         lines.append(f"| {key} | {fig['value']} | {fig['unit']} | {cmd} | {fig['at']} | {fig['note']} |")
     RESULTS_MD.write_text("\n".join(lines) + "\n")
+
+
+def implicit_model(model):
+    """``implicit``'s ALS or BPR behind visrec's batch interface (a bench-only dependency)."""
+    from threadpoolctl import threadpool_limits
+
+    from visrec.recsys.baselines import FactorRecommender
+
+    class Implicit(FactorRecommender):
+        def fit(self, data):
+            with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, not BLAS's
+                model.fit(data.user_items.tocsr().astype(np.float32), show_progress=False)
+            self.user_vectors = np.asarray(model.user_factors, np.float32)
+            self.item_vectors = np.asarray(model.item_factors, np.float32)
+            return self
+
+    return Implicit()

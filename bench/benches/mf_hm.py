@@ -6,25 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchkit import CACHE, HM_SAMPLE, Figures, figure
-
-
-def _implicit(model):
-    """``implicit``'s ALS or BPR behind visrec's batch interface (a bench-only dependency)."""
-    import numpy as np
-    from threadpoolctl import threadpool_limits
-
-    from visrec.recsys.baselines import FactorRecommender
-
-    class Implicit(FactorRecommender):
-        def fit(self, data):
-            with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, not BLAS's
-                model.fit(data.user_items.tocsr().astype(np.float32), show_progress=False)
-            self.user_vectors = np.asarray(model.user_factors, np.float32)
-            self.item_vectors = np.asarray(model.item_factors, np.float32)
-            return self
-
-    return Implicit()
+from benchkit import CACHE, HM_SAMPLE, Figures, figure, implicit_model
 
 
 def run() -> Figures:
@@ -84,8 +66,10 @@ def run() -> Figures:
             "spark_item_cf": SparkItemCF(spark),
             "spark_als": SparkALS(spark),
             "visual_profile": VisualProfile(),
-            "implicit_als": _implicit(AlternatingLeastSquares(factors=64, iterations=15, random_state=0)),
-            "implicit_bpr": _implicit(
+            "implicit_als": implicit_model(
+                AlternatingLeastSquares(factors=64, iterations=15, random_state=0)
+            ),
+            "implicit_bpr": implicit_model(
                 BayesianPersonalizedRanking(factors=64, iterations=100, random_state=0)
             ),
             "mf": VBPRRecommender(visual_factors=0),

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from benchkit import CACHE, ML1M, Figures, figure
+from benchkit import CACHE, ML1M, Figures, figure, implicit_model
 
 from visrec.api import load_images, split_per_user, train_image_model
-from visrec.recsys.baselines import EASE, FactorRecommender, ItemCF, Popularity, Recommender
+from visrec.recsys.baselines import EASE, ItemCF, Popularity, Recommender
 from visrec.recsys.data import Split
 from visrec.recsys.metrics import bootstrap_interval, map_at_k, ndcg_per_user, recall_per_user, users_with
 from visrec.settings import Settings
@@ -30,21 +30,6 @@ MODELS = (
     "implicit_als",
     "implicit_bpr",
 )
-
-
-def _implicit(model) -> FactorRecommender:
-    """``implicit``'s ALS or BPR behind visrec's batch interface (a bench-only dependency)."""
-    from threadpoolctl import threadpool_limits
-
-    class Implicit(FactorRecommender):
-        def fit(self, data):
-            with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, not BLAS's
-                model.fit(data.user_items.tocsr().astype(np.float32), show_progress=False)
-            self.user_vectors = np.asarray(model.user_factors, np.float32)
-            self.item_vectors = np.asarray(model.item_factors, np.float32)
-            return self
-
-    return Implicit()
 
 
 def _poster_embeddings(item_ids: list[str], settings: Settings) -> tuple[np.ndarray, int]:
@@ -160,8 +145,10 @@ def run() -> Figures:
             "defaults": make_vbpr(settings, defaults),
             "visual_ablation": make_vbpr(settings, {**defaults, "visual_factors": 0}),
             "selected": make_recommender(settings, selection.params),
-            "implicit_als": _implicit(AlternatingLeastSquares(factors=64, iterations=15, random_state=0)),
-            "implicit_bpr": _implicit(
+            "implicit_als": implicit_model(
+                AlternatingLeastSquares(factors=64, iterations=15, random_state=0)
+            ),
+            "implicit_bpr": implicit_model(
                 BayesianPersonalizedRanking(factors=64, iterations=100, random_state=0)
             ),
         }

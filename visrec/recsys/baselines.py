@@ -232,6 +232,10 @@ class ItemCF(Recommender):
         return np.asarray((self.user_items[userids] @ self.similarity).todense())
 
 
+# EASE's solve holds two items x items float64 matrices: 3.2 GB each at this many items.
+EASE_MAX_ITEMS = 20_000
+
+
 class EASE(Recommender):
     """EASE (Steck 2019): item-item weights in closed form, ``B = I - P / diag(P)`` with
     ``P = (X^T X + l2 I)^-1`` over the binary user-item matrix ``X``, zero diagonal; score(u) = X_u B.
@@ -239,7 +243,7 @@ class EASE(Recommender):
     matrix and as much for its inverse) refuses larger catalogs with a clear error rather than
     exhausting memory."""
 
-    def __init__(self, l2: float = 500.0, max_items: int = 20_000):
+    def __init__(self, l2: float = 500.0, max_items: int = EASE_MAX_ITEMS):
         if l2 <= 0:
             raise ValueError(f"EASE needs l2 > 0, got {l2}")
         self.l2, self.max_items = l2, max_items
@@ -273,7 +277,7 @@ class LowRankEASE(FactorRecommender):
     solve's 0.471. Items nobody touched have no weights: they get a bias far below every score, so they
     never fill a list (VBPR's images rank new items; EASE has nothing to rank them by)."""
 
-    def __init__(self, l2: float = 500.0, rank: int = 128, max_items: int = 20_000, seed: int = 42):
+    def __init__(self, l2: float = 500.0, rank: int = 128, max_items: int = EASE_MAX_ITEMS, seed: int = 42):
         if rank < 1:
             raise ValueError(f"LowRankEASE needs rank >= 1, got {rank}")
         self.l2, self.rank, self.max_items, self.seed = l2, rank, max_items, seed

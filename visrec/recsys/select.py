@@ -23,7 +23,7 @@ import numpy as np
 import optuna
 
 import mlflow
-from visrec.recsys.baselines import EASE, FactorRecommender, LowRankEASE
+from visrec.recsys.baselines import EASE_MAX_ITEMS, FactorRecommender, LowRankEASE, Recommender
 from visrec.recsys.data import Split, holdout_per_user, validation_split
 from visrec.recsys.metrics import bootstrap_interval, ndcg_per_user, users_with
 from visrec.recsys.vbpr import VBPRRecommender
@@ -32,7 +32,6 @@ from visrec.settings import Settings
 log = logging.getLogger(__name__)
 
 SEARCHED = ("factors", "visual_factors", "negatives", "l2", "visual_l2", "learning_rate")
-EASE_MAX_ITEMS = EASE().max_items
 HOLDOUT_SHARE = 0.25  # of each user's items, in the per-user holdout design
 
 
@@ -88,6 +87,14 @@ def make_recommender(settings: Settings, params: dict) -> FactorRecommender:
     return make_vbpr(settings, params)
 
 
+def validation_ndcg(model: Recommender, validation: Split, k: int) -> np.ndarray:
+    """NDCG@k of a fitted ``model`` for each validation user with something to find (their liked items
+    filtered): what trials and families are ranked and paired on."""
+    users = users_with(validation.relevant)
+    ids, _ = model.recommend(users, validation.train.user_items, N=k, filter_already_liked_items=True)
+    return ndcg_per_user(ids, [validation.relevant[u] for u in users], k)
+
+
 def compare_families(settings: Settings, validation: Split, selection: Selection) -> Selection:
     """The chosen VBPR against EASE (``VISREC_MF_FAMILIES``) on the same validation users: EASE replaces
     it only when the paired-bootstrap 95% interval of its per-user NDCG gain is above zero."""
@@ -103,9 +110,7 @@ def compare_families(settings: Settings, validation: Split, selection: Selection
     params = {"family": "ease", "l2": settings.mf_ease_l2, "rank": settings.mf_ease_rank}
     started = time.perf_counter()
     model = make_recommender(settings, params).fit(validation.train)
-    users = users_with(validation.relevant)
-    ids, _ = model.recommend(users, validation.train.user_items, N=settings.eval_k)
-    ease = ndcg_per_user(ids, [validation.relevant[u] for u in users], settings.eval_k)
+    ease = validation_ndcg(model, validation, settings.eval_k)
     low, high = bootstrap_interval(ease - selection.validation_per_user, seed=settings.seed)
     gain = (
         f"EASE's NDCG@{settings.eval_k} {ease.mean():.4f} against VBPR's "
@@ -215,7 +220,6 @@ def search_vbpr(
             study.enqueue_trial(first, skip_if_exists=True)
     trials: list[dict] = []
     per_user: dict[int, np.ndarray] = {}
-    relevant = [validation.relevant[u] for u in users]
     k = settings.eval_k
 
     def objective(trial: optuna.Trial) -> float:
@@ -228,8 +232,7 @@ def search_vbpr(
         started = time.perf_counter()
         model = make_vbpr(settings, {**params, "epochs": settings.mf_epochs})
         model.fit(validation.train, validation=validation.relevant, k=k)
-        ids, _ = model.recommend(users, validation.train.user_items, N=k, filter_already_liked_items=True)
-        per_user[trial.number] = ndcg_per_user(ids, relevant, k)
+        per_user[trial.number] = validation_ndcg(model, validation, k)
         value = float(per_user[trial.number].mean())
         record = {
             **params,
