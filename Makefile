@@ -27,12 +27,10 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/python -m visrec.app.demo
 
-# The report's browser test needs Debian's chromium: installed here when this is a root Debian machine;
-# elsewhere that one test skips and says why.
+# The report's and the Airflow UI's browser tests need Debian's chromium: installed here when this is a
+# root Debian machine; elsewhere those tests skip and say why (apt's own error is printed).
 browser:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
-	  echo "chromium is not installed: the report's browser test will skip"
+	@tests/need-debian-package.sh chromium chromium optional
 
 # Lint first: a formatting or lint error fails the tests (CI runs `make test`). Three pytest-xdist
 # workers on two cores, each test module (and the image-model modules together) on one worker, so a
@@ -50,15 +48,10 @@ test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PYTEST) test-jax -- -q -m backend --durations=25
 
 # Cluster mode needs Debian's redis-server (Celery's broker) and PostgreSQL's server binaries:
-# installed here when this is a root Debian machine.
+# installed here when this is a root Debian machine; apt's own error is printed when that fails.
 redis:
-	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) ; } || \
-	  { echo "redis-server is not installed: apt-get install redis-server"; exit 1; }
-	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
-	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null ; } || \
-	  { echo "PostgreSQL's server is not installed: apt-get install postgresql"; exit 1; }
+	@tests/need-debian-package.sh redis-server redis-server
+	@tests/need-debian-package.sh initdb postgresql
 
 $(CLUSTER_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,cluster]'
@@ -66,7 +59,7 @@ $(CLUSTER_STAMP): $(STAMP)
 
 # The nightly DAG through a real scheduler, Celery workers, Postgres, Redis, MLflow server, S3 and a
 # Spark standalone cluster, all started and stopped by the tests (visrec cluster up|down).
-cluster-test: $(CLUSTER_STAMP) redis
+cluster-test: $(CLUSTER_STAMP) redis browser
 	$(PYTEST) cluster-test -- -q -m cluster tests/cluster -s --durations=25
 
 # The bench compares against implicit (ALS, BPR): a bench-only dependency, installed here.
@@ -79,12 +72,12 @@ bench: $(BENCH_STAMP) redis
 	$(BIN)/python bench/run.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check visrec tests bench spark_jobs dags
-	$(BIN)/ruff format --check visrec tests bench spark_jobs dags
+	$(BIN)/ruff check visrec visrec_airflow tests bench spark_jobs dags
+	$(BIN)/ruff format --check visrec visrec_airflow tests bench spark_jobs dags
 
 format: $(STAMP)
-	$(BIN)/ruff format visrec tests bench spark_jobs dags
-	$(BIN)/ruff check --fix visrec tests bench spark_jobs dags
+	$(BIN)/ruff format visrec visrec_airflow tests bench spark_jobs dags
+	$(BIN)/ruff check --fix visrec visrec_airflow tests bench spark_jobs dags
 
 # The README's table of test-tier timings, from the last measured run of each tier.
 test-timings: $(STAMP)

@@ -22,6 +22,9 @@ COMMANDS = [
     "similar",
     "step",
     "cluster",
+    "rollback",
+    "export",
+    "champions",
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from visrec.publish import OUTPUT_TABLES, publish
 from visrec.settings import Settings
 from visrec.store.catalog import CATALOG_KEY
 from visrec.store.lake import RELEASE_KEY, Lake, LakeError, read_release
+from visrec.store.runs import RunLog
 
 D1, D2, D3, D4, D5, D6 = (f"2026-11-0{d}" for d in range(1, 7))
 K = 20
@@ -101,11 +103,16 @@ def test_dag_parses_cheaply_with_the_expected_shape(tmp_path):
             "tasks": {{t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}},
             "pools": {{t.task_id: t.pool for t in dag.tasks}},
             "queues": {{t.task_id: t.queue for t in dag.tasks}},
-            "retries": min(t.retries for t in dag.tasks),
+            "retries": min(t.retries for t in dag.tasks if t.task_id != "wait_for_events"),
+            "on_failure": sorted({{f"{{cb.__module__}}.{{cb.__qualname__}}" for t in dag.tasks
+                                   for cb in (t.on_failure_callback if isinstance(t.on_failure_callback, list)
+                                              else [t.on_failure_callback]) if cb}}),
             "max_active_runs": dag.max_active_runs, "catchup": dag.catchup,
             "heavy": sorted(m for m in ("tensorflow", "keras", "pyspark", "mlflow", "pyarrow", "pandas",
                                         "visrec.pipeline.steps") if m in sys.modules),
             "visrec": sorted(m for m in sys.modules if m.startswith("visrec")),
+            "outlets": {{t.task_id: sorted(a.name for a in t.outlets) for t in dag.tasks if t.outlets}},
+            "consumer": sorted(a.name for a in bag.dags["visrec_serving_export"].timetable.asset_condition.objects),
         }}))
     """)
     )
@@ -117,15 +124,24 @@ def test_dag_parses_cheaply_with_the_expected_shape(tmp_path):
     # The DAG file imports visrec.pipeline only; the package's light top brings settings along.
     assert "visrec.pipeline" in info["visrec"] and "visrec.store.lake" not in info["visrec"]
     # The parsed DAG is the declared step graph: every edge, queue and pool.
-    assert info["tasks"] == {step.name: list(step.upstream) for step in STEPS}
-    assert info["queues"] == {step.name: step.queue for step in STEPS}
-    assert info["pools"] == {step.name: step.pool or "default_pool" for step in STEPS}
+    # (and first, the sensor that waits for the day's raw events, before every root step)
+    wait = ["wait_for_events"]
+    assert info["tasks"] == {"wait_for_events": [], **{s.name: list(s.upstream) or wait for s in STEPS}}
+    assert info["queues"] == {"wait_for_events": "default", **{step.name: step.queue for step in STEPS}}
+    assert info["pools"] == {
+        "wait_for_events": "default_pool",
+        **{s.name: s.pool or "default_pool" for s in STEPS},
+    }
     # And the declaration says what the DAG's operators need: a few edges a reader can check.
     assert BY_NAME["build_features"].upstream == ("ingest_events",)
     assert BY_NAME["score"].upstream == ("generate_looks", "recognise_user_photos", "train_mf")
     assert set(BY_NAME["report"].upstream) == set(NAMES) - {"report"}
     assert {s.name for s in STEPS if s.queue == "training"} == {"train_cnn", "train_mf", "train_gan"}
     assert info["retries"] >= 1 and info["max_active_runs"] == 1 and info["catchup"] is False
+    assert info["on_failure"] == ["visrec.pipeline.alerts.task_failed"]
+    # publish emits an Asset per published table; the serving export is scheduled on recommendations'.
+    assert info["outlets"] == {"publish": sorted(f"visrec.{t}" for t in OUTPUT_TABLES)}
+    assert info["consumer"] == ["visrec.recommendations"]
 
 
 def test_dag_runs_end_to_end_and_publishes(nightly):
@@ -474,3 +490,82 @@ def test_forget_removes_a_user_everywhere_and_for_good(nightly):
     assert ingest_events(D2, settings)["valid"] > 0
     ingest_user_photos(D2, settings)
     assert leftovers() == [f"raw/events/dt={D2}/late.jsonl"]  # only the new upstream file itself
+
+
+def test_rollback_then_score_serves_the_earlier_version_and_champions_show_it(nightly):
+    """`visrec champions` lists each night's champions from the run records; `visrec rollback mf --to 1`
+    moves the alias with who/why; the next `visrec score` serves version 1; an unknown version is
+    refused in one line."""
+    settings, lake, _ = nightly
+    env = {**os.environ, **settings.to_env()}
+
+    def visrec(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "visrec", *args], env=env, capture_output=True, text=True, timeout=600
+        )
+
+    history = visrec("champions")
+    assert history.returncode == 0, history.stderr[-2000:]
+    nights = {line.split()[0]: line.split()[1:] for line in history.stdout.splitlines() if line[:2] == "20"}
+    assert nights[D2][1] == "1" and nights[D3][1] == "2", history.stdout  # mf: promoted each night here
+    refused = visrec("rollback", "mf", "--to", "9", "--reason", "x")
+    assert refused.returncode == 1 and "visrec-mf has no version 9 (registered: 1, 2" in refused.stderr
+    moved = visrec("rollback", "mf", "--to", "1", "--reason", "v2 lists looked wrong")
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert "champion is now version 1 (was 2)" in moved.stdout
+    try:
+        scored = visrec("score", "--ds", "2030-01-02", "--latest-features")
+        assert scored.returncode == 0, scored.stderr[-2000:]
+        served = RunLog(lake).get("2030-01-02", "score")["model_versions"]
+        assert "visrec-mf/1" in served and "visrec-mf/2" not in served, (
+            served
+        )  # (and popularity for cold users)
+        history = visrec("champions").stdout
+        assert re.search(r"mf: 2 -> 1 by \S+: v2 lists looked wrong", history), history
+    finally:
+        assert visrec("rollback", "mf", "--to", "2", "--reason", "test done").returncode == 0
+
+
+def test_the_serving_export_dag_serves_the_published_release(nightly):
+    """The consumer DAG through `airflow dags test` (its Airflow metadata is the nightly run's): the
+    newest published release lands in the SQLite serving store, row for row."""
+    import sqlite3
+
+    from visrec.app.orchestrate import airflow_env
+
+    settings, lake, _ = nightly
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "dags", "test", "visrec_serving_export"],
+        env=airflow_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    con = sqlite3.connect(settings.serving_uri.removeprefix("sqlite:///"))
+    served = con.execute("SELECT ds, count(*) FROM recommendations GROUP BY ds").fetchall()
+    published = _warehouse(settings, f"SELECT count(*) FROM recommendations WHERE ds = '{D3}'")[0][0]
+    assert served == [(D3, published)] and published > 0
+
+
+def test_a_day_whose_events_never_arrive_fails_at_the_sensor(nightly):
+    """`visrec run` for a date without raw events: the first task waits (deferred: `airflow dags test`
+    runs its trigger), then fails with one line naming the missing folder; no other task runs and
+    nothing is published."""
+    settings, lake, _ = nightly
+    day = "2026-11-09"
+    env = {**os.environ, **settings.to_env(), "VISREC_EVENTS_WAIT_MINUTES": "0.05"}
+    result = subprocess.run(
+        [sys.executable, "-m", "visrec", "run", "--ds", day],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1
+    assert (
+        f"no raw events for {day} after 0.05 minutes: nothing under {lake.url(f'raw/events/dt={day}')}"
+        in (result.stdout + result.stderr)
+    ), (result.stdout + result.stderr)[-3000:]
+    assert RunLog(lake).night(day) == {}  # no step ran
+    assert day not in {d for parts in read_release(lake)["tables"].values() for d in parts}

@@ -26,22 +26,15 @@ from visrec.store.catalog import read_catalog
 from visrec.store.lake import RELEASE_KEY, Lake, check_ds, read_release
 from visrec.store.schemas import spec_for
 from visrec.store.tables import load_events
+from visrec.vocabulary import PUBLISHED_TABLES
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-# The published contract, in the order the warehouse creates its views.
-OUTPUT_TABLES: tuple[str, ...] = (
-    "recommendations",
-    "similar_items",
-    "generated_looks",
-    "user_photos",
-    "photo_recommendations",
-    "user_profiles",
-    "item_embeddings",
-)
+# The published contract (each table an Airflow Asset of the nightly DAG).
+OUTPUT_TABLES: tuple[str, ...] = PUBLISHED_TABLES
 # Ranked tables: (group columns, the item column) for the rank/score/self checks.
 _RANKED = {
     "recommendations": (["user_id"], "item_id"),

@@ -215,6 +215,30 @@ class Settings(BaseSettings):
     mf_search_learning_rate: str = Field(
         "2e-3..5e-2", description="recommender search: learning rate (log scale)"
     )
+    events_wait_minutes: float = Field(
+        60.0,
+        ge=0,
+        le=24 * 60,
+        description="the nightly DAG waits (in the triggerer) this long for the day's raw events, then "
+        "fails naming them; an empty file in raw/events/dt=<ds>/ declares an empty day",
+    )
+    serving_uri: str = Field(
+        "",
+        pattern=r"^((sqlite:///|postgresql://)\S+)?$",
+        description="the serving store the latest recommendations are exported to (sqlite:///path or "
+        "postgresql://user:password@host/db; default a SQLite file in VISREC_HOME)",
+    )
+    cluster_dir: Path = Field(
+        Path(""),
+        description="where `visrec cluster` keeps the process twin's state, logs and cluster.env (default "
+        "VISREC_HOME/cluster)",
+    )
+    alert_webhook: str = Field(
+        "",
+        pattern=r"^(https?://\S+)?$",
+        description="a failed nightly task posts a JSON summary here (Slack-compatible `text`); empty: "
+        "the failure is only logged",
+    )
     retrain: bool = Field(False, description="a rerun of a date trains new models instead of reusing them")
 
     @field_validator("event_weights")
@@ -266,6 +290,10 @@ class Settings(BaseSettings):
             object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{home / 'mlflow.db'}")
         if not self.mlflow_artifact_uri:
             object.__setattr__(self, "mlflow_artifact_uri", (home / "mlartifacts").as_uri())
+        if not self.serving_uri:
+            object.__setattr__(self, "serving_uri", f"sqlite:///{home / 'serving.sqlite'}")
+        cluster_dir = home / "cluster" if str(self.cluster_dir) in ("", ".") else self.cluster_dir
+        object.__setattr__(self, "cluster_dir", Path(cluster_dir).resolve())
         warehouse = (
             home / "warehouse.duckdb" if str(self.warehouse_path) in ("", ".") else self.warehouse_path
         )
@@ -409,6 +437,8 @@ def settings_table() -> str:
         "mlflow_tracking_uri": "`sqlite:///$VISREC_HOME/mlflow.db`",
         "mlflow_artifact_uri": "`file://$VISREC_HOME/mlartifacts`",
         "warehouse_path": "`$VISREC_HOME/warehouse.duckdb`",
+        "serving_uri": "`sqlite:///$VISREC_HOME/serving.sqlite`",
+        "cluster_dir": "`$VISREC_HOME/cluster`",
         "home": "`./.visrec`",
         "s3_endpoint": "(AWS)",
     }

@@ -5,3 +5,16 @@ from __future__ import annotations
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 SOURCES: tuple[str, ...] = ("mf", "visual", "photo", "generated", "popular")
+
+
+# The published contract: what `publish` makes visible to readers (each table an Airflow Asset of the
+# nightly DAG), in the order the warehouse creates its views.
+PUBLISHED_TABLES: tuple[str, ...] = (
+    "recommendations",
+    "similar_items",
+    "generated_looks",
+    "user_photos",
+    "photo_recommendations",
+    "user_profiles",
+    "item_embeddings",
+)

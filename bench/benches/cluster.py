@@ -19,6 +19,7 @@ def run() -> Figures:
     published the same tables."""
     import subprocess
 
+    from visrec.app.cluster import parse_env
     from visrec.devdata.trial import (
         HISTORY,
         NIGHT,
@@ -46,11 +47,11 @@ def run() -> Figures:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("VISREC_", "AIRFLOW"))}
         try:
             up = call({**base, **SETTINGS}, "cluster", "up", *where)
-            out["cluster.up_seconds"] = figure(round(up, 1), "s", "12 processes")
+            out["cluster.up_seconds"] = figure(round(up, 1), "s", "13 processes")
             printed = subprocess.run(
                 [visrec, "cluster", "env", *where], check=True, capture_output=True, text=True
             )
-            env = {**base, **dict(line.split("=", 1) for line in printed.stdout.splitlines() if "=" in line)}
+            env = {**base, **parse_env(printed.stdout)}
             call(env, "synth", *SHOP_ARGS)
             out["cluster.history_ingest_seconds"] = figure(
                 round(call(env, "ingest", "--ds", HISTORY), 1), "s", "visrec ingest: Spark cluster, S3 lake"

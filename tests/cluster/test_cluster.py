@@ -10,6 +10,7 @@ still publish exactly what an in-process run of the same date publishes.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from visrec.app.cluster import WORKERS, LocalCluster, Ports, port_open
+from tests.cluster.browser import render
+from visrec.app.cluster import AIRFLOW_COMPONENTS, WORKERS, LocalCluster, Ports, port_open
 from visrec.devdata.trial import (
     HISTORY,
     NIGHT,
@@ -37,6 +39,9 @@ pytestmark = pytest.mark.cluster
 D1, D2 = HISTORY, NIGHT
 VISREC = str(Path(sys.executable).with_name("visrec"))
 TRAINING = ("train_cnn", "train_gan", "train_mf")
+POOLS = {"visrec_spark": 1, "visrec_training": 1}
+# The trial's settings, and a short wait for a day's raw events (the missing-day test).
+CLUSTER_SETTINGS = {**SETTINGS, "VISREC_EVENTS_WAIT_MINUTES": "0.5"}
 
 
 def _visrec(env: dict[str, str], *args: str) -> None:
@@ -44,11 +49,18 @@ def _visrec(env: dict[str, str], *args: str) -> None:
     assert result.returncode == 0, f"visrec {' '.join(args)}: {result.stderr[-2000:]}"
 
 
+def _session(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _free_base() -> int:
     for base in range(47300, 48000, 20):
-        if not any(port_open(base + n) for n in range(12)):
+        if not any(port_open(base + n) for n in range(Ports.count)):
             return base
-    pytest.skip("no 12 free ports between 47300 and 48000")
+    pytest.skip(f"no {Ports.count} free ports between 47300 and 48000")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +71,7 @@ def cluster(tmp_path_factory):
     cluster = LocalCluster(tmp_path_factory.mktemp("cluster"), Ports(_free_base()))
     started = time.perf_counter()
     try:
-        cluster.up({"visrec_spark": 1, "visrec_training": 1}, SETTINGS)
+        cluster.up(POOLS, CLUSTER_SETTINGS)
         print(f"cluster up in {time.perf_counter() - started:.0f}s")
         yield cluster
     finally:
@@ -96,8 +108,7 @@ def nightly(cluster):
                 and t["hostname"] not in (None, "", fault["worker"])
             ]
             if retried:  # the other worker took the retry: bring the lost one back, as an operator would
-                cluster.start_worker(fault["worker"], WORKERS.index(fault["worker"]) + 1)
-                fault["restarted"] = True
+                fault["restarted"] = cluster.up(POOLS, CLUSTER_SETTINGS)
 
     state = cluster.wait(run_id, timeout=1200, poll=1, on_poll=kill_a_training_worker)
     return {"run_id": run_id, "state": state, "seconds": time.perf_counter() - started, "fault": fault}
@@ -119,7 +130,7 @@ def test_the_run_succeeds_through_the_scheduler_on_both_workers(cluster, nightly
     assert nightly["state"] == "success"
     tries = cluster.task_instances(nightly["run_id"])
     final = {t["task_id"]: t for t in tries if t["state"] == "success"}
-    assert len(final) == 13, sorted(final)
+    assert len(final) == 14, sorted(final)  # the 13 steps and the sensor before them
     assert {t["hostname"] for t in tries if t["hostname"]} == set(WORKERS)
 
 
@@ -131,6 +142,81 @@ def test_a_task_of_a_killed_worker_is_retried_on_the_other(cluster, nightly):
     last = max(tries, key=lambda t: t["try_number"])
     assert first["hostname"] == fault["worker"] and first["state"] != "success"
     assert last["state"] == "success" and last["hostname"] != fault["worker"]
+    # `visrec cluster up` brought the lost worker back, and only it.
+    assert fault["restarted"] == [fault["worker"]] and cluster.alive(fault["worker"])
+
+
+def test_each_airflow_component_has_its_own_home(cluster, nightly):
+    """As in separate containers: each component wrote its own airflow.cfg (with its own random API
+    secret key); what they share comes from the environment only."""
+    homes = [cluster.root / "airflow" / name for name in AIRFLOW_COMPONENTS]
+    assert all((home / "airflow.cfg").exists() for home in homes), [
+        h for h in homes if not (h / "airflow.cfg").exists()
+    ]
+    keys = {re.search(r"^secret_key = (.*)$", (h / "airflow.cfg").read_text(), re.M).group(1) for h in homes}
+    assert len(keys) == len(homes) and cluster.env()["AIRFLOW__API__SECRET_KEY"] not in keys
+
+
+def _fetch_worker_log(env: dict[str, str], url: str, relative: str) -> tuple[int, str]:
+    """What the api-server does for a running task's log: a request to the worker's log server signed
+    with [api] secret_key (Airflow's own code), in a process with ``env``."""
+    script = (
+        "import sys; from airflow.utils.log.file_task_handler import _fetch_logs_from_service as f; "
+        "r = f(sys.argv[1], sys.argv[2]); print(r.status_code); print(r.text[-3000:])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, url, relative], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    status, _, text = out.stdout.partition("\n")
+    return int(status), text
+
+
+def test_the_rest_api_refuses_anonymous_requests_and_serves_task_logs(cluster, nightly):
+    """Airflow's REST API behind the FAB auth manager: no token, 401; a token taken with the admin's
+    password, the run's tasks and a task's log (written by a worker, read back by the api-server
+    from S3, where every try's log was uploaded)."""
+    status, body = cluster.api_get("/api/v2/dags")
+    assert status == 401, body
+    token = cluster.api_token()
+    status, body = cluster.api_get("/api/v2/dags", token)
+    assert status == 200 and "visrec_nightly" in {d["dag_id"] for d in body["dags"]}
+    run = nightly["run_id"]
+    keys = [
+        o["Key"]
+        for page in cluster.s3_client()
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket="visrec", Prefix="airflow-logs/")
+        for o in page.get("Contents", [])
+    ]
+    assert sum(f"run_id={run}" in k for k in keys) >= 13, keys[:20]  # every try's log in the bucket
+    done = next(
+        t for t in cluster.task_instances(run) if t["task_id"] == "publish" and t["state"] == "success"
+    )
+    status, body = cluster.api_get(
+        f"/api/v2/dags/visrec_nightly/dagRuns/{run}/taskInstances/publish/logs/{done['try_number']}", token
+    )
+    assert status == 200, body
+    text = json.dumps(body["content"])
+    assert "s3://visrec/airflow-logs" in text, text[-2000:]  # read from the bucket, not a worker's disk
+    assert f"step publish {D2} done in" in text, text[-2000:]
+
+
+def test_a_workers_log_server_accepts_the_shared_secret_key_only(cluster, nightly, tmp_path):
+    """A running task's log is served by its worker's log server to requests signed with the API
+    secret key. Signed with the cluster's shared key: served; signed by a component that did not get
+    it (its own airflow.cfg's random key, as a container without the env file would have): 403."""
+    tries = cluster.task_instances(nightly["run_id"])
+    publish = next(t for t in tries if t["task_id"] == "publish" and t["state"] == "success")
+    relative = f"dag_id=visrec_nightly/run_id={nightly['run_id']}/task_id=publish/attempt={publish['try_number']}.log"
+    port = cluster.ports.worker_log_server(WORKERS.index(publish["hostname"]) + 1)
+    url = f"http://127.0.0.1:{port}/log/{relative}"
+    # (Served, not its text: once a try's log is in S3, the worker empties its own copy.)
+    status, text = _fetch_worker_log(cluster.env(), url, relative)
+    assert status == 200, (status, text[-500:])
+    lost = {k: v for k, v in cluster.env().items() if k != "AIRFLOW__API__SECRET_KEY"}
+    status, _ = _fetch_worker_log({**lost, "AIRFLOW_HOME": str(tmp_path / "airflow")}, url, relative)
+    assert status == 403
 
 
 def test_spark_jobs_ran_on_the_standalone_cluster(cluster, nightly):
@@ -169,6 +255,49 @@ def test_published_tables_are_identical_to_an_in_process_run(cluster, nightly, i
     assert len(cluster_tables) >= 6
     # The same rows (lists, ranks, ids); scores equal to float rounding: Spark tasks score on one thread.
     assert differing_tables(cluster_tables, read_outputs(local, D2, OUTPUT_TABLES)) == []
+
+
+def test_publish_emits_assets_and_the_serving_export_follows(cluster, nightly, monkeypatch):
+    """publish's Asset events carry the release's date and rows; the scheduler starts the consumer DAG
+    on the recommendations event, and it swaps the release into the PostgreSQL serving store."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        runs = cluster.query("SELECT state, run_type FROM dag_run WHERE dag_id = 'visrec_serving_export'")
+        if any(state in ("success", "failed") for state, _ in runs):
+            break
+        time.sleep(3)
+    assert runs == [("success", "asset_triggered")], runs
+    events = cluster.query(
+        "SELECT a.name, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name LIKE 'visrec.%%'"
+    )
+    extras = {name: json.loads(extra) if isinstance(extra, str) else extra for name, extra in events}
+    assert set(extras) == {f"visrec.{t}" for t in OUTPUT_TABLES}
+    published = extras["visrec.recommendations"]
+    assert published["ds"] == D2 and published["rows"] > 0
+    served = cluster.query("SELECT ds, count(*) FROM recommendations GROUP BY ds", database="serving")
+    assert served == [(D2, published["rows"])]
+
+
+def test_a_missing_day_waits_in_the_triggerer_then_fails_in_one_line(cluster, nightly):
+    """A run for a date whose raw events never arrive: its first task is deferred, its trigger held by
+    the triggerer (no worker slot) until VISREC_EVENTS_WAIT_MINUTES pass; then it fails without
+    retries and no other task runs."""
+    day = "2026-11-20"
+    run_id = cluster.trigger(day)
+    sql = (
+        "SELECT ti.state, t.triggerer_id FROM task_instance ti LEFT JOIN trigger t ON t.id = ti.trigger_id "
+        "WHERE ti.run_id = %s AND ti.task_id = 'wait_for_events'"
+    )
+    held = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not held:
+        held = [row for row in cluster.query(sql, (run_id,)) if row[0] == "deferred" and row[1] is not None]
+        time.sleep(1)
+    assert held, cluster.query(sql, (run_id,))
+    assert cluster.wait(run_id, timeout=300, poll=2) == "failed"
+    states = {t["task_id"]: t["state"] for t in cluster.task_instances(run_id)}
+    assert states.pop("wait_for_events") == "failed"
+    assert set(states.values()) == {"upstream_failed"}, states
 
 
 def test_a_spark_job_survives_a_lost_worker(cluster, tmp_path):
@@ -211,43 +340,44 @@ def test_a_spark_job_survives_a_lost_worker(cluster, tmp_path):
 
 
 def test_the_airflow_ui_shows_the_run_with_every_task_green(cluster, nightly, tmp_path):
-    """The run's page in the api-server's UI, rendered by headless Chromium: a row per task, each in
-    state Success (the killed task on its second try); and a screenshot of it."""
-    import re
+    """The run's page in the api-server's UI, rendered by headless Chromium with the session cookie a
+    login sets: a row per task, each in state Success (the killed task on its second try); and a
+    screenshot of it."""
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.skip("chromium is not installed (make test installs Debian's chromium when it can)")
+        pytest.skip("chromium is not installed (make test and make cluster-test install Debian's chromium)")
     page = f"http://127.0.0.1:{cluster.ports.airflow_api}/dags/visrec_nightly/runs/{nightly['run_id']}"
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-    ]  # fmt: skip
-    dom = subprocess.run(
-        [chromium, *flags, "--virtual-time-budget=15000", "--dump-dom", page],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
+    shot = tmp_path / "airflow-run.png"
+    dom = render(
+        chromium,
+        page,
+        {"_token": cluster.api_token()},
+        tmp_path / "profile",
+        ready_js="document.querySelectorAll('tbody tr').length >= 14",
+        screenshot=shot,
+    )
     rows = [" ".join(re.sub(r"<[^>]+>", " ", row).split()) for row in re.findall(r"<tr[^>]*>(.*?)</tr>", dom)]
     tasks = {row.split()[0]: row.split()[1] for row in rows[1:]}
-    assert len(tasks) == 13 and set(tasks.values()) == {"Success"}, rows
+    assert len(tasks) == 14 and set(tasks.values()) == {"Success"}, rows
     fault = nightly["fault"]
     assert re.search(
         rf"^{fault['task']} Success \S+ \S+ 2 ", next(r for r in rows if r.startswith(fault["task"]))
     )
-    shot = tmp_path / "airflow-run.png"
-    subprocess.run(
-        [
-            chromium,
-            *flags,
-            "--virtual-time-budget=15000",
-            "--window-size=1400,1100",
-            f"--screenshot={shot}",
-            page,
-        ],
-        capture_output=True,
-        timeout=120,
-    )
     assert shot.stat().st_size > 30_000
     shutil.copy(shot, cluster.root / "airflow-run.png")  # kept beside the cluster's logs
+
+
+def test_down_ends_every_process_of_the_cluster(cluster):
+    """Last: `down` leaves no process of the cluster (a killed worker's children included) and frees
+    every port."""
+    leader = cluster.pids["worker2"]
+    cluster.kill_leader("worker2")  # its children (log server, Celery's pool) outlive it
+    time.sleep(2)
+    orphans = [pid for pid in cluster.processes() if _session(pid) == leader]
+    print(
+        f"worker2's leader killed: {len(orphans)} of its processes live on; {len(cluster.processes())} in all"
+    )
+    cluster.down()
+    assert cluster.processes() == []
+    assert not [n for n in range(Ports.count) if port_open(cluster.ports.base + n)]

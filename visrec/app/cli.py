@@ -222,6 +222,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fgt.add_argument("user_id", help="the user's id")
 
+    exp = command(
+        "export",
+        "copy the published recommendations into the serving store",
+        "Copy the published recommendations of a date (default the newest) into VISREC_SERVING_URI "
+        "(a SQLite file by default, PostgreSQL on a cluster), swapped atomically: readers see the old "
+        "release or the new one, never a mix. What the visrec_serving_export DAG runs when the nightly "
+        "run publishes. Exporting what is served does nothing; an older date needs --force.",
+    )
+    exp.add_argument("--ds", help="the published date (default the newest)")
+    exp.add_argument("--force", action="store_true", help="serve this date even if a newer one is served")
+
+    rbk = command(
+        "rollback",
+        "make an earlier model version the champion again",
+        "Move the `champion` alias of a registered model (cnn: visrec-cnn, mf: visrec-mf, gan: "
+        "visrec-gan) to VERSION, and keep who, when, from which version and why as a tag of that "
+        "version (MLflow's UI shows it). The next `visrec score` (and the next night's promotion gate) "
+        "uses it. `visrec champions` lists the history.",
+    )
+    rbk.add_argument("model", choices=("cnn", "mf", "gan"), help="which model")
+    rbk.add_argument("--to", required=True, type=positive_int, metavar="VERSION", help="the version number")
+    rbk.add_argument("--reason", required=True, help="why (kept with the version)")
+
+    command(
+        "champions",
+        "which model version was champion, night by night",
+        "Each night of the run records with the champion its trainings left (image model, "
+        "recommender, GAN), then every champion moved by hand (`visrec rollback`).",
+    )
+
     run = command(
         "run",
         "the whole nightly DAG for one or more dates (through Airflow)",
@@ -240,17 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster mode on this machine: start, stop or use the local services",
         "The docker/ stack's topology as local processes on 127.0.0.1: PostgreSQL, Redis, an S3 "
         "server (moto), the MLflow tracking server, a Spark master with two workers, and Airflow "
-        "(api-server, scheduler, dag-processor, two Celery workers). `up` starts them and writes the "
-        "settings that point visrec at them to <dir>/cluster.env; `run` triggers the nightly DAG "
-        "through the scheduler and waits; `down` stops everything `up` started.",
+        "(api-server with a user and password, scheduler, dag-processor, triggerer, two Celery workers), "
+        "each Airflow component with its own AIRFLOW_HOME and task logs in S3. `up` starts what is not "
+        "running (a dead component is restarted) and writes the settings and secrets that point visrec "
+        "at them to <dir>/cluster.env; `run` triggers the nightly DAG through the scheduler and waits; "
+        "`down` ends every process of the cluster.",
     )
     clu.add_argument(
         "action",
         choices=("up", "down", "status", "env", "run", "spark"),
         help="what to do (spark: start the Spark standalone cluster alone, a master and two workers)",
     )
-    clu.add_argument("--dir", help="the cluster's folder (default VISREC_HOME/cluster)")
-    clu.add_argument("--port-base", type=positive_int, help="first of the 12 ports it uses (default 47100)")
+    clu.add_argument("--dir", help="the cluster's folder (default VISREC_CLUSTER_DIR: VISREC_HOME/cluster)")
+    clu.add_argument("--port-base", type=positive_int, help="first of the 13 ports it uses (default 47100)")
     clu.add_argument("--ds", nargs="+", help="run: the date(s), YYYY-MM-DD")
     clu.add_argument("--start", help="run: first date of a range")
     clu.add_argument("--end", help="run: last date of a range")

@@ -1,16 +1,23 @@
 """Cluster mode on one machine: the docker/ stack's topology as local processes on 127.0.0.1.
 
 ``visrec cluster up`` starts, each as its own process with its own log under ``<dir>/logs``:
-PostgreSQL (Airflow's and MLflow's metadata), Redis (Celery's broker), an S3 server (moto; the compose
-stack uses MinIO), the MLflow tracking server (Postgres backend, artifacts proxied to the S3 bucket), a
-Spark standalone master with two 1-core workers, and Airflow: api-server, scheduler, dag-processor and
-two Celery workers (distinct hostnames, pid files and log-server ports) on the ``default``, ``spark``
-and ``training`` queues. ``<dir>/cluster.env`` holds the settings that point visrec and Airflow at them
-(``set -a; . <dir>/cluster.env``); ``visrec cluster down`` stops everything it started.
+PostgreSQL (Airflow's and MLflow's metadata, the serving store), Redis (Celery's broker, with a password), an S3 server
+(moto; the compose stack uses MinIO), the MLflow tracking server (Postgres backend, artifacts proxied to
+the S3 bucket), a Spark standalone master with two 1-core workers, and Airflow: api-server (FAB auth
+manager: a user and password, or a token), scheduler, dag-processor, triggerer and two Celery workers
+(distinct hostnames and log-server ports) on the ``default``, ``spark`` and ``training`` queues.
 
-The processes are the ones the compose file runs, with the same settings; only the host names differ.
-S3 data lives in the moto server's memory, so ``down`` also removes the databases: every ``up`` starts
-empty.
+Like the compose stack's containers, each Airflow component has its own ``AIRFLOW_HOME`` and takes its
+configuration only from environment variables: a setting the compose file would fail to share (the API
+secret key that signs log requests, the JWT secret of task tokens) differs between components here
+too, and the cluster tests see it. Task logs go to the S3 bucket (remote logging), so a lost worker
+does not take them along.
+
+``<dir>/cluster.env`` holds the settings and secrets that point visrec and Airflow at the services
+(``set -a; . <dir>/cluster.env; set +a``); ``visrec cluster up`` restarts any component that died,
+``down`` ends every process of the cluster (found by a marker in their environment, so a dead
+leader's children are found too). S3 data lives in the moto server's memory, so ``down`` also removes
+the databases: an ``up`` after ``down`` starts empty.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -30,6 +38,7 @@ from base64 import urlsafe_b64encode
 from dataclasses import dataclass
 from pathlib import Path
 
+from visrec.app.airflow_api import AirflowAPI
 from visrec.app.orchestrate import DAG_ID, POOL_NOTES
 from visrec.errors import VisrecError
 from visrec.settings import Settings
@@ -41,10 +50,26 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "visrec"
 ARTIFACT_BUCKET = "visrec-mlflow"
-# Every Airflow component needs these; tasks fail with "Invalid auth token" when they differ.
-SHARED_SECRETS = ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY")
+ADMIN = "admin"
+FAB_AUTH_MANAGER = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+# Generated once per cluster, kept in cluster.env across `up`s. Every Airflow component needs the first
+# three: tasks fail with "Invalid auth token" when the JWT secrets differ, and the api-server's requests
+# for a running task's log are refused (403) by the worker when the API secret keys differ.
+SECRETS = (
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "AIRFLOW__API__SECRET_KEY",
+    "AIRFLOW__CORE__FERNET_KEY",
+    "REDIS_PASSWORD",
+    "POSTGRES_PASSWORD",
+    "AIRFLOW_ADMIN_PASSWORD",
+)
 WORKERS = ("worker1", "worker2")
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", *WORKERS)
 QUEUES = "default,spark,training"
+NO_SPARK_REST = "-Dspark.master.rest.enabled=false"
+# Every process the cluster starts carries this variable (not in cluster.env: a user's shell that
+# sources it is no part of the cluster), so `down` finds them all, however they were spawned.
+MARKER = "CLUSTER_TWIN_ROOT"
 
 
 class ClusterError(VisrecError):
@@ -53,9 +78,10 @@ class ClusterError(VisrecError):
 
 @dataclass(frozen=True)
 class Ports:
-    """The services' ports on 127.0.0.1: ``base`` and the next ones."""
+    """The services' ports on 127.0.0.1: ``base`` and the next 12."""
 
     base: int = 47100
+    count = 13
 
     @property
     def postgres(self) -> int:
@@ -91,9 +117,13 @@ class Ports:
     def worker_log_server(self, n: int) -> int:
         return self.base + 9 + n
 
+    @property
+    def triggerer_log_server(self) -> int:
+        return self.base + 12
+
 
 class LocalCluster:
-    """The process twin of docker/compose.yaml, rooted at ``root`` (state, logs, Airflow home)."""
+    """The process twin of docker/compose.yaml, rooted at ``root`` (state, logs, Airflow homes)."""
 
     def __init__(self, root: Path, ports: Ports | None = None):
         self.root = Path(root).resolve()
@@ -112,26 +142,51 @@ class LocalCluster:
     def env_file(self) -> Path:
         return self.root / "cluster.env"
 
-    def service_env(self) -> dict[str, str]:
-        """Settings pointing visrec, MLflow, Spark and Airflow at the cluster (without secrets)."""
+    def secrets(self) -> dict[str, str]:
+        """The cluster's secrets (:data:`SECRETS`), from cluster.env; generated when it has none."""
+        kept = parse_env(self.env_file().read_text()) if self.env_file().exists() else {}
+        generated = {
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__API__SECRET_KEY": secrets.token_hex(32),
+            "AIRFLOW__CORE__FERNET_KEY": urlsafe_b64encode(os.urandom(32)).decode(),
+            "REDIS_PASSWORD": secrets.token_hex(16),
+            "POSTGRES_PASSWORD": secrets.token_hex(16),
+            "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(12),
+        }
+        return {key: kept.get(key) or generated[key] for key in SECRETS}
+
+    def service_env(self, secret: dict[str, str] | None = None) -> dict[str, str]:
+        """Settings pointing visrec, MLflow, Spark and Airflow at the cluster, with its secrets."""
+        secret = secret or self.secrets()
         p = self.ports
-        db = f"visrec@127.0.0.1:{p.postgres}"
+        db = f"visrec:{secret['POSTGRES_PASSWORD']}@127.0.0.1:{p.postgres}"
         api = f"http://127.0.0.1:{p.airflow_api}"
+        s3 = f"http://127.0.0.1:{p.s3}"
+        aws = {"AWS_ACCESS_KEY_ID": "visrec", "AWS_SECRET_ACCESS_KEY": "visrec-local"}
+        log_connection = {
+            "conn_type": "aws",
+            "login": aws["AWS_ACCESS_KEY_ID"],
+            "password": aws["AWS_SECRET_ACCESS_KEY"],
+            "extra": {"endpoint_url": s3, "region_name": "us-east-1"},
+        }
         return {
+            "VISREC_CLUSTER_DIR": str(self.root),
             "VISREC_HOME": str(self.root / "visrec"),
             "VISREC_LAKE_URI": f"s3://{BUCKET}/lake",
-            "VISREC_S3_ENDPOINT": f"http://127.0.0.1:{p.s3}",
+            "VISREC_S3_ENDPOINT": s3,
             "VISREC_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{p.mlflow}",
             "VISREC_SPARK_MASTER": f"spark://127.0.0.1:{p.spark_master}",
+            "VISREC_SERVING_URI": f"postgresql://{db}/serving",
             "VISREC_DAG_SCHEDULE": "none",  # a machine's twin runs what it is asked to, not every night
-            "AWS_ACCESS_KEY_ID": "visrec",
-            "AWS_SECRET_ACCESS_KEY": "visrec-local",
+            **aws,
             "AWS_DEFAULT_REGION": "us-east-1",
-            "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{p.s3}",
+            "MLFLOW_S3_ENDPOINT_URL": s3,
             "SPARK_LOCAL_IP": "127.0.0.1",
             "PYSPARK_PYTHON": sys.executable,
-            "AIRFLOW_HOME": str(self.root / "airflow"),
+            # This shell's Airflow CLI; each component has its own (component_env).
+            "AIRFLOW_HOME": str(self.root / "airflow" / "cli"),
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__AUTH_MANAGER": FAB_AUTH_MANAGER,
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
@@ -140,33 +195,41 @@ class LocalCluster:
             "AIRFLOW__API__PORT": str(p.airflow_api),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{db}/airflow",
-            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{p.redis}/0",
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://:{secret['REDIS_PASSWORD']}@127.0.0.1:{p.redis}/0",
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{db}/airflow",
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             # A worker that dies mid-task: its task is failed (and retried) after this, not 5 minutes.
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "45",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            # Task logs to the bucket when a try ends: readable after its worker is gone.
+            "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
+            "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": f"s3://{BUCKET}/airflow-logs",
+            "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": "visrec_s3",
+            "AIRFLOW_CONN_VISREC_S3": json.dumps(log_connection),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(p.triggerer_log_server),
+            "AIRFLOW_ADMIN_USER": ADMIN,
+            **secret,
         }
 
     def env(self) -> dict[str, str]:
         """The caller's environment plus ``cluster.env`` (written by :meth:`up`: the services, the
-        shared secrets and the visrec settings every task runs with)."""
+        secrets and the visrec settings every task runs with)."""
         env = {**os.environ, **self.service_env()}
         if self.env_file().exists():
-            for line in self.env_file().read_text().splitlines():
-                key, sep, value = line.partition("=")
-                if sep:
-                    env[key] = value
+            env.update(parse_env(self.env_file().read_text()))
         return env
 
+    def component_env(self, name: str) -> dict[str, str]:
+        """What component ``name`` runs with: :meth:`env`, its own ``AIRFLOW_HOME`` and the marker."""
+        return {**self.env(), "AIRFLOW_HOME": str(self.root / "airflow" / name), MARKER: str(self.root)}
+
     def _write_env(self, settings_env: dict[str, str]) -> None:
-        kept = {}
-        if self.env_file().exists():
-            kept = {k: v for k, v in self.env().items() if k in SHARED_SECRETS}
-        kept.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(32))
-        kept.setdefault("AIRFLOW__CORE__FERNET_KEY", urlsafe_b64encode(os.urandom(32)).decode())
-        lines = [f"{k}={v}" for k, v in {**settings_env, **self.service_env(), **kept}.items()]
+        """cluster.env: the visrec settings every task runs with (those of an earlier ``up``, updated by
+        ``settings_env``), the services' addresses and the secrets (kept across ``up``s)."""
+        service = self.service_env()
+        kept = parse_env(self.env_file().read_text()) if self.env_file().exists() else {}
+        settings = {k: v for k, v in {**kept, **settings_env}.items() if k not in service}
+        lines = [f"{k}={shlex.quote(v)}" for k, v in {**settings, **service}.items()]
         self.env_file().write_text("\n".join(lines) + "\n")
         self.env_file().chmod(0o600)
 
@@ -177,7 +240,7 @@ class LocalCluster:
         out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
         proc = subprocess.Popen(
             cmd,
-            env=env or self.env(),
+            env=env or self.component_env(name),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -196,17 +259,26 @@ class LocalCluster:
 
     def alive(self, name: str) -> bool:
         pid = self.pids.get(name)
-        if not pid:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        # A zombie (our own exited child) is not alive.
-        stat = Path(f"/proc/{pid}/stat")
-        return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+        return bool(pid) and _running(pid)
+
+    def processes(self) -> list[int]:
+        """Every live process of this cluster: the components and whatever they spawned, whether or
+        not their leader still runs. Found by session (each component leads its own, and its children
+        stay in it) and by the marker in the environment (for a child that started a session of its
+        own; a process that rewrites its title can hide its environment, hence both)."""
+        leaders = set(self.pids.values())
+        found = set()
+        for proc in Path("/proc").glob("[0-9]*"):
+            pid = int(proc.name)
+            try:
+                session = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[3])
+                marked = f"{MARKER}={self.root}".encode() in (proc / "environ").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if (session in leaders or marked) and pid != os.getpid() and _running(pid):
+                found.add(pid)
+        found |= {child for pid in list(found) for child in _descendants(pid) if _running(child)}
+        return sorted(found)
 
     def _wait_port(self, name: str, port: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -226,19 +298,30 @@ class LocalCluster:
 
     # -- services -----------------------------------------------------------------------------------
 
-    def _postgres(self) -> None:
+    def _postgres(self, init: bool) -> None:
         bin_dir = _postgres_bin()
         as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        # Left by a cluster that was not stopped with `down`: its S3 objects are gone with the S3
-        # server, so its databases would point at nothing. Start empty, as `down` leaves it.
-        shutil.rmtree(self.pgdata, ignore_errors=True)
-        self.pgdata.mkdir(parents=True)
-        if as_postgres:
-            shutil.chown(self.pgdata, "postgres", "postgres")
-        self._run(
-            "initialise PostgreSQL",
-            [*as_postgres, f"{bin_dir}/initdb", "-D", str(self.pgdata), "-A", "trust", "-U", "visrec"],
-        )
+        if init or not (self.pgdata / "PG_VERSION").exists():
+            # Left by a cluster that was not stopped with `down`: its S3 objects are gone with the S3
+            # server, so its databases would point at nothing. Start empty, as `down` leaves it.
+            shutil.rmtree(self.pgdata, ignore_errors=True)
+            self.pgdata.mkdir(parents=True)
+            if as_postgres:
+                shutil.chown(self.pgdata, "postgres", "postgres")
+            # Password authentication, as in compose: the password file is read once and removed.
+            password_file = self.pgdata.with_name(self.pgdata.name + ".pw")
+            password_file.write_text(self.secrets()["POSTGRES_PASSWORD"] + "\n")
+            password_file.chmod(0o600)
+            if as_postgres:
+                shutil.chown(password_file, "postgres", "postgres")
+            try:
+                self._run(
+                    "initialise PostgreSQL",
+                    [*as_postgres, f"{bin_dir}/initdb", "-D", str(self.pgdata), "-A", "scram-sha-256", "-U",
+                     "visrec", f"--pwfile={password_file}"],
+                )  # fmt: skip
+            finally:
+                password_file.unlink(missing_ok=True)
         self._start(
             "postgres",
             [
@@ -255,25 +338,21 @@ class LocalCluster:
             ],
         )
         self._wait_port("postgres", self.ports.postgres)
-        for database in ("airflow", "mlflow"):
-            _create_database(self.ports.postgres, database)
+        for database in ("airflow", "mlflow", "serving"):
+            _create_database(self.ports.postgres, self.secrets()["POSTGRES_PASSWORD"], database)
 
     def _redis(self) -> None:
         redis = shutil.which("redis-server")
         if not redis:
             raise ClusterError("redis-server is not installed (Debian: apt-get install redis-server)")
-        cmd = [
-            redis,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(self.ports.redis),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        self._start("redis", cmd)
+        # The password in a private config file, not on the command line (which `ps` shows to anyone).
+        config = self.root / "redis.conf"
+        config.touch(mode=0o600)
+        config.write_text(
+            f'bind 127.0.0.1\nport {self.ports.redis}\nsave ""\nappendonly no\n'
+            f"requirepass {self.secrets()['REDIS_PASSWORD']}\n"
+        )
+        self._start("redis", [redis, str(config)])
         self._wait_port("redis", self.ports.redis)
 
     def _s3(self) -> None:
@@ -303,8 +382,6 @@ class LocalCluster:
         cmd = [
             str(mlflow),
             "server",
-            "--backend-store-uri",
-            f"postgresql://visrec@127.0.0.1:{self.ports.postgres}/mlflow",
             "--artifacts-destination",
             f"s3://{ARTIFACT_BUCKET}/artifacts",
             "--serve-artifacts",
@@ -315,17 +392,28 @@ class LocalCluster:
             "--workers",
             "1",
         ]
-        self._start("mlflow", cmd)
+        # The store's URI (with its password) from the environment, not the command line.
+        store = f"postgresql://visrec:{self.secrets()['POSTGRES_PASSWORD']}@127.0.0.1:{self.ports.postgres}/mlflow"
+        self._start("mlflow", cmd, env={**self.component_env("mlflow"), "MLFLOW_BACKEND_STORE_URI": store})
         self._wait_port("mlflow", self.ports.mlflow, timeout=180)
 
     def start_spark(self) -> None:
-        """Start the Spark master and its two workers (alone: e.g. for a benchmark on a standalone cluster)."""
+        """Start the Spark master and its two workers, those not running (alone: e.g. for a benchmark
+        on a standalone cluster)."""
+        if not self.alive("spark-master"):
+            self._spark_master()
+        for n in (1, 2):
+            if not self.alive(f"spark-worker{n}"):
+                self.start_spark_worker(n)
+
+    def _spark_master(self) -> None:
         p = self.ports
         master = [_spark_class(), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1"]
-        self._start("spark-master", [*master, "--port", str(p.spark_master), "--webui-port", str(p.spark_ui)])
+        # No REST submission server (port 6066: unauthenticated job submission), as in compose.
+        env = {**self.component_env("spark-master"), "SPARK_MASTER_OPTS": NO_SPARK_REST}
+        cmd = [*master, "--port", str(p.spark_master), "--webui-port", str(p.spark_ui)]
+        self._start("spark-master", cmd, env=env)
         self._wait_port("spark-master", p.spark_master)
-        for n in (1, 2):
-            self.start_spark_worker(n)
 
     def start_spark_worker(self, n: int) -> None:
         """Start (or restart) Spark worker ``n``: 1 core, 1.5 GB."""
@@ -353,23 +441,35 @@ class LocalCluster:
     def airflow(self, *args: str) -> list[str]:
         return [str(Path(sys.executable).with_name("airflow")), *args]
 
-    def _airflow(self, pool_slots: dict[str, int]) -> None:
+    def _airflow_init(self, pool_slots: dict[str, int]) -> None:
+        """What compose's airflow-init does: migrate the metadata database, set the pools, create the
+        admin user (its password in cluster.env)."""
         self._run("create Airflow's metadata database in PostgreSQL", self.airflow("db", "migrate"))
         for pool, slots in pool_slots.items():
             self._run(
                 f"create the pool {pool}", self.airflow("pools", "set", pool, str(slots), POOL_NOTES[pool])
             )
-        self._start("api-server", self.airflow("api-server", "--workers", "1"))
-        self._start("scheduler", self.airflow("scheduler"))
-        self._start("dag-processor", self.airflow("dag-processor"))
-        for n, name in enumerate(WORKERS, start=1):
-            self.start_worker(name, n)
-        self._wait_port("api-server", self.ports.airflow_api, timeout=180)
+        self._run(
+            "create Airflow's admin user",
+            self.airflow(
+                "users", "create", "--username", ADMIN, "--password", self.secrets()["AIRFLOW_ADMIN_PASSWORD"],
+                "--role", "Admin", "--email", "admin@localhost", "--firstname", "visrec", "--lastname", "admin",
+            ),
+        )  # fmt: skip
+
+    def start_airflow(self, name: str) -> None:
+        """Start (or restart) Airflow component ``name`` (one of :data:`AIRFLOW_COMPONENTS`)."""
+        if name in WORKERS:
+            self.start_worker(name, WORKERS.index(name) + 1)
+        elif name == "api-server":
+            self._start(name, self.airflow("api-server", "--workers", "1"))
+        else:
+            self._start(name, self.airflow(name))
 
     def start_worker(self, name: str, n: int) -> None:
         """Start (or restart) Celery worker ``name`` with its own hostname, pid file and log port."""
         env = {
-            **self.env(),
+            **self.component_env(name),
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.ports.worker_log_server(n)),
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": "visrec.app.cluster.worker_hostname",
             "VISREC_WORKER_HOSTNAME": name,
@@ -384,49 +484,69 @@ class LocalCluster:
 
     # -- the verbs ----------------------------------------------------------------------------------
 
-    def up(self, pool_slots: dict[str, int], settings_env: dict[str, str] | None = None) -> None:
-        """Start every service that is not running; wait until each answers. ``settings_env``
-        (``VISREC_*`` variables) is what every task runs with, beside the services' addresses."""
+    def up(self, pool_slots: dict[str, int], settings_env: dict[str, str] | None = None) -> list[str]:
+        """Start every component that is not running (a dead one is restarted) and wait until each
+        answers; return the ones started. ``settings_env`` (``VISREC_*`` variables) is what every task
+        runs with, beside the services' addresses."""
         self.root.mkdir(parents=True, exist_ok=True)
+        fresh = not any(self.alive(name) for name in self.pids)
+        if fresh:
+            self.pids = {}
         self._write_env(settings_env or {})
-        steps = [
-            ("postgres", self._postgres),
+        services = [
+            ("postgres", lambda: self._postgres(init=fresh)),
             ("redis", self._redis),
             ("s3", self._s3),
             ("mlflow", self._mlflow),
-            ("spark-master", self.start_spark),
-            ("scheduler", lambda: self._airflow(pool_slots)),
+            ("spark-master", self._spark_master),
+            ("spark-worker1", lambda: self.start_spark_worker(1)),
+            ("spark-worker2", lambda: self.start_spark_worker(2)),
         ]
-        for name, start in steps:
+        airflow = [(name, lambda name=name: self.start_airflow(name)) for name in AIRFLOW_COMPONENTS]
+        started = []
+        for name, start in services + [("airflow-init", lambda: None)] + airflow:
+            if name == "airflow-init":
+                if fresh:
+                    self._airflow_init(pool_slots)
+                continue
             if self.alive(name):
                 log.info("%s is already running (pid %d)", name, self.pids[name])
                 continue
-            started = time.perf_counter()
+            if name in self.pids:
+                log.warning("%s had stopped (see %s): restarting it", name, self.logs / f"{name}.log")
+                if name == "s3":
+                    log.warning("the S3 server kept its objects in memory: the lake starts empty again")
+            began = time.perf_counter()
             start()
-            log.info("%s ready in %.1fs", name, time.perf_counter() - started)
+            started.append(name)
+            log.info("%s started in %.1fs", name, time.perf_counter() - began)
+        self._wait_port("api-server", self.ports.airflow_api, timeout=180)
+        return started
 
     def down(self) -> list[str]:
-        """Stop every process this cluster started (its whole process group) and remove its databases
-        (the S3 server kept its objects in memory: a later ``up`` starts empty and consistent)."""
-        stopped = []
-        for name, pid in reversed(list(self.pids.items())):
-            if not self.alive(name):
-                continue
+        """End every process of this cluster (each component's process group, and any process with the
+        cluster's marker: a dead leader's children too) and remove its databases (the S3 server kept
+        its objects in memory: a later ``up`` starts empty and consistent). Returns the components that
+        were running."""
+        stopped = [name for name in self.pids if self.alive(name)]
+        for pid in reversed(list(self.pids.values())):
             _signal_group(pid, signal.SIGTERM)
-            stopped.append(name)
+        for pid in self.processes():
+            _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(self.alive(n) for n in stopped):
+        while time.monotonic() < deadline and self.processes():
             time.sleep(0.3)
-        for name in stopped:
-            if self.alive(name):
-                _signal_group(self.pids[name], signal.SIGKILL)
+        for pid in reversed(list(self.pids.values())):
+            _signal_group(pid, signal.SIGKILL)
+        for pid in self.processes():
+            _signal(pid, signal.SIGKILL)
         self.pids = {}
         self._save()
         shutil.rmtree(self.pgdata, ignore_errors=True)
         return stopped
 
     def status(self) -> dict[str, str]:
-        """Each started process: running (pid) or stopped."""
+        """Each started component: running (pid) or stopped."""
         return {
             name: f"running (pid {pid})" if self.alive(name) else "stopped" for name, pid in self.pids.items()
         }
@@ -485,13 +605,41 @@ class LocalCluster:
         """Rows of a query on the cluster's PostgreSQL (``airflow`` or ``mlflow``)."""
         import psycopg2
 
-        con = psycopg2.connect(host="127.0.0.1", port=self.ports.postgres, user="visrec", dbname=database)
+        con = psycopg2.connect(
+            host="127.0.0.1",
+            port=self.ports.postgres,
+            user="visrec",
+            password=self.secrets()["POSTGRES_PASSWORD"],
+            dbname=database,
+        )
         try:
             with con.cursor() as cur:
                 cur.execute(sql, params)
                 return cur.fetchall()
         finally:
             con.close()
+
+    def api(self) -> AirflowAPI:
+        """Airflow's REST API of this cluster, as its admin (FAB user and password)."""
+        return AirflowAPI(
+            f"http://127.0.0.1:{self.ports.airflow_api}", ADMIN, self.secrets()["AIRFLOW_ADMIN_PASSWORD"]
+        )
+
+    def api_token(self) -> str:
+        """A JWT for Airflow's REST API, taken as a user does: the admin's name and password posted to
+        the api-server's ``/auth/token``."""
+        return self.api().token()
+
+    def api_get(self, path: str, token: str | None = None) -> tuple[int, dict]:
+        """``GET`` an Airflow REST API path (``/api/v2/...``): its status and JSON body (with a token
+        from :meth:`api_token`, or none: an anonymous request)."""
+        api = self.api()
+        api._token = token  # noqa: SLF001 (the caller's token, or anonymous)
+        return api.request("GET", path, auth=token is not None)
+
+    def kill_leader(self, name: str) -> None:
+        """SIGKILL process ``name`` alone: what an OOM kill does; its children live on as orphans."""
+        _signal(self.pids[name], signal.SIGKILL)
 
     def kill(self, name: str) -> None:
         """SIGKILL process ``name`` and every process under it, whatever its group: a machine lost."""
@@ -531,6 +679,38 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def parse_env(text: str) -> dict[str, str]:
+    """The variables of an env file as :meth:`LocalCluster._write_env` writes it (``KEY=shell-quoted``)."""
+    env = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = " ".join(shlex.split(value)) if value.strip() else ""
+    return env
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (an exited child not yet reaped) is not running.
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return not stat.read_text().rsplit(") ", 1)[-1].startswith("Z")
+    except OSError:
+        return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
@@ -557,10 +737,10 @@ def _spark_class() -> str:
     return str(path)
 
 
-def _create_database(port: int, name: str) -> None:
+def _create_database(port: int, password: str, name: str) -> None:
     import psycopg2
 
-    con = psycopg2.connect(host="127.0.0.1", port=port, user="visrec", dbname="postgres")
+    con = psycopg2.connect(host="127.0.0.1", port=port, user="visrec", password=password, dbname="postgres")
     con.autocommit = True
     try:
         with con.cursor() as cur:

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from visrec import serving
 from visrec.app import cluster as cluster_mode
 from visrec.app import orchestrate
 from visrec.devdata import importer, synth
 from visrec.errors import VisrecError
-from visrec.pipeline import steps
+from visrec.mlops import tracking
+from visrec.pipeline import champions, steps
 from visrec.report import html
 from visrec.settings import Settings
 from visrec.store.lake import Lake, check_ds
@@ -258,16 +260,18 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
-    root = Path(args.dir) if args.dir else settings.home / "cluster"
+    root = Path(args.dir) if args.dir else settings.cluster_dir
     cluster = cluster_mode.LocalCluster(root, cluster_mode.Ports(args.port_base) if args.port_base else None)
     if args.action == "up":
         # The VISREC_* settings of this shell are what every task will run with.
-        cluster.up(
+        started = cluster.up(
             orchestrate.pool_slots(settings), {k: v for k, v in os.environ.items() if k.startswith("VISREC_")}
         )
+        print(f"started: {', '.join(started) or 'nothing (every component was running)'}")
         print(
-            f"cluster up: Airflow http://127.0.0.1:{cluster.ports.airflow_api}, MLflow "
-            f"http://127.0.0.1:{cluster.ports.mlflow}, Spark http://127.0.0.1:{cluster.ports.spark_ui}"
+            f"cluster up: Airflow http://127.0.0.1:{cluster.ports.airflow_api} (user {cluster_mode.ADMIN}, "
+            f"password: AIRFLOW_ADMIN_PASSWORD in cluster.env), MLflow http://127.0.0.1:{cluster.ports.mlflow}, "
+            f"Spark http://127.0.0.1:{cluster.ports.spark_ui}"
         )
         print(f"its settings: set -a; . {cluster.env_file()}; set +a")
     elif args.action == "spark":
@@ -276,11 +280,17 @@ def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
             f"spark master: spark://127.0.0.1:{cluster.ports.spark_master} (UI http://127.0.0.1:{cluster.ports.spark_ui})"
         )
     elif args.action == "down":
+        left = len(cluster.processes())
         stopped = cluster.down()
-        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'} ({left} processes ended)")
     elif args.action == "status":
-        for name, state in (cluster.status() or {"cluster": "never started here"}).items():
+        if not cluster.pids and not cluster.state_file.exists():
+            print(f"cluster: never started under {root}")
+        for name, state in cluster.status().items():
             print(f"{name:14} {state}")
+        dead = [name for name, state in cluster.status().items() if state == "stopped"]
+        if dead and len(dead) < len(cluster.pids):
+            print(f"{', '.join(dead)} stopped: `visrec cluster up` restarts them")
     elif args.action == "env":
         print(cluster.env_file().read_text() if cluster.env_file().exists() else "", end="")
     else:  # run
@@ -320,6 +330,42 @@ def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
         f"forgot {report.user_id}: {report.raw_files_deleted} uploaded files and {report.raw_lines_removed} "
         f"raw event lines deleted; rows removed: {rows}; later runs drop this user's events and uploads"
     )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    done = serving.export_recommendations(settings, args.ds, force=args.force)
+    if done.skipped:
+        print(f"serving unchanged ({done.uri}): {done.skipped}")
+    else:
+        print(f"serving {done.ds}: {done.rows} recommendations in {done.uri}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    tracking.use_tracking(settings)
+    done = champions.rollback(args.model, args.to, args.reason)
+    print(
+        f"{champions.MODELS[done.model]}: champion is now version {done.version} (was {done.previous or 'none'}); "
+        f"by {done.by} at {done.at}: {done.reason}"
+    )
+    return 0
+
+
+def cmd_champions(args: argparse.Namespace, settings: Settings) -> int:
+    tracking.use_tracking(settings)
+    nights = champions.nightly_champions(_lake(None, settings))
+    models = list(champions.MODELS)
+    print("night       " + "  ".join(f"{m:>4}" for m in models))
+    for ds, by_model in nights:
+        print(f"{ds}  " + "  ".join(f"{by_model[m] or '-':>4}" for m in models))
+    if not nights:
+        print("(no nightly run recorded yet)")
+    moved = champions.rollbacks()
+    if moved:
+        print("moved by hand:")
+    for r in moved:
+        print(f"  {r.at}  {r.model}: {r.previous or 'none'} -> {r.version} by {r.by}: {r.reason}")
     return 0
 
 

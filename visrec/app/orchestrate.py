@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,7 +99,21 @@ def _call(cmd: list[str], env: dict[str, str], what: str, log_path: Path | None 
             out.close()
     if result.returncode != 0:
         detail = f"; log: {log_path}" if log_path else f": {(result.stderr or '').strip()[-500:]}"
-        raise RunFailed(f"could not {what} (exit {result.returncode}){detail}")
+        failed = _failed_task(log_path) if log_path else None
+        raise RunFailed(
+            f"could not {what} (exit {result.returncode}){': ' + failed if failed else ''}{detail}"
+        )
+
+
+def _failed_task(log_path: Path) -> str | None:
+    """The first failed task's summary in a DAG run's log (the line ``visrec.pipeline.alerts`` writes
+    when a task has used its retries), without the logger's decorations."""
+    for line in log_path.read_text(errors="replace").splitlines():
+        _, marker, alert = line.partition("visrec alert: ")
+        if marker:
+            alert = re.sub(r"\s+\[visrec\.pipeline\.alerts\].*$", "", alert)
+            return re.sub(r"; log https?://\S+$", "", alert.strip())  # the run's own log is named after
+    return None
 
 
 def run_dates(dates: list[str], settings: Settings, *, airflow: bool = True) -> list[DateRun]:

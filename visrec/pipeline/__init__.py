@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from visrec.pipeline.graph import BY_NAME, NAMES, POOLS, STEPS, Step
+from visrec.pipeline.alerts import task_failed
+from visrec.pipeline.graph import BY_NAME, NAMES, POOLS, PUBLISHED_TABLES, STEPS, Step, asset_name
 from visrec.settings import Settings
 
 
@@ -29,4 +30,48 @@ def run_task(name: str, ds: str, reuse_backfill: bool = False, **upstream: Any) 
     return steps.run_task(name, ds, reuse_backfill=reuse_backfill, **upstream)
 
 
-__all__ = ["BY_NAME", "NAMES", "POOLS", "STEPS", "Step", "dag_schedule", "run_task"]
+def asset_uri(table: str, settings: Settings | None = None) -> str:
+    """Where a published table lives (its Airflow Asset's URI): the lake's ``published/<table>``."""
+    return f"{(settings or Settings.from_env()).lake_uri.rstrip('/')}/published/{table}"
+
+
+def raw_events(ds: str, settings: Settings | None = None) -> dict[str, Any]:
+    """What the lake holds of ``ds``'s raw event logs: how many ``files`` (an empty file is an
+    explicitly empty day), ``where`` (the folder's URL), and the wait the nightly DAG's sensor allows
+    them (``wait_minutes``)."""
+    from visrec.store.lake import Lake  # in the task and the triggerer: the lake loads pyarrow
+
+    settings = settings or Settings.from_env()
+    lake = Lake.from_settings(settings)
+    folder = f"raw/events/dt={ds}"
+    return {
+        "ds": ds,
+        "files": len(lake.list_keys(folder)),
+        "where": lake.url(folder),
+        "wait_minutes": settings.events_wait_minutes,
+    }
+
+
+def export_serving(ds: str | None = None, force: bool = False) -> dict[str, Any]:
+    """The serving export DAG's task: :func:`visrec.serving.export_recommendations` for ``ds``."""
+    from visrec import serving  # in the task: it loads pyarrow and SQLAlchemy
+
+    done = serving.export_recommendations(Settings.from_env(), ds, force=force)
+    return {"ds": done.ds, "rows": done.rows, "serving": done.uri, "skipped": done.skipped}
+
+
+__all__ = [
+    "BY_NAME",
+    "NAMES",
+    "POOLS",
+    "PUBLISHED_TABLES",
+    "STEPS",
+    "Step",
+    "asset_name",
+    "asset_uri",
+    "dag_schedule",
+    "export_serving",
+    "raw_events",
+    "run_task",
+    "task_failed",
+]

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from visrec.vocabulary import PUBLISHED_TABLES
+
 # Celery queue -> Airflow pool that bounds it (the default queue has no pool).
 POOLS: Mapping[str, str] = MappingProxyType({"spark": "visrec_spark", "training": "visrec_training"})
 QUEUES = ("default", "spark", "training")
@@ -32,6 +34,7 @@ class Step:
     reads: tuple[str, ...] = ()  # tables of its own date that must exist before it starts
     writes: tuple[str, ...] = ()  # tables of its own date it (over)writes
     changes_published: bool = False  # refuses a published date unless forced
+    publishes: tuple[str, ...] = ()  # tables it makes visible to readers: its Airflow Asset outlets
     queue: str = "default"
 
     @property
@@ -131,6 +134,7 @@ _NIGHT: tuple[Step, ...] = (
         follows=("generate_looks",),
         reads=("recommendations",),
         changes_published=True,
+        publishes=PUBLISHED_TABLES,
     ),
 )
 # The report shows every step's result of the night: it takes them all.
@@ -167,6 +171,11 @@ def _check() -> None:
 
 
 _check()
+
+
+def asset_name(table: str) -> str:
+    """The Airflow Asset name of a published table (what a consumer DAG schedules on)."""
+    return f"visrec.{table}"
 
 
 def made_by(table: str) -> str:

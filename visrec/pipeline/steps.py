@@ -108,6 +108,7 @@ def step(*, checks: bool = True) -> Callable[[Callable[..., Summary]], Callable[
                 kwargs["force"] = force
             summary = fn(ds, settings, lake, **kwargs)
             summary = {**summary, "seconds": round(time.perf_counter() - started, 3)}
+            log.info("step %s %s done in %.1fs", declared.name, ds, summary["seconds"])
             return RunLog(lake).record(ds, declared.name, summary)
 
         FUNCTIONS[declared.name] = run
