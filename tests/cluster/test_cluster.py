@@ -162,13 +162,14 @@ def _fetch_worker_log(env: dict[str, str], url: str, relative: str) -> tuple[int
     with [api] secret_key (Airflow's own code), in a process with ``env``."""
     script = (
         "import sys; from airflow.utils.log.file_task_handler import _fetch_logs_from_service as f; "
-        "r = f(sys.argv[1], sys.argv[2]); print(r.status_code); print(r.text[-3000:])"
+        "r = f(sys.argv[1], sys.argv[2]); print('STATUS', r.status_code); print(r.text[-3000:])"
     )
     out = subprocess.run(
         [sys.executable, "-c", script, url, relative], env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    status, _, text = out.stdout.partition("\n")
+    _, _, answer = out.stdout.partition("STATUS ")  # (after any warning Airflow prints)
+    status, _, text = answer.partition("\n")
     return int(status), text
 
 
