@@ -20,7 +20,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from visrec import forget as forgetting
@@ -32,6 +32,7 @@ from visrec.ingest import catalog_images, day, events, features, user_photos
 from visrec.logs import setup_logging
 from visrec.mlops import registry, tracking
 from visrec.mlops.validation import TableValidator
+from visrec.pipeline import champions
 from visrec.pipeline.graph import BY_NAME, STEPS, Step, made_by
 from visrec.recsys import score as scoring
 from visrec.recsys import train as mf_training
@@ -508,7 +509,9 @@ def report(ds: str, settings: Settings, lake: Lake, **night: Upstream) -> Summar
     """The run's HTML report -> ``reports/ds=<ds>/index.html`` and an MLflow artifact, from the night's
     step results (``night``: every step's, as the DAG hands them; run alone, the date's run records)."""
     given = {name: summary for name, summary in night.items() if summary is not None}
-    return {"report": nightly.build_report(settings, ds, given or None, lake=lake)}
+    tracking.use_tracking(settings)
+    moves = [asdict(move) for move in champions.rollbacks()]
+    return {"report": nightly.build_report(settings, ds, given or None, lake=lake, champion_moves=moves)}
 
 
 def find_similar(

@@ -287,14 +287,14 @@ def _night_row(lake: Lake, ds: str, summaries: dict, published: set[str]) -> dic
     }
 
 
-def build_index(lake: Lake) -> str:
-    """Write ``reports/index.html``: every night, newest first, each linking its page; return its URI."""
+def build_index(lake: Lake, champion_moves: list[dict] | None = None) -> str:
+    """Write ``reports/index.html``: every night, newest first, each linking its page, then the
+    champions moved by hand (``champion_moves``: `visrec rollback`'s records); return its URI."""
     published = published_dates(lake)
     runs = RunLog(lake)
     nights = [_night_row(lake, d, runs.night(d), published) for d in reversed(runs.dates())]
-    lake.put_bytes(
-        "reports/index.html", render("index.html.j2", title="visrec nightly runs", nights=nights).encode()
-    )
+    page = render("index.html.j2", title="visrec nightly runs", nights=nights, moves=champion_moves or [])
+    lake.put_bytes("reports/index.html", page.encode())
     return lake.url("reports/index.html")
 
 
@@ -305,6 +305,7 @@ def build_report(
     *,
     lake: Lake | None = None,
     log_to_mlflow: bool = True,
+    champion_moves: list[dict] | None = None,
 ) -> str:
     """Write ``reports/ds=<ds>/index.html`` (and log it to MLflow) for the night whose step results are
     ``night`` (step name -> summary; None: the date's run records); return its URI. Earlier nights
@@ -387,7 +388,7 @@ def build_report(
 
         with tracked_run(settings, "report", ds=ds):
             mlflow.log_text(text, "report/index.html")
-    build_index(lake)
+    build_index(lake, champion_moves)
     log.info("report for %s: %d users, %s", ds, len(users), lake.url(key))
     return lake.url(key)
 
