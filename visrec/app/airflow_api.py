@@ -7,7 +7,6 @@ import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import date
 from typing import Any
 
 from visrec.errors import VisrecError
@@ -57,35 +56,3 @@ class AirflowAPI:
                 return error.code, json.loads(text or "{}")
             except ValueError:
                 return error.code, {"detail": text}
-
-    def call(self, method: str, path: str, body: dict | None = None) -> dict[str, Any]:
-        """A request that must succeed: its JSON body, or :class:`AirflowAPIError`."""
-        status, answer = self.request(method, path, body)
-        if status >= 400:
-            raise AirflowAPIError(f"{method} {path}: {status} {answer.get('detail', answer)}")
-        return answer
-
-    def create_backfill(
-        self, dag_id: str, start: date, end: date, conf: dict | None = None, max_active_runs: int = 1
-    ) -> dict[str, Any]:
-        """An Airflow backfill of ``dag_id`` for the logical dates ``start``..``end`` (each run with
-        ``conf``); Airflow's UI and API show it and can pause or cancel it."""
-        return self.call(
-            "POST",
-            "/api/v2/backfills",
-            {
-                "dag_id": dag_id,
-                "from_date": f"{start.isoformat()}T00:00:00Z",
-                "to_date": f"{end.isoformat()}T00:00:00Z",
-                "dag_run_conf": conf or {},
-                "reprocess_behavior": "completed",
-                "max_active_runs": max_active_runs,
-            },
-        )
-
-    def backfill_runs(self, dag_id: str, backfill_id: int) -> list[dict[str, Any]]:
-        """The DAG runs of a backfill (logical date, state)."""
-        runs = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?run_type=backfill&limit=1000")["dag_runs"]
-        return [r for r in runs if str(r.get("backfill_id")) == str(backfill_id)] or [
-            r for r in runs if r.get("run_type") == "backfill"
-        ]
