@@ -31,6 +31,7 @@ BENCHES = (
     "mf_speed",
     "mf_hm",
     "mf_ml1m",
+    "candidates_ml1m",
     "photos",
     "contrastive",
     "gan",
