@@ -41,7 +41,9 @@ VISREC = str(Path(sys.executable).with_name("visrec"))
 TRAINING = ("train_cnn", "train_gan", "train_mf")
 POOLS = {"visrec_spark": 1, "visrec_training": 1}
 # The trial's settings, and a short wait for a day's raw events (the missing-day test).
-CLUSTER_SETTINGS = {**SETTINGS, "VISREC_EVENTS_WAIT_MINUTES": "0.5"}
+# A periodic schedule, as a deployment has (Airflow's backfills need one; its latest night runs at once
+# and fails at the sensor: no events for today).
+CLUSTER_SETTINGS = {**SETTINGS, "VISREC_EVENTS_WAIT_MINUTES": "0.5", "VISREC_DAG_SCHEDULE": "@daily"}
 
 
 def _visrec(env: dict[str, str], *args: str) -> None:
@@ -299,6 +301,38 @@ def test_a_missing_day_waits_in_the_triggerer_then_fails_in_one_line(cluster, ni
     states = {t["task_id"]: t["state"] for t in cluster.task_instances(run_id)}
     assert states.pop("wait_for_events") == "failed"
     assert set(states.values()) == {"upstream_failed"}, states
+
+
+def test_a_date_range_becomes_an_airflow_backfill(cluster, nightly):
+    """`visrec cluster run --start --end` on a scheduled DAG: one-pass ingestion, then an Airflow
+    backfill (listed by the REST API, its runs of type backfill, one at a time); here two days whose
+    raw events never came, so each run fails at the sensor and the command says which task failed."""
+    result = subprocess.run(
+        [
+            VISREC,
+            "cluster",
+            "run",
+            "--start",
+            "2026-11-21",
+            "--end",
+            "2026-11-22",
+            "--dir",
+            str(cluster.root),
+        ],
+        env=cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-3000:]
+    assert "2026-11-21: failed (wait_for_events failed)" in out and "backfill" in out, out[-3000:]
+    status, body = cluster.api_get("/api/v2/backfills?dag_id=visrec_nightly", cluster.api_token())
+    assert status == 200 and body["backfills"], body
+    backfill = body["backfills"][-1]
+    assert backfill["from_date"].startswith("2026-11-21") and backfill["to_date"].startswith("2026-11-22")
+    runs = cluster.query("SELECT run_type, state FROM dag_run WHERE backfill_id = %s", (backfill["id"],))
+    assert sorted(runs) == [("backfill", "failed"), ("backfill", "failed")], runs
 
 
 def test_a_spark_job_survives_a_lost_worker(cluster, tmp_path):

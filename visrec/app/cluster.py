@@ -177,7 +177,6 @@ class LocalCluster:
             "VISREC_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{p.mlflow}",
             "VISREC_SPARK_MASTER": f"spark://127.0.0.1:{p.spark_master}",
             "VISREC_SERVING_URI": f"postgresql://{db}/serving",
-            "VISREC_DAG_SCHEDULE": "none",  # a machine's twin runs what it is asked to, not every night
             **aws,
             "AWS_DEFAULT_REGION": "us-east-1",
             "MLFLOW_S3_ENDPOINT_URL": s3,
@@ -229,6 +228,9 @@ class LocalCluster:
         service = self.service_env()
         kept = parse_env(self.env_file().read_text()) if self.env_file().exists() else {}
         settings = {k: v for k, v in {**kept, **settings_env}.items() if k not in service}
+        # A machine's twin runs what it is asked to, not every night, unless told otherwise (Airflow's
+        # backfills need a periodic schedule; with one, the latest night also runs at once).
+        settings.setdefault("VISREC_DAG_SCHEDULE", "none")
         lines = [f"{k}={shlex.quote(v)}" for k, v in {**settings, **service}.items()]
         self.env_file().write_text("\n".join(lines) + "\n")
         self.env_file().chmod(0o600)
@@ -573,6 +575,38 @@ class LocalCluster:
             ),
         )
         return run_id
+
+    def backfill(self, start: str, end: str, conf: dict | None = None) -> dict:
+        """An Airflow backfill of the nightly DAG for ``start``..``end``, created through the REST API
+        (the UI shows it, and can pause or cancel it); one run at a time. Needs a periodic schedule."""
+        check_ds(start), check_ds(end)
+        return self.api().create_backfill(DAG_ID, start, end, conf, max_active_runs=1)
+
+    def wait_backfill(
+        self, backfill_id: int, runs: int, timeout: float = 7200, poll: float = 5
+    ) -> dict[str, str]:
+        """Wait until the backfill's ``runs`` runs have ended; their states by date."""
+        deadline = time.monotonic() + timeout
+        sql = "SELECT logical_date, state FROM dag_run WHERE backfill_id = %s ORDER BY logical_date"
+        while True:
+            rows = self.query(sql, (backfill_id,))
+            states = {str(ds.date()): state for ds, state in rows}
+            if len(states) >= runs and all(s in ("success", "failed") for s in states.values()):
+                return states
+            if time.monotonic() > deadline:
+                raise ClusterError(f"backfill {backfill_id} did not finish in {timeout:.0f}s: {states}")
+            time.sleep(poll)
+
+    def backfill_failures(self, backfill_id: int) -> dict[str, list[str]]:
+        """The failed tasks of each failed date of a backfill."""
+        sql = (
+            "SELECT dr.logical_date, ti.task_id FROM task_instance ti JOIN dag_run dr ON dr.dag_id = ti.dag_id "
+            "AND dr.run_id = ti.run_id WHERE dr.backfill_id = %s AND ti.state = 'failed' ORDER BY 1, 2"
+        )
+        failures: dict[str, list[str]] = {}
+        for ds, task in self.query(sql, (backfill_id,)):
+            failures.setdefault(str(ds.date()), []).append(task)
+        return failures
 
     def run_state(self, run_id: str) -> str:
         """The DAG run's state (queued, running, success, failed), read from the metadata database."""

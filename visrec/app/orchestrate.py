@@ -125,6 +125,11 @@ def run_dates(dates: list[str], settings: Settings, *, airflow: bool = True) -> 
     check_inputs_exist(lake)
     env = prepare_airflow(settings) if airflow else None
     backfill = len(dates) > 1
+    if backfill and airflow:
+        log.info(
+            "no Airflow server here: each date runs with `airflow dags test`, in order (against a running "
+            "Airflow, `visrec cluster run --start --end` creates an Airflow backfill)"
+        )
     if backfill:
         done = steps.ingest_range(dates, settings)
         log.info("ingested %d days in one pass in %.1fs; now the DAG for each", len(dates), done["seconds"])
