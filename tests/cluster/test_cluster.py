@@ -304,21 +304,12 @@ def test_a_missing_day_waits_in_the_triggerer_then_fails_in_one_line(cluster, ni
 
 
 def test_a_date_range_becomes_an_airflow_backfill(cluster, nightly):
-    """`visrec cluster run --start --end` on a scheduled DAG: one-pass ingestion, then an Airflow
-    backfill (listed by the REST API, its runs of type backfill, one at a time); here two days whose
-    raw events never came, so each run fails at the sensor and the command says which task failed."""
+    """`visrec run --start --end` in a shell that sourced the cluster's env (so: `visrec cluster run`) on
+    a scheduled DAG: one-pass ingestion, then an Airflow backfill (listed by the REST API, its runs of
+    type backfill, one at a time); here two days whose raw events never came, so each run fails at
+    the sensor and the command says which task failed."""
     result = subprocess.run(
-        [
-            VISREC,
-            "cluster",
-            "run",
-            "--start",
-            "2026-11-21",
-            "--end",
-            "2026-11-22",
-            "--dir",
-            str(cluster.root),
-        ],
+        [VISREC, "run", "--start", "2026-11-21", "--end", "2026-11-22"],
         env=cluster.env(),
         capture_output=True,
         text=True,
@@ -326,6 +317,7 @@ def test_a_date_range_becomes_an_airflow_backfill(cluster, nightly):
     )
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-3000:]
+    assert "(cluster" in out and "using it" in out, out[-3000:]
     assert "2026-11-21: failed (wait_for_events failed)" in out and "backfill" in out, out[-3000:]
     status, body = cluster.api_get("/api/v2/backfills?dag_id=visrec_nightly", cluster.api_token())
     assert status == 200 and body["backfills"], body

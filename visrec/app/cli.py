@@ -258,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Run the visrec_nightly DAG for each date in order with `airflow dags test` (metadata in "
         "SQLite under VISREC_HOME/airflow, logs under VISREC_HOME/logs). More than one date: their "
         "events and features are ingested first in one pass, and each run reuses them. Stops at the "
-        "first failed date; yesterday's published tables stay as they were.",
+        "first failed date; yesterday's published tables stay as they were. With a `visrec cluster` "
+        "running (its cluster.env sourced), its scheduler runs them instead: `visrec cluster run` (a "
+        "range becomes an Airflow backfill when the DAG has a schedule).",
     )
     run.add_argument("--ds", nargs="+", help="the date(s), YYYY-MM-DD")
     run.add_argument("--start", help="first date of a range")

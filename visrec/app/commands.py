@@ -253,6 +253,12 @@ def _dates(args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if not args.ds and not (args.start and args.end):
         raise VisrecError("give --ds DATE [DATE ...] or --start DATE --end DATE")
+    twin = cluster_mode.LocalCluster(settings.cluster_dir)
+    if not args.no_airflow and all(twin.alive(name) for name in ("api-server", "scheduler")):
+        # A running Airflow (this shell sourced its cluster.env): its scheduler runs the dates.
+        print(f"Airflow runs at http://127.0.0.1:{twin.ports.airflow_api} (cluster {twin.root}): using it")
+        args.action, args.dir, args.port_base = "run", str(twin.root), None
+        return cmd_cluster(args, settings)
     for run in orchestrate.run_dates(_dates(args), settings, airflow=not args.no_airflow):
         tasks = ", ".join(f"{name} {sec:.0f}s" for name, sec in run.task_seconds.items())
         print(f"{run.ds}: done in {run.seconds:.0f}s ({tasks})" + (f"; log {run.log}" if run.log else ""))
