@@ -43,10 +43,7 @@ DEFAULT_ARGS = {
 
 
 # Each published table is an Asset: DAGs downstream (dags/visrec_serving_export.py) schedule on them.
-ASSETS = {
-    table: Asset(name=pipeline.asset_name(table), uri=pipeline.asset_uri(table), group="visrec")
-    for table in pipeline.PUBLISHED_TABLES
-}
+ASSETS = {table: Asset(**pipeline.asset(table)) for table in pipeline.PUBLISHED_TABLES}
 
 
 def _task(step: pipeline.Step):

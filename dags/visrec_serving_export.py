@@ -17,9 +17,7 @@ from airflow.sdk import Asset, dag, task
 
 from visrec import pipeline
 
-RECOMMENDATIONS = Asset(
-    name=pipeline.asset_name("recommendations"), uri=pipeline.asset_uri("recommendations"), group="visrec"
-)
+RECOMMENDATIONS = Asset(**pipeline.asset("recommendations"))
 
 
 @dag(

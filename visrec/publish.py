@@ -23,7 +23,7 @@ from visrec.errors import VisrecError
 from visrec.mlops.validation import TableValidator, ValidationFailed
 from visrec.settings import Settings
 from visrec.store.catalog import read_catalog
-from visrec.store.lake import RELEASE_KEY, Lake, check_ds, read_release
+from visrec.store.lake import RELEASE_KEY, Lake, check_ds, read_published, read_release
 from visrec.store.schemas import spec_for
 from visrec.store.tables import load_events
 from visrec.vocabulary import PUBLISHED_TABLES
@@ -184,7 +184,6 @@ def refresh_warehouse(settings: Settings, lake: Lake, release: dict | None = Non
     copied into DuckDB tables instead (same names, same columns, same single transaction)."""
     import duckdb
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     release = read_release(lake) if release is None else release
     settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,12 +209,10 @@ def refresh_warehouse(settings: Settings, lake: Lake, release: dict | None = Non
                     f"FROM read_parquet([{files}], filename = true, hive_partitioning = false)"
                 )
             else:
-                data = [
-                    _with_ds(pq.read_table(pa.BufferReader(lake.get_bytes(key))), ds)
-                    for ds in sorted(parts)
-                    for key in parts[ds]
-                ]
-                arrow = pa.concat_tables(data) if data else _with_ds(spec_for(table).schema.empty_table(), "")
+                arrow = pa.concat_tables(
+                    [read_published(lake, release, table, ds) for ds in sorted(parts)]
+                    or [read_published(lake, release, table, "")]  # none: the empty table, its columns
+                )
                 con.register("_incoming", arrow)
                 con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM _incoming')
                 con.unregister("_incoming")
@@ -232,9 +229,3 @@ def refresh_warehouse(settings: Settings, lake: Lake, release: dict | None = Non
         con.close()
     log.info("warehouse %s refreshed: %s", settings.warehouse_path, counts)
     return counts
-
-
-def _with_ds(table, ds: str):
-    import pyarrow as pa
-
-    return table.append_column("ds", pa.array([ds] * table.num_rows, pa.string()))

@@ -16,13 +16,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from sqlalchemy import create_engine, event, inspect, text
 
 from visrec.errors import VisrecError
 from visrec.settings import Settings
-from visrec.store.lake import Lake, read_release
-from visrec.store.schemas import spec_for
+from visrec.store.lake import Lake, read_published, read_release
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +70,9 @@ def export_recommendations(
             return Export(now["ds"], now["rows"], uri, skipped=why)
         if now["ds"] == ds and now["published_at"] == release["published_at"]:
             return Export(ds, now["rows"], uri, skipped=f"already serving {ds}")
-    rows = _published_rows(lake, parts[ds], ds)
+    rows = read_published(lake, release, TABLE, ds)
     incoming, token = f"{TABLE}__incoming", uuid.uuid4().hex[:8]
     columns = ", ".join(f"{f.name} {SQL_TYPES[str(f.type)]}" for f in rows.schema)
-    from sqlalchemy import text
-
     with engine.begin() as con:  # load beside the served table: readers see nothing of it yet
         con.execute(text(f"DROP TABLE IF EXISTS {incoming}"))
         con.execute(text(f"CREATE TABLE {incoming} ({columns})"))
@@ -106,16 +102,7 @@ def export_recommendations(
     return Export(ds, rows.num_rows, uri)
 
 
-def _published_rows(lake: Lake, keys: list[str], ds: str) -> pa.Table:
-    schema = spec_for(TABLE).schema
-    parts = [pq.read_table(pa.BufferReader(lake.get_bytes(key))).select(schema.names) for key in keys]
-    table = pa.concat_tables(parts) if parts else schema.empty_table()
-    return table.append_column("ds", pa.array([ds] * table.num_rows, pa.string()))
-
-
 def _engine(settings: Settings):
-    from sqlalchemy import create_engine, event
-
     uri = settings.serving_uri
     if uri.startswith("postgresql://"):
         return create_engine("postgresql+psycopg2://" + uri.removeprefix("postgresql://"))
@@ -136,14 +123,10 @@ def _engine(settings: Settings):
 
 
 def _has_table(con, name: str) -> bool:
-    from sqlalchemy import inspect
-
     return inspect(con).has_table(name)
 
 
 def _served(con) -> dict | None:
-    from sqlalchemy import text
-
     if not _has_table(con, RELEASE_TABLE):
         return None
     row = con.execute(text(f"SELECT ds, published_at, rows FROM {RELEASE_TABLE}")).first()

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from benchkit import ML1M, Figures, figure
+from benchkit import Figures, figure
 
-from visrec.api import split_per_user
 from visrec.recsys.baselines import ItemCF, LowRankEASE, Popularity, VisualProfile
 from visrec.recsys.candidates import FromRecommender, merge, recall_at
 from visrec.recsys.metrics import bootstrap_interval, users_with
 from visrec.settings import Settings
 
-SEED = 42
 SIZES = (50, 100, 200)
 
 
@@ -28,27 +24,14 @@ def run() -> Figures:
     Generators: popularity, item-CF, EASE as served (low rank 128, l2 500), the users' visual profiles
     over the poster embeddings (`mf_ml1m`'s cache; zeros for movies without a poster). Each figure
     carries a bootstrap 95% interval over users."""
-    from benches.mf_ml1m import _poster_embeddings
+    from benches.mf_ml1m import SEED, ml1m_split
 
-    if not (ML1M / "ratings.parquet").exists():
-        print(f"  candidates_ml1m: needs {ML1M} (absent here); skipped", file=sys.stderr)
-        return {}
-    ratings = pd.read_parquet(ML1M / "ratings.parquet").rename(
-        columns={"userID": "user_id", "movieID": "item_id"}
-    )
-    out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(home=Path(tmp))
-        item_ids = sorted(ratings["item_id"].astype(str).unique())
-        features, dims = _poster_embeddings(item_ids, settings)
-        split = split_per_user(
-            ratings,
-            test_share=0.25,
-            seed=SEED,
-            item_ids=item_ids,
-            item_features=features,
-            classifier_dims=dims,
-        )
+        loaded = ml1m_split(Settings(home=Path(tmp)), "candidates_ml1m")
+    if loaded is None:
+        return {}
+    split, _ = loaded
+    out: Figures = {}
     users = users_with(split.relevant)
     relevant = [split.relevant[u] for u in users]
     generators = [

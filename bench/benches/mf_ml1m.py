@@ -78,6 +78,23 @@ def _poster_embeddings(item_ids: list[str], settings: Settings) -> tuple[np.ndar
     return embeddings, dims
 
 
+def ml1m_split(settings: Settings, bench: str) -> tuple[Split, int] | None:
+    """ML-1M's per-user 75/25 split (seed 42) with the poster embeddings as item features, and its
+    number of interactions; None, saying so on stderr, where the data is absent."""
+    if not (ML1M / "ratings.parquet").exists():
+        print(f"  {bench}: needs {ML1M} (absent here); skipped", file=sys.stderr)
+        return None
+    ratings = pd.read_parquet(ML1M / "ratings.parquet").rename(
+        columns={"userID": "user_id", "movieID": "item_id"}
+    )
+    item_ids = sorted(ratings["item_id"].astype(str).unique())
+    features, dims = _poster_embeddings(item_ids, settings)
+    split = split_per_user(
+        ratings, test_share=0.25, seed=SEED, item_ids=item_ids, item_features=features, classifier_dims=dims
+    )
+    return split, len(ratings)
+
+
 def _measure(model: Recommender, split: Split, seen: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
     """Fit on the split's training part; rank, for every test user, the items seen in training that
     they have not interacted with; top-10 NDCG, MAP, precision and recall, and NDCG per user."""
@@ -114,25 +131,13 @@ def run() -> Figures:
 
     from visrec.recsys.select import default_params, make_recommender, make_vbpr, select_vbpr
 
-    if not (ML1M / "ratings.parquet").exists():
-        print(f"  mf_ml1m: needs {ML1M} (absent here); skipped", file=sys.stderr)
-        return {}
-    ratings = pd.read_parquet(ML1M / "ratings.parquet").rename(
-        columns={"userID": "user_id", "movieID": "item_id"}
-    )
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(home=Path(tmp))
-        item_ids = sorted(ratings["item_id"].astype(str).unique())
-        features, dims = _poster_embeddings(item_ids, settings)
-        split = split_per_user(
-            ratings,
-            test_share=0.25,
-            seed=SEED,
-            item_ids=item_ids,
-            item_features=features,
-            classifier_dims=dims,
-        )
+        loaded = ml1m_split(settings, "mf_ml1m")
+        if loaded is None:
+            return {}
+        split, interactions = loaded
         seen = np.asarray((split.train.user_items > 0).sum(axis=0)).ravel() > 0
         started = time.perf_counter()
         selection = select_vbpr(settings, split, "2000-01-01")
@@ -154,7 +159,7 @@ def run() -> Figures:
         }
         users = len(users_with(split.relevant))
         note = (
-            f"ML-1M: {len(ratings):,} interactions, {split.train.n_users} users, {int(seen.sum())} movies seen "
+            f"ML-1M: {interactions:,} interactions, {split.train.n_users} users, {int(seen.sum())} movies seen "
             f"in training; per-user 75/25 split seed {SEED}, {users} test users, top-{K}"
         )
         per_user = {}

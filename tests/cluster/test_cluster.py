@@ -179,10 +179,10 @@ def test_the_rest_api_refuses_anonymous_requests_and_serves_task_logs(cluster, n
     """Airflow's REST API behind the FAB auth manager: no token, 401; a token taken with the admin's
     password, the run's tasks and a task's log (written by a worker, read back by the api-server
     from S3, where every try's log was uploaded)."""
-    status, body = cluster.api_get("/api/v2/dags")
+    api = cluster.api()
+    status, body = api.request("GET", "/api/v2/dags", auth=False)
     assert status == 401, body
-    token = cluster.api_token()
-    status, body = cluster.api_get("/api/v2/dags", token)
+    status, body = api.request("GET", "/api/v2/dags")  # with a token taken with the admin's password
     assert status == 200 and "visrec_nightly" in {d["dag_id"] for d in body["dags"]}
     run = nightly["run_id"]
     keys = [
@@ -196,8 +196,8 @@ def test_the_rest_api_refuses_anonymous_requests_and_serves_task_logs(cluster, n
     done = next(
         t for t in cluster.task_instances(run) if t["task_id"] == "publish" and t["state"] == "success"
     )
-    status, body = cluster.api_get(
-        f"/api/v2/dags/visrec_nightly/dagRuns/{run}/taskInstances/publish/logs/{done['try_number']}", token
+    status, body = api.request(
+        "GET", f"/api/v2/dags/visrec_nightly/dagRuns/{run}/taskInstances/publish/logs/{done['try_number']}"
     )
     assert status == 200, body
     text = json.dumps(body["content"])
@@ -319,7 +319,7 @@ def test_a_date_range_becomes_an_airflow_backfill(cluster, nightly):
     assert result.returncode == 1, out[-3000:]
     assert "(cluster" in out and "using it" in out, out[-3000:]
     assert "2026-11-21: failed (wait_for_events failed)" in out and "backfill" in out, out[-3000:]
-    status, body = cluster.api_get("/api/v2/backfills?dag_id=visrec_nightly", cluster.api_token())
+    status, body = cluster.api().request("GET", "/api/v2/backfills?dag_id=visrec_nightly")
     assert status == 200 and body["backfills"], body
     backfill = body["backfills"][-1]
     assert backfill["from_date"].startswith("2026-11-21") and backfill["to_date"].startswith("2026-11-22")
@@ -379,7 +379,7 @@ def test_the_airflow_ui_shows_the_run_with_every_task_green(cluster, nightly, tm
     dom = render(
         chromium,
         page,
-        {"_token": cluster.api_token()},
+        {"_token": cluster.api().token()},
         tmp_path / "profile",
         ready_js="document.querySelectorAll('tbody tr').length >= 14",
         screenshot=shot,

@@ -136,6 +136,7 @@ class LocalCluster:
         self.pgdata = Path(
             state.get("pgdata") or Path(tempfile.gettempdir()) / f"visrec-postgres-{self.ports.postgres}"
         )
+        self._secrets: dict[str, str] | None = None
 
     # -- the environment every process (and a user's shell) runs with --------------------------------
 
@@ -143,7 +144,10 @@ class LocalCluster:
         return self.root / "cluster.env"
 
     def secrets(self) -> dict[str, str]:
-        """The cluster's secrets (:data:`SECRETS`), from cluster.env; generated when it has none."""
+        """The cluster's secrets (:data:`SECRETS`), from cluster.env; generated (once per instance, then
+        written by :meth:`up`) when it has none."""
+        if self._secrets is not None:
+            return self._secrets
         kept = parse_env(self.env_file().read_text()) if self.env_file().exists() else {}
         generated = {
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
@@ -153,13 +157,18 @@ class LocalCluster:
             "POSTGRES_PASSWORD": secrets.token_hex(16),
             "AIRFLOW_ADMIN_PASSWORD": secrets.token_urlsafe(12),
         }
-        return {key: kept.get(key) or generated[key] for key in SECRETS}
+        self._secrets = {key: kept.get(key) or generated[key] for key in SECRETS}
+        return self._secrets
 
-    def service_env(self, secret: dict[str, str] | None = None) -> dict[str, str]:
+    def database_uri(self, database: str, scheme: str = "postgresql") -> str:
+        """The URI of one of the cluster's PostgreSQL databases (airflow, mlflow, serving), with its
+        password."""
+        return f"{scheme}://visrec:{self.secrets()['POSTGRES_PASSWORD']}@127.0.0.1:{self.ports.postgres}/{database}"
+
+    def service_env(self) -> dict[str, str]:
         """Settings pointing visrec, MLflow, Spark and Airflow at the cluster, with its secrets."""
-        secret = secret or self.secrets()
+        secret = self.secrets()
         p = self.ports
-        db = f"visrec:{secret['POSTGRES_PASSWORD']}@127.0.0.1:{p.postgres}"
         api = f"http://127.0.0.1:{p.airflow_api}"
         s3 = f"http://127.0.0.1:{p.s3}"
         aws = {"AWS_ACCESS_KEY_ID": "visrec", "AWS_SECRET_ACCESS_KEY": "visrec-local"}
@@ -176,7 +185,7 @@ class LocalCluster:
             "VISREC_S3_ENDPOINT": s3,
             "VISREC_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{p.mlflow}",
             "VISREC_SPARK_MASTER": f"spark://127.0.0.1:{p.spark_master}",
-            "VISREC_SERVING_URI": f"postgresql://{db}/serving",
+            "VISREC_SERVING_URI": self.database_uri("serving"),
             **aws,
             "AWS_DEFAULT_REGION": "us-east-1",
             "MLFLOW_S3_ENDPOINT_URL": s3,
@@ -193,9 +202,9 @@ class LocalCluster:
             "AIRFLOW__API__BASE_URL": api,
             "AIRFLOW__API__PORT": str(p.airflow_api),
             "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{db}/airflow",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_uri("airflow", "postgresql+psycopg2"),
             "AIRFLOW__CELERY__BROKER_URL": f"redis://:{secret['REDIS_PASSWORD']}@127.0.0.1:{p.redis}/0",
-            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{db}/airflow",
+            "AIRFLOW__CELERY__RESULT_BACKEND": self.database_uri("airflow", "db+postgresql"),
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "1",
             # A worker that dies mid-task: its task is failed (and retried) after this, not 5 minutes.
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "45",
@@ -395,7 +404,7 @@ class LocalCluster:
             "1",
         ]
         # The store's URI (with its password) from the environment, not the command line.
-        store = f"postgresql://visrec:{self.secrets()['POSTGRES_PASSWORD']}@127.0.0.1:{self.ports.postgres}/mlflow"
+        store = self.database_uri("mlflow")
         self._start("mlflow", cmd, env={**self.component_env("mlflow"), "MLFLOW_BACKEND_STORE_URI": store})
         self._wait_port("mlflow", self.ports.mlflow, timeout=180)
 
@@ -658,18 +667,6 @@ class LocalCluster:
         return AirflowAPI(
             f"http://127.0.0.1:{self.ports.airflow_api}", ADMIN, self.secrets()["AIRFLOW_ADMIN_PASSWORD"]
         )
-
-    def api_token(self) -> str:
-        """A JWT for Airflow's REST API, taken as a user does: the admin's name and password posted to
-        the api-server's ``/auth/token``."""
-        return self.api().token()
-
-    def api_get(self, path: str, token: str | None = None) -> tuple[int, dict]:
-        """``GET`` an Airflow REST API path (``/api/v2/...``): its status and JSON body (with a token
-        from :meth:`api_token`, or none: an anonymous request)."""
-        api = self.api()
-        api._token = token  # noqa: SLF001 (the caller's token, or anonymous)
-        return api.request("GET", path, auth=token is not None)
 
     def kill_leader(self, name: str) -> None:
         """SIGKILL process ``name`` alone: what an OOM kill does; its children live on as orphans."""

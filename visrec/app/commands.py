@@ -292,9 +292,10 @@ def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
     elif args.action == "status":
         if not cluster.pids and not cluster.state_file.exists():
             print(f"cluster: never started under {root}")
-        for name, state in cluster.status().items():
+        status = cluster.status()
+        for name, state in status.items():
             print(f"{name:14} {state}")
-        dead = [name for name, state in cluster.status().items() if state == "stopped"]
+        dead = [name for name, state in status.items() if state == "stopped"]
         if dead and len(dead) < len(cluster.pids):
             print(f"{', '.join(dead)} stopped: `visrec cluster up` restarts them")
     elif args.action == "env":
@@ -309,7 +310,7 @@ def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
         dates = _dates(args)
         schedule = cluster.env().get("VISREC_DAG_SCHEDULE", "none")
         if len(dates) > 1 and schedule.lower() != "none":
-            return _cluster_backfill(cluster, dates, settings)
+            return _cluster_backfill(cluster, dates)
         if len(dates) > 1:
             print(
                 f"the cluster's DAG has no schedule (VISREC_DAG_SCHEDULE=none), and Airflow backfills need "
@@ -327,7 +328,7 @@ def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _cluster_backfill(cluster: cluster_mode.LocalCluster, dates: list[str], settings: Settings) -> int:
+def _cluster_backfill(cluster: cluster_mode.LocalCluster, dates: list[str]) -> int:
     """A date range on a running Airflow: the one-pass ingestion of its events and features, then an
     Airflow backfill whose runs reuse them; wait for it and report each date."""
     done = steps.ingest_range(dates, Settings.from_env(cluster.env()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from visrec.pipeline.alerts import task_failed
-from visrec.pipeline.graph import BY_NAME, NAMES, POOLS, PUBLISHED_TABLES, STEPS, Step, asset_name
+from visrec.pipeline.graph import BY_NAME, NAMES, POOLS, PUBLISHED_TABLES, STEPS, Step
 from visrec.settings import Settings
 
 
@@ -30,9 +30,11 @@ def run_task(name: str, ds: str, reuse_backfill: bool = False, **upstream: Any) 
     return steps.run_task(name, ds, reuse_backfill=reuse_backfill, **upstream)
 
 
-def asset_uri(table: str, settings: Settings | None = None) -> str:
-    """Where a published table lives (its Airflow Asset's URI): the lake's ``published/<table>``."""
-    return f"{(settings or Settings.from_env()).lake_uri.rstrip('/')}/published/{table}"
+def asset(table: str, settings: Settings | None = None) -> dict[str, str]:
+    """A published table's Airflow Asset, as ``Asset(**asset(table))`` takes it: its name (what a
+    consumer DAG schedules on), its URI (where it lives: the lake's ``published/<table>``) and group."""
+    lake_uri = (settings or Settings.from_env()).lake_uri.rstrip("/")
+    return {"name": f"visrec.{table}", "uri": f"{lake_uri}/published/{table}", "group": "visrec"}
 
 
 def raw_events(ds: str, settings: Settings | None = None) -> dict[str, Any]:
@@ -67,8 +69,7 @@ __all__ = [
     "PUBLISHED_TABLES",
     "STEPS",
     "Step",
-    "asset_name",
-    "asset_uri",
+    "asset",
     "dag_schedule",
     "export_serving",
     "raw_events",

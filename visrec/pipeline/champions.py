@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from visrec.errors import VisrecError
+from visrec.generation import train as gan_training
 from visrec.mlops import registry
 from visrec.pipeline.graph import STEPS
+from visrec.recsys import train as mf_training
 from visrec.store.lake import Lake
 from visrec.store.runs import RunLog
+from visrec.vision import embed
 
 # The short names the command line takes -> the registered models, and the step that trains each
 # (the steps of the training queue, `train_<short name>`).
-MODELS = {"cnn": "visrec-cnn", "mf": "visrec-mf", "gan": "visrec-gan"}
+MODELS = {"cnn": embed.MODEL_NAME, "mf": mf_training.MODEL_NAME, "gan": gan_training.MODEL_NAME}
 TRAINED_BY = {s.name.removeprefix("train_"): s.name for s in STEPS if s.queue == "training"}
 TAG_PREFIX = "rollback."
 

@@ -173,11 +173,6 @@ def _check() -> None:
 _check()
 
 
-def asset_name(table: str) -> str:
-    """The Airflow Asset name of a published table (what a consumer DAG schedules on)."""
-    return f"visrec.{table}"
-
-
 def made_by(table: str) -> str:
     """The command that makes ``table`` for a date: its writer's ``visrec step``."""
     return f"visrec step {_writer(table)}"

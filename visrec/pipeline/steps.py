@@ -32,7 +32,7 @@ from visrec.ingest import catalog_images, day, events, features, user_photos
 from visrec.logs import setup_logging
 from visrec.mlops import registry, tracking
 from visrec.mlops.validation import TableValidator
-from visrec.pipeline import champions
+from visrec.pipeline.champions import rollbacks
 from visrec.pipeline.graph import BY_NAME, STEPS, Step, made_by
 from visrec.recsys import score as scoring
 from visrec.recsys import train as mf_training
@@ -510,7 +510,7 @@ def report(ds: str, settings: Settings, lake: Lake, **night: Upstream) -> Summar
     step results (``night``: every step's, as the DAG hands them; run alone, the date's run records)."""
     given = {name: summary for name, summary in night.items() if summary is not None}
     tracking.use_tracking(settings)
-    moves = [asdict(move) for move in champions.rollbacks()]
+    moves = [asdict(move) for move in rollbacks()]
     return {"report": nightly.build_report(settings, ds, given or None, lake=lake, champion_moves=moves)}
 
 

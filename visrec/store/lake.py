@@ -383,6 +383,18 @@ def read_release(lake: Lake) -> dict:
     return json.loads(lake.get_bytes(RELEASE_KEY))
 
 
+def read_published(lake: Lake, release: dict, table: str, ds: str) -> pa.Table:
+    """The rows of ``table`` for ``ds`` that ``release`` lists (its exact files, not the partition's
+    newest version), in the table's schema, with a ``ds`` column; empty when it lists none."""
+    schema = spec_for(table).schema
+    parts = [
+        pq.read_table(io.BytesIO(lake.get_bytes(key))).select(schema.names)
+        for key in release["tables"].get(table, {}).get(ds, [])
+    ]
+    rows = pa.concat_tables(parts) if parts else schema.empty_table()
+    return rows.append_column("ds", pa.array([ds] * rows.num_rows, pa.string()))
+
+
 def published_dates(lake: Lake) -> set[str]:
     """Every date of which some table is in the current release."""
     return {ds for parts in read_release(lake)["tables"].values() for ds in parts}
