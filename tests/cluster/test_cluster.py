@@ -185,17 +185,26 @@ def test_the_rest_api_refuses_anonymous_requests_and_serves_task_logs(cluster, n
     status, body = api.request("GET", "/api/v2/dags")  # with a token taken with the admin's password
     assert status == 200 and "visrec_nightly" in {d["dag_id"] for d in body["dags"]}
     run = nightly["run_id"]
-    keys = [
-        o["Key"]
-        for page in cluster.s3_client()
-        .get_paginator("list_objects_v2")
-        .paginate(Bucket="visrec", Prefix="airflow-logs/")
-        for o in page.get("Contents", [])
-    ]
-    assert sum(f"run_id={run}" in k for k in keys) >= 13, keys[:20]  # every try's log in the bucket
     done = next(
         t for t in cluster.task_instances(run) if t["task_id"] == "publish" and t["state"] == "success"
     )
+    # A worker uploads a try's log after it reports the try's state: give the upload a moment.
+    wanted = (
+        f"airflow-logs/dag_id=visrec_nightly/run_id={run}/task_id=publish/attempt={done['try_number']}.log"
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        keys = [
+            o["Key"]
+            for page in cluster.s3_client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket="visrec", Prefix="airflow-logs/")
+            for o in page.get("Contents", [])
+        ]
+        if wanted in keys or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert wanted in keys and sum(f"run_id={run}" in k for k in keys) >= 13, keys[:20]  # every try's log
     status, body = api.request(
         "GET", f"/api/v2/dags/visrec_nightly/dagRuns/{run}/taskInstances/publish/logs/{done['try_number']}"
     )
