@@ -32,6 +32,7 @@ BENCHES = (
     "mf_hm",
     "mf_ml1m",
     "candidates_ml1m",
+    "ranker_ml1m",
     "photos",
     "contrastive",
     "gan",

@@ -21,6 +21,7 @@ from visrec.recsys.baselines import (
     ItemCF,
     LowRankEASE,
     Popularity,
+    RP3Beta,
     SparkALS,
     SparkItemCF,
     VisualProfile,
@@ -113,6 +114,11 @@ class TestPopularity(RecommenderBehaviour):
 class TestItemCF(RecommenderBehaviour):
     def make(self, spark):
         return ItemCF(neighbours=50)
+
+
+class TestRP3Beta(RecommenderBehaviour):
+    def make(self, spark):
+        return RP3Beta(neighbours=50)
 
 
 class TestEASE(RecommenderBehaviour):

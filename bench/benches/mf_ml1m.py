@@ -32,6 +32,30 @@ MODELS = (
 )
 
 
+def first_genres() -> dict[str, str]:
+    """Each movie's first genre (its category, as the image model and the ranker see it)."""
+    movies = pd.read_csv(
+        ML1M / "movies.dat",
+        sep="::",
+        engine="python",
+        names=["item_id", "title", "genres"],
+        encoding="latin-1",
+    )
+    return dict(zip(movies["item_id"].astype(str), movies["genres"].str.split("|").str[0], strict=True))
+
+
+def user_segments() -> dict[str, str]:
+    """Each user's segment: gender and age bracket from users.dat (e.g. ``F25``)."""
+    users = pd.read_csv(
+        ML1M / "users.dat",
+        sep="::",
+        engine="python",
+        names=["user_id", "gender", "age", "occupation", "zip"],
+        encoding="latin-1",
+    )
+    return dict(zip(users["user_id"].astype(str), users["gender"] + users["age"].astype(str), strict=True))
+
+
 def _poster_embeddings(item_ids: list[str], settings: Settings) -> tuple[np.ndarray, int]:
     """The image model trained on the posters with each movie's first genre as its category, as the
     nightly run would train it on a catalog; the served embedding (classifier's, then retrieval's) of
@@ -43,14 +67,7 @@ def _poster_embeddings(item_ids: list[str], settings: Settings) -> tuple[np.ndar
         z = np.load(cache)
         if z["item_ids"].tolist() == item_ids:
             return z["embeddings"], int(z["classifier_dims"])
-    movies = pd.read_csv(
-        ML1M / "movies.dat",
-        sep="::",
-        engine="python",
-        names=["item_id", "title", "genres"],
-        encoding="latin-1",
-    )
-    genre = dict(zip(movies["item_id"].astype(str), movies["genres"].str.split("|").str[0], strict=True))
+    genre = first_genres()
     have = [i for i in item_ids if (ML1M / "posters" / f"{i}.jpg").exists()]
     frame = pd.DataFrame(
         {

@@ -1,0 +1,137 @@
+"""The learned ranker (second stage): it checks its inputs early, returns new items from its candidates
+best first with the generator that proposed each, and learns from the features what no single
+generator knows (here: which category a user buys from)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from visrec.recsys.baselines import ItemCF, Popularity, RP3Beta
+from visrec.recsys.data import TrainData, holdout_per_user
+from visrec.recsys.metrics import ndcg_per_user, users_with
+from visrec.recsys.ranker import CandidateRanker, Generator
+
+pytestmark = pytest.mark.unit
+
+GROUPS, PER_GROUP = 4, 20
+
+
+@pytest.fixture(scope="module")
+def split():
+    """240 users, each buying from one of 4 categories of 20 items; within a category the lower item
+    indices sell more (so popularity alone recommends the best-sellers of every category)."""
+    rng = np.random.default_rng(0)
+    users, items = 240, GROUPS * PER_GROUP
+    weights = 1.0 / np.arange(1, PER_GROUP + 1)
+    rows, cols = [], []
+    for u in range(users):
+        group = u % GROUPS
+        liked = rng.choice(PER_GROUP, size=8, replace=False, p=weights / weights.sum()) + PER_GROUP * group
+        for i in liked.tolist():
+            rows.append(u)
+            cols.append(i)
+    matrix = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(users, items))
+    return holdout_per_user(TrainData(matrix), 0.25, seed=1)
+
+
+CATEGORIES = [f"c{i // PER_GROUP}" for i in range(GROUPS * PER_GROUP)]
+
+
+def _ndcg(model, split) -> float:
+    users = users_with(split.relevant)
+    ids, _ = model.recommend(users, split.train.user_items, N=10)
+    return float(ndcg_per_user(ids, [split.relevant[u] for u in users], 10).mean())
+
+
+@pytest.fixture(scope="module")
+def fitted(split):
+    validation = holdout_per_user(split.train, 0.25, seed=2)
+    ranker = CandidateRanker([Generator("popularity", Popularity(), 40)], item_categories=CATEGORIES)
+    return ranker.fit(split.train, validation)
+
+
+def test_the_ranker_learns_what_its_generator_does_not_know(split, fitted):
+    popularity = Popularity().fit(split.train)
+    assert _ndcg(fitted, split) > _ndcg(popularity, split) + 0.15
+    assert fitted.feature_importance().index[0] == "category_affinity"
+    assert set(fitted.feature_importance().index) == set(fitted.feature_names)
+
+
+def test_recommendations_are_new_candidates_best_first_with_their_reason(split):
+    validation = holdout_per_user(split.train, 0.25, seed=2)
+    generators = [Generator("item_cf", ItemCF(), 5), Generator("popularity", Popularity(), 3)]
+    ranker = CandidateRanker(generators, min_child_samples=5).fit(split.train, validation)
+    users = np.arange(30)
+    blocked = np.array([7, 8])
+    ids, scores, reasons = ranker.recommend_with_reasons(
+        users, split.train.user_items, N=12, filter_items=blocked
+    )
+    assert ids.shape == scores.shape == reasons.shape == (30, 12)
+    item_cf = ItemCF().fit(split.train)
+    popularity = Popularity().fit(split.train)
+    for row, u in enumerate(users):
+        real = ids[row] >= 0
+        liked = set(split.train.user_items[u].indices.tolist())
+        assert not set(ids[row][real].tolist()) & (liked | set(blocked.tolist()))
+        assert len(set(ids[row][real].tolist())) == real.sum()
+        assert (np.diff(scores[row][real]) <= 1e-9).all()  # best first
+        assert (~real).sum() == 0 or (scores[row][~real] == -np.inf).all()  # padding after the candidates
+        # Each item came from the generator named, within its top n (filters applied as in serving).
+        proposals = {
+            name: set(m.recommend([u], split.train.user_items, N=n, filter_items=blocked)[0][0].tolist())
+            for name, m, n in (("item_cf", item_cf, 5), ("popularity", popularity, 3))
+        }
+        for item, reason in zip(ids[row][real].tolist(), reasons[row][real].tolist(), strict=True):
+            assert item in proposals[reason]
+        assert real.sum() == len(proposals["item_cf"] | proposals["popularity"])
+
+
+def test_serving_uses_generators_refitted_on_all_the_data(split, fitted):
+    """The ranker learns on the validation part, but serves from generators fitted on everything."""
+    users = np.arange(10)
+    served = fitted.generators[0].model.score(users)
+    assert np.array_equal(served, Popularity().fit(split.train).score(users))
+    validation = holdout_per_user(split.train, 0.25, seed=2)
+    assert not np.array_equal(served, Popularity().fit(validation.train).score(users))
+
+
+@pytest.mark.parametrize(
+    ("generators", "kwargs", "message"),
+    [
+        ([], {}, "at least one generator"),
+        ([Generator("a", Popularity(), 0)], {}, "must propose"),
+        ([Generator("a", Popularity(), 5), Generator("a", ItemCF(), 5)], {}, "unique"),
+        ([Generator("a", Popularity(), 5)], {"eval_share": 1.0}, "eval_share"),
+    ],
+)
+def test_bad_settings_are_refused_early(generators, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CandidateRanker(generators, **kwargs)
+
+
+def test_bad_inputs_are_refused_with_what_to_do(split):
+    with pytest.raises(ValueError, match="n must be 0 or more"):
+        Generator("a", Popularity(), -1)
+    ranker = CandidateRanker([Generator("a", Popularity(), 5)])
+    with pytest.raises(ValueError, match="validation split"):
+        ranker.fit(split.train)
+    with pytest.raises(RuntimeError, match="fit the ranker first"):
+        ranker.recommend(np.arange(3), split.train.user_items)
+    other = holdout_per_user(TrainData(split.train.user_items[:, :10].tocsr()), 0.25, seed=0)
+    with pytest.raises(ValueError, match="share data's users and items"):
+        ranker.fit(split.train, other)
+    short = CandidateRanker([Generator("a", Popularity(), 5)], item_categories=["x"] * 3)
+    with pytest.raises(ValueError, match="3 item categories for 80 items"):
+        short.fit(split.train, holdout_per_user(split.train, 0.25, seed=2))
+
+
+def test_rp3beta_ranks_items_co_bought_with_the_users_items(split):
+    """RP3beta's walk stays inside the category a user buys from (the items are only co-bought there)."""
+    model = RP3Beta(neighbours=30).fit(split.train)
+    ids, _ = model.recommend(np.arange(8), split.train.user_items, N=5)
+    assert all((row // PER_GROUP == u % GROUPS).all() for u, row in enumerate(ids))
+    with pytest.raises(ValueError, match="beta"):
+        RP3Beta(beta=-1)
+    assert _ndcg(model, split) > _ndcg(Popularity().fit(split.train), split)
