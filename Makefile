@@ -9,10 +9,11 @@ BENCH_STAMP := $(VENV)/.bench-installed
 
 CLUSTER_STAMP := $(VENV)/.cluster-installed
 
-.PHONY: demo test test-fast test-jax cluster-test bench lint format venv clean browser redis test-timings
+.PHONY: demo test test-fast test-jax cluster-test bench lint format venv clean browser redis test-timings docs
 
 # Every test tier prints its 25 slowest tests, and tests/timings.py records the tier's wall time
-# (.visrec/test-timings.json; `make test-timings` writes them into the README).
+# (.visrec/test-timings.json; `make test-timings` writes them into docs/development.md), and so does
+# `make demo`.
 PYTEST := $(BIN)/python tests/timings.py run
 
 venv: $(STAMP)
@@ -25,7 +26,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m visrec.app.demo
+	$(BIN)/python tests/timings.py run demo
 
 # The report's and the Airflow UI's browser tests need Debian's chromium: installed here when this is a
 # root Debian machine; elsewhere those tests skip and say why (apt's own error is printed).
@@ -71,17 +72,23 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP) redis
 	$(BIN)/python bench/run.py
 
+# The documentation site (MkDocs + Material + mkdocstrings) into site/, warnings as errors: a broken
+# link, a missing page, an unknown setting or figure fails it. Its reference pages and figures are
+# generated from the code and bench/figures.json at build time (docs/hooks.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 lint: $(STAMP)
-	$(BIN)/ruff check visrec visrec_airflow tests bench spark_jobs dags
-	$(BIN)/ruff format --check visrec visrec_airflow tests bench spark_jobs dags
+	$(BIN)/ruff check visrec visrec_airflow tests bench spark_jobs dags docs
+	$(BIN)/ruff format --check visrec visrec_airflow tests bench spark_jobs dags docs
 
 format: $(STAMP)
-	$(BIN)/ruff format visrec visrec_airflow tests bench spark_jobs dags
-	$(BIN)/ruff check --fix visrec visrec_airflow tests bench spark_jobs dags
+	$(BIN)/ruff format visrec visrec_airflow tests bench spark_jobs dags docs
+	$(BIN)/ruff check --fix visrec visrec_airflow tests bench spark_jobs dags docs
 
-# The README's table of test-tier timings, from the last measured run of each tier.
+# docs/development.md's table of test-tier (and demo) timings, from the last measured run of each.
 test-timings: $(STAMP)
-	$(BIN)/python tests/timings.py readme
+	$(BIN)/python tests/timings.py docs
 
 clean:
 	rm -rf $(VENV) .visrec .pytest_cache

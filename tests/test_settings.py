@@ -81,15 +81,6 @@ def test_flags_override_settings_through_the_same_checks(tmp_path: Path):
         s.with_overrides(cnn_max_minutes=-3)
 
 
-def test_readme_lists_every_setting_with_its_allowed_values():
-    from visrec.settings import settings_table
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert settings_table() in readme, (
-        "README's settings table is stale: paste visrec.settings.settings_table()"
-    )
-
-
 @pytest.mark.parametrize("value", ["inf", "nan", "1441"])
 def test_budgets_refuse_infinite_or_more_than_a_day(value):
     with pytest.raises(ValueError, match="VISREC_CNN_MINUTES"):

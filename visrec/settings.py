@@ -369,7 +369,7 @@ def _check_names(cls: type[Settings], environ: typing.Mapping[str, str]) -> None
             names.append(f"{name} (did you mean {close[0]}?)" if close else name)
         raise SettingsError(
             f"unknown setting{'s' if len(names) > 1 else ''} {', '.join(names)}: "
-            "the README's settings table lists every VISREC_* variable"
+            "the settings reference (docs/reference/settings.md, `make docs`) lists every VISREC_* variable"
         )
 
 
@@ -431,7 +431,7 @@ def _checked(cls: type[Settings], flags: dict[str, str], **values: Any) -> Setti
 
 
 def settings_table() -> str:
-    """The settings as a Markdown table (variable, default, allowed values, meaning): the README's."""
+    """The settings as a Markdown table (variable, default, allowed values, meaning): the settings reference page of the docs."""
     derived = {
         "lake_uri": "`file://$VISREC_HOME/lake`",
         "mlflow_tracking_uri": "`sqlite:///$VISREC_HOME/mlflow.db`",

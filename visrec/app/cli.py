@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="visrec",
         description="Nightly batch platform for visual recommendation. "
-        "Settings come from VISREC_* environment variables (see README); flags override them.",
+        "Settings come from VISREC_* environment variables (see docs/reference/settings.md); flags override them.",
     )
     parser.add_argument("--version", action="version", version=f"visrec {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

@@ -1,6 +1,6 @@
 """Map external data layouts onto visrec's raw contract.
 
-The raw contract (see README): ``raw/catalog/items.csv`` (``item_id``, ``category``, optional
+The raw contract (see docs/tutorials/your-shop.md): ``raw/catalog/items.csv`` (``item_id``, ``category``, optional
 attributes), ``raw/images/<item_id>.<ext>``, ``raw/events/dt=<ds>/*.jsonl`` with ``user_id``,
 ``item_id``, ``event_type``, ``ts`` (ISO-8601) and optional ``event_id`` and ``price``.
 """

@@ -398,7 +398,7 @@ class ImageClassifier(keras.Model):
     @property
     def default_embedding(self) -> str:
         """What :meth:`embed` returns without a ``kind``: both embeddings when the model has a
-        retrieval one (measured best overall: see the README's image model), else the classifier's."""
+        retrieval one (measured best overall: see docs/explanation/models.md), else the classifier's."""
         return "both" if self.retrieval_dim else "classifier"
 
     @property

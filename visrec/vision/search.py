@@ -5,7 +5,7 @@ filling the frame. The photo is looked at whole and cropped (``PHOTO_CROPS``: it
 corners at 80% of each side), every view is embedded, and an item scores the best of the views'
 similarities (:func:`visrec.models.topk.topk_best_of`): one of the crops frames the product about as
 the catalog does. Measured on hm-sample (``python bench/run.py cnn vision``) and the synthetic shop
-(``python bench/run.py photos``): see the README's image model.
+(``python bench/run.py photos``): see docs/explanation/models.md.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ PHOTO_CROPS: tuple[tuple[float, float, float], ...] = (
     (0.8, 0.0, 1.0),
     (0.8, 1.0, 1.0),
 )
-# Which of the image model's embeddings photo search compares (see the README's image model).
+# Which of the image model's embeddings photo search compares (see docs/explanation/models.md).
 PHOTO_EMBEDDING = "classifier"
 
 
