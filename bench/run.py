@@ -33,6 +33,8 @@ BENCHES = (
     "mf_ml1m",
     "candidates_ml1m",
     "ranker_ml1m",
+    "ranker_synthetic",
+    "ranker_hm",
     "photos",
     "contrastive",
     "gan",

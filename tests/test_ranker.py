@@ -120,7 +120,7 @@ def test_bad_inputs_are_refused_with_what_to_do(split):
     with pytest.raises(RuntimeError, match="fit the ranker first"):
         ranker.recommend(np.arange(3), split.train.user_items)
     other = holdout_per_user(TrainData(split.train.user_items[:, :10].tocsr()), 0.25, seed=0)
-    with pytest.raises(ValueError, match="share data's users and items"):
+    with pytest.raises(ValueError, match="must index the same catalog"):
         ranker.fit(split.train, other)
     short = CandidateRanker([Generator("a", Popularity(), 5)], item_categories=["x"] * 3)
     with pytest.raises(ValueError, match="3 item categories for 80 items"):

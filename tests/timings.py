@@ -67,7 +67,9 @@ def run(tier: str, args: list[str]) -> int:
     }
     RECORDS.parent.mkdir(parents=True, exist_ok=True)
     RECORDS.write_text(json.dumps(records, indent=1) + "\n")
-    print(f"{tier}: {seconds / 60:.1f} min ({summary}); recorded in {RECORDS.relative_to(REPO)}")
+    print(
+        f"{tier}: {seconds / 60:.1f} min ({records[tier]['summary']}); recorded in {RECORDS.relative_to(REPO)}"
+    )
     return status
 
 

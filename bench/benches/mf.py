@@ -9,6 +9,87 @@ from pathlib import Path
 from benchkit import Figures, figure
 
 
+def synthetic_shop(settings):
+    """The demo-scale synthetic shop in ``settings``' lake with its image model trained on the shop's
+    own images (3-minute budget) and the catalog embedded; the evaluation split of its last day."""
+    from visrec.devdata.synth import ShopConfig, generate_shop, write_events_table
+    from visrec.ingest.catalog_images import ingest_images
+    from visrec.recsys.data import build_split
+    from visrec.store.lake import Lake
+    from visrec.vision.embed import embed_items
+    from visrec.vision.train import CNNConfig, train_cnn
+
+    lake = Lake.from_settings(settings)
+    config = ShopConfig()
+    generate_shop(config, lake)
+    last = f"2026-11-{config.days:02d}"
+    ingest_images(settings, lake, last)
+    cnn = train_cnn(
+        settings, last, lake=lake, config=CNNConfig.from_settings(settings, max_minutes=3, register=False)
+    )
+    embed_items(settings, last, lake, cnn.model, "bench")
+    write_events_table(lake)
+    return lake, config, last, cnn, build_split(settings, lake, last)
+
+
+def truth_models(lake):
+    """The synthetic shop's two references, from its ``truth/``: an oracle that ranks by each user's
+    true taste, and a learner that knows every item's true category, colour and pattern but must learn
+    each user's weights on them from their history; and the items' true attributes."""
+    import numpy as np
+
+    from visrec.recsys.baselines import Recommender
+
+    users = {u["user_id"]: u for u in map(json.loads, lake.get_bytes("truth/users.jsonl").splitlines())}
+    truth = {}
+    for line in lake.get_bytes("truth/items.csv").decode().splitlines()[1:]:
+        item, cat, colour, pattern, *_ = line.split(",")
+        truth[item] = (cat, colour, pattern)
+
+    class Oracle(Recommender):
+        def fit(self, data):
+            self.affinity = np.array(
+                [
+                    [
+                        users[u]["category"][truth[i][0]]
+                        + users[u]["colour"][truth[i][1]]
+                        + users[u]["pattern"][truth[i][2]]
+                        for i in data.item_ids
+                    ]
+                    for u in data.user_ids
+                ],
+                np.float32,
+            )
+            return self
+
+        def score(self, userids):
+            return self.affinity[userids]
+
+    class AttributeProfile(Recommender):
+        """What a learner could reach if it knew every item's true category, colour and pattern
+        (the image model only approximates them): each user's weights on the three are
+        estimated from their own history (log of Laplace-smoothed counts), plus half the log
+        popularity. The oracle knows the weights; this has to learn them from a few items."""
+
+        def fit(self, data):
+            seen = (data.user_items > 0).astype(np.float32).tocsr()
+            scores = np.zeros(data.user_items.shape, np.float32)
+            for k in range(3):
+                values = sorted({truth[i][k] for i in data.item_ids})
+                onehot = np.zeros((data.n_items, len(values)), np.float32)
+                onehot[np.arange(data.n_items), [values.index(truth[i][k]) for i in data.item_ids]] = 1
+                counts = np.asarray(seen @ onehot) + 1.0
+                scores += np.log(counts / counts.sum(1, keepdims=True)) @ onehot.T
+            popularity = np.asarray(seen.sum(0)).ravel() + 1.0
+            self.scores = scores + 0.5 * np.log(popularity / popularity.sum())[None, :]
+            return self
+
+        def score(self, userids):
+            return self.scores[userids]
+
+    return Oracle(), AttributeProfile(), truth
+
+
 def run() -> Figures:
     """Recommender quality on the demo-scale synthetic shop (last 2 days held out): every model's
     Recall@20 and cold-item recall beside an oracle that ranks by each user's true taste and a
@@ -19,85 +100,24 @@ def run() -> Figures:
 
     import numpy as np
 
-    from visrec.devdata.synth import ShopConfig, generate_shop, write_events_table
-    from visrec.ingest.catalog_images import ingest_images
-    from visrec.recsys.baselines import ItemCF, Popularity, Recommender, SparkALS, SparkItemCF, VisualProfile
-    from visrec.recsys.data import build_split
+    from visrec.recsys.baselines import ItemCF, Popularity, SparkALS, SparkItemCF, VisualProfile
     from visrec.recsys.select import make_recommender, select_vbpr
     from visrec.recsys.train import evaluate_model
     from visrec.recsys.vbpr import VBPRRecommender
     from visrec.settings import Settings
-    from visrec.store.lake import Lake
     from visrec.store.spark import get_spark
-    from visrec.vision.embed import embed_items
-    from visrec.vision.train import CNNConfig, train_cnn
 
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(home=Path(tmp), test_days=2, test_min_users=1)  # the bench's fixed split
-        lake = Lake.from_settings(settings)
-        config = ShopConfig()
-        generate_shop(config, lake)
-        last = config.days and f"2026-11-{config.days:02d}"
-        ingest_images(settings, lake, last)
-        cnn = train_cnn(
-            settings, last, lake=lake, config=CNNConfig.from_settings(settings, max_minutes=3, register=False)
-        )
-        embed_items(settings, last, lake, cnn.model, "bench")
-        write_events_table(lake)
-        split = build_split(settings, lake, last)
+        lake, config, last, cnn, split = synthetic_shop(settings)
 
-        users = {u["user_id"]: u for u in map(json.loads, lake.get_bytes("truth/users.jsonl").splitlines())}
-        truth = {}
-        for line in lake.get_bytes("truth/items.csv").decode().splitlines()[1:]:
-            item, cat, colour, pattern, *_ = line.split(",")
-            truth[item] = (cat, colour, pattern)
-
-        class Oracle(Recommender):
-            def fit(self, data):
-                self.affinity = np.array(
-                    [
-                        [
-                            users[u]["category"][truth[i][0]]
-                            + users[u]["colour"][truth[i][1]]
-                            + users[u]["pattern"][truth[i][2]]
-                            for i in data.item_ids
-                        ]
-                        for u in data.user_ids
-                    ],
-                    np.float32,
-                )
-                return self
-
-            def score(self, userids):
-                return self.affinity[userids]
-
-        class AttributeProfile(Recommender):
-            """What a learner could reach if it knew every item's true category, colour and pattern
-            (the image model only approximates them): each user's weights on the three are
-            estimated from their own history (log of Laplace-smoothed counts), plus half the log
-            popularity. The oracle knows the weights; this has to learn them from a few items."""
-
-            def fit(self, data):
-                seen = (data.user_items > 0).astype(np.float32).tocsr()
-                scores = np.zeros(data.user_items.shape, np.float32)
-                for k in range(3):
-                    values = sorted({truth[i][k] for i in data.item_ids})
-                    onehot = np.zeros((data.n_items, len(values)), np.float32)
-                    onehot[np.arange(data.n_items), [values.index(truth[i][k]) for i in data.item_ids]] = 1
-                    counts = np.asarray(seen @ onehot) + 1.0
-                    scores += np.log(counts / counts.sum(1, keepdims=True)) @ onehot.T
-                popularity = np.asarray(seen.sum(0)).ravel() + 1.0
-                self.scores = scores + 0.5 * np.log(popularity / popularity.sum())[None, :]
-                return self
-
-            def score(self, userids):
-                return self.scores[userids]
+        oracle, attribute_profile, truth = truth_models(lake)
 
         spark = get_spark(settings, "bench-mf")
         models = {
-            "oracle": Oracle(),
-            "attribute_profile": AttributeProfile(),
+            "oracle": oracle,
+            "attribute_profile": attribute_profile,
             "popularity": Popularity(),
             "item_cf": ItemCF(),
             "spark_item_cf": SparkItemCF(spark),

@@ -8,12 +8,14 @@ from pathlib import Path
 
 from benchkit import CACHE, HM_SAMPLE, Figures, figure, implicit_model
 
+CUT, LAST = "2020-07-09", "2020-09-22"
 
-def run() -> Figures:
-    """Recommenders on hm-sample's real purchases, the split of the recommender issue: train before
-    2020-07-09, test = what users with a purchase before the cut bought on or after it (not bought
-    before), candidates every imaged article; K = 12. Item embeddings from the cnn bench's model
-    (run it first). Hits are reported beside every metric: a handful of them decides the rest."""
+
+def hm_split(home: Path, bench: str):
+    """hm-sample imported into a lake under ``home`` with the cnn bench's embeddings, and the split of
+    the recommender issue: train before 2020-07-09, test = what users with a purchase before the cut
+    bought on or after it (not bought before). ``(settings, lake, split, last, cut)``, or None (saying
+    so on stderr) where hm-sample or the embeddings are absent."""
     import dataclasses
     from datetime import date
 
@@ -21,41 +23,54 @@ def run() -> Figures:
 
     from visrec.devdata.importer import import_hm
     from visrec.devdata.synth import write_events_table
-    from visrec.recsys.baselines import ItemCF, Popularity, SparkALS, SparkItemCF, VisualProfile
     from visrec.recsys.data import build_split
-    from visrec.recsys.select import make_recommender, select_vbpr
-    from visrec.recsys.train import evaluate_model
-    from visrec.recsys.vbpr import VBPRRecommender
     from visrec.settings import Settings
     from visrec.store.lake import Lake
-    from visrec.store.spark import get_spark
     from visrec.store.tables import embeddings_table
 
     cache = CACHE / "hm_embeddings.npz"
     if not (HM_SAMPLE / "articles.csv").exists() or not cache.exists():
-        print("mf_hm: needs hm-sample and the cnn bench's embeddings; skipped", file=sys.stderr)
-        return {}
+        print(f"{bench}: needs hm-sample and the cnn bench's embeddings; skipped", file=sys.stderr)
+        return None
+    cut = date.fromisoformat(CUT)
+    settings = Settings(home=home, test_days=(date.fromisoformat(LAST) - cut).days + 1, test_min_users=1)
+    lake = Lake.from_settings(settings)
+    import_hm(HM_SAMPLE, lake)
+    write_events_table(lake)
+    z = np.load(cache)
+    # The served embedding (classifier's, then retrieval's); VBPR learns from the classifier's part.
+    dims = int(z["classifier_dims"]) if "classifier_dims" in z else None
+    lake.write_table(
+        "item_embeddings",
+        LAST,
+        embeddings_table(z["item_ids"].tolist(), z["embeddings"].astype(np.float32), "bench-cnn", dims),
+    )
+    split = build_split(settings, lake, LAST)
+    history = np.asarray((split.train.user_items > 0).sum(axis=1)).ravel() > 0
+    split = dataclasses.replace(
+        split, relevant=[r if history[u] else set() for u, r in enumerate(split.relevant)]
+    )
+    return settings, lake, split, LAST, cut
+
+
+def run() -> Figures:
+    """Recommenders on hm-sample's real purchases, the split of the recommender issue: train before
+    2020-07-09, test = what users with a purchase before the cut bought on or after it (not bought
+    before), candidates every imaged article; K = 12. Item embeddings from the cnn bench's model
+    (run it first). Hits are reported beside every metric: a handful of them decides the rest."""
+
+    from visrec.recsys.baselines import ItemCF, Popularity, SparkALS, SparkItemCF, VisualProfile
+    from visrec.recsys.select import make_recommender, select_vbpr
+    from visrec.recsys.train import evaluate_model
+    from visrec.recsys.vbpr import VBPRRecommender
+    from visrec.store.spark import get_spark
+
     out: Figures = {}
     with tempfile.TemporaryDirectory() as tmp:
-        last, cut = "2020-09-22", date(2020, 7, 9)
-        settings = Settings(
-            home=Path(tmp), test_days=(date.fromisoformat(last) - cut).days + 1, test_min_users=1
-        )
-        lake = Lake.from_settings(settings)
-        import_hm(HM_SAMPLE, lake)
-        write_events_table(lake)
-        z = np.load(cache)
-        emb = z["embeddings"].astype(np.float32)
-        # The served embedding (classifier's, then retrieval's); VBPR learns from the classifier's part.
-        dims = int(z["classifier_dims"]) if "classifier_dims" in z else None
-        lake.write_table(
-            "item_embeddings", last, embeddings_table(z["item_ids"].tolist(), emb, "bench-cnn", dims)
-        )
-        split = build_split(settings, lake, last)
-        history = np.asarray((split.train.user_items > 0).sum(axis=1)).ravel() > 0
-        split = dataclasses.replace(
-            split, relevant=[r if history[u] else set() for u, r in enumerate(split.relevant)]
-        )
+        loaded = hm_split(Path(tmp), "mf_hm")
+        if loaded is None:
+            return {}
+        settings, lake, split, last, cut = loaded
         spark = get_spark(settings, "bench-mf-hm")
         from implicit.als import AlternatingLeastSquares
         from implicit.bpr import BayesianPersonalizedRanking

@@ -127,8 +127,12 @@ class CandidateRanker(Recommender):
 
         if validation is None:
             raise ValueError("CandidateRanker.fit needs a validation split (select.validation_design)")
-        if validation.train.user_items.shape != data.user_items.shape:
-            raise ValueError("the validation split must share data's users and items")
+        # Its users may differ (a time window has fewer), but the items are the same, in the same order.
+        if validation.train.n_items != data.n_items:
+            raise ValueError(
+                f"the validation split has {validation.train.n_items} items, data {data.n_items}: "
+                "both must index the same catalog"
+            )
         inner = [Generator(g.name, copy.deepcopy(g.model), g.n) for g in self.generators]
         for g in inner:
             g.model.fit(validation.train)
