@@ -57,6 +57,8 @@ def test_the_ranker_learns_what_its_generator_does_not_know(split, fitted):
     assert _ndcg(fitted, split) > _ndcg(popularity, split) + 0.15
     assert fitted.feature_importance().index[0] == "category_affinity"
     assert set(fitted.feature_importance().index) == set(fitted.feature_names)
+    assert fitted.training_table.columns[: len(fitted.feature_names)].tolist() == fitted.feature_names
+    assert set(fitted.training_table["label"]) == {0.0, 1.0}
 
 
 def test_recommendations_are_new_candidates_best_first_with_their_reason(split):
@@ -104,6 +106,7 @@ def test_serving_uses_generators_refitted_on_all_the_data(split, fitted):
         ([Generator("a", Popularity(), 0)], {}, "must propose"),
         ([Generator("a", Popularity(), 5), Generator("a", ItemCF(), 5)], {}, "unique"),
         ([Generator("a", Popularity(), 5)], {"eval_share": 1.0}, "eval_share"),
+        ([Generator("a", Popularity(), 5)], {"generator_features": ("rank", "colour")}, "generator_features"),
     ],
 )
 def test_bad_settings_are_refused_early(generators, kwargs, message):

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "visrec-ranker"
 USER_FEATURES = ("user_log_items",)
+# Per generator and candidate: its score, its rank for the user, the gap to the user's best score and
+# the score's z-score over the user's catalog.
+GENERATOR_FEATURES = ("score", "rank", "gap", "z")
 ITEM_FEATURES = ("item_popularity", "item_cold")
 
 
@@ -79,12 +82,13 @@ class CandidateRanker(Recommender):
         num_leaves: int = 31,
         learning_rate: float = 0.05,
         max_rounds: int = 500,
-        early_stopping_rounds: int = 30,
-        eval_share: float = 0.1,
+        early_stopping_rounds: int = 50,
+        eval_share: float = 0.2,
         min_child_samples: int = 50,
         seed: int = 42,
         threads: int = 0,
         item_categories: list[str] | None = None,
+        generator_features: tuple[str, ...] = GENERATOR_FEATURES,
     ):
         if not generators:
             raise ValueError("the ranker needs at least one generator")
@@ -93,6 +97,10 @@ class CandidateRanker(Recommender):
         names = [g.name for g in generators]
         if len(set(names)) != len(names):
             raise ValueError(f"generator names must be unique, got {names}")
+        if not generator_features or set(generator_features) - set(GENERATOR_FEATURES):
+            raise ValueError(
+                f"generator_features must be some of {GENERATOR_FEATURES}, got {generator_features}"
+            )
         if not 0 < eval_share < 1:
             raise ValueError(f"eval_share must be between 0 and 1, got {eval_share}")
         self.generators = generators
@@ -105,6 +113,7 @@ class CandidateRanker(Recommender):
         self.seed = seed
         self.threads = threads
         self.item_categories = None if item_categories is None else list(item_categories)
+        self.generator_features = tuple(generator_features)
         self.booster = None
         self.training_table: pd.DataFrame | None = None
         self.best_iteration = 0
@@ -112,9 +121,7 @@ class CandidateRanker(Recommender):
 
     @property
     def feature_names(self) -> list[str]:
-        per_generator = [
-            f"{g.name}_{kind}" for g in self.generators for kind in ("score", "rank", "gap", "z")
-        ]
+        per_generator = [f"{g.name}_{kind}" for g in self.generators for kind in self.generator_features]
         category = ["category_affinity"] if self.item_categories is not None else []
         return [*per_generator, "proposed_by_count", *ITEM_FEATURES, *USER_FEATURES, *category]
 
