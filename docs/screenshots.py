@@ -3,9 +3,11 @@
     python docs/screenshots.py site                  # the built site: home, CLI reference, benchmarks
     python docs/screenshots.py report                # the nightly report of VISREC_HOME (after make demo)
     python docs/screenshots.py mlflow                # the MLflow UI over VISREC_HOME's tracking store
+    python docs/screenshots.py airflow               # the Airflow UI over VISREC_HOME's DAG runs
 
 Each writes PNGs into docs/images/. ``site`` builds the site first (``mkdocs build --strict``) into a
-temporary folder; ``report`` and ``mlflow`` need a home with at least one nightly run (``make demo``).
+temporary folder; ``report``, ``mlflow`` and ``airflow`` need a home with at least one nightly run
+(``make demo``); the last two start their server on a free port and stop it.
 Chromium: Debian's ``chromium`` (``make browser`` installs it on a root Debian machine).
 """
 
@@ -99,15 +101,7 @@ def mlflow(home: Path) -> None:
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    sys.exit("screenshots: the MLflow server did not start")
-                time.sleep(1)
+        _wait_for(f"{url}/health", server, "the MLflow server")
         # MLflow 3's UI opens with an announcement dialog and an assistant panel: close both (each
         # check of the page clicks their close buttons), then wait for the versions' aliases.
         ready = (
@@ -121,16 +115,57 @@ def mlflow(home: Path) -> None:
         server.wait(timeout=30)
 
 
+def _wait_for(url: str, server: subprocess.Popen, what: str, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                sys.exit(f"screenshots: {what} did not start")
+            time.sleep(1)
+
+
+def airflow(home: Path) -> None:
+    from visrec.app.orchestrate import airflow_env
+    from visrec.settings import Settings
+
+    env = airflow_env(Settings(home=home))
+    if not (Path(env["AIRFLOW_HOME"]) / "airflow.db").exists():
+        sys.exit(f"screenshots: no Airflow metadata under {env['AIRFLOW_HOME']}; run make demo first")
+    # The demo's Airflow uses the simple auth manager: every visitor an admin, for this local view only.
+    env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_for(f"{url}/api/v2/monitor/health", server, "Airflow's api-server")
+        ready = "document.body.innerText.includes('train_cnn') && document.body.innerText.includes('publish')"
+        shoot(f"{url}/dags/visrec_nightly", IMAGES / "airflow-dag.png", ready)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["site", "report", "mlflow"], nargs="+")
+    parser.add_argument("what", choices=["site", "report", "mlflow", "airflow"], nargs="+")
     parser.add_argument("--home", type=Path, default=Path(os.environ.get("VISREC_HOME", REPO / ".visrec")))
     args = parser.parse_args(argv)
     IMAGES.mkdir(parents=True, exist_ok=True)
     for what in args.what:
-        {"site": site, "report": lambda: report(args.home), "mlflow": lambda: mlflow(args.home)}[what]()
+        {
+            "site": site,
+            "report": lambda: report(args.home),
+            "mlflow": lambda: mlflow(args.home),
+            "airflow": lambda: airflow(args.home),
+        }[what]()
     return 0
 
 
