@@ -67,6 +67,13 @@ def write_results(results: dict) -> None:
     RESULTS_MD.write_text("\n".join(lines) + "\n")
 
 
+def ranker_key(dataset: str, name: str) -> str:
+    """Where a ranker bench puts a model's figures: the rankers' under ``mf.<dataset>.<ranker>``, the
+    single models measured in the same run under ``mf.<dataset>.ranker_run.<model>`` (the mf benches
+    own ``mf.<dataset>.<model>``, and a bench run replaces only the figures it wrote)."""
+    return f"mf.{dataset}.{name}" if name.startswith("ranker") else f"mf.{dataset}.ranker_run.{name}"
+
+
 def implicit_model(model):
     """``implicit``'s ALS or BPR behind visrec's batch interface (a bench-only dependency)."""
     from threadpoolctl import threadpool_limits

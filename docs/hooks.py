@@ -14,6 +14,8 @@ import json
 import re
 from pathlib import Path
 
+from mkdocs.exceptions import PluginError
+
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = REPO / "bench" / "figures.json"
 MARKER = re.compile(r"^<!-- generated: ([a-z_]+) -->$", re.MULTILINE)
@@ -33,8 +35,8 @@ UNITLESS = {
 }
 
 
-class GenerationError(Exception):
-    """A page asks for something the code or the benches do not have."""
+class GenerationError(PluginError):
+    """A page asks for something the code or the benches do not have (MkDocs prints it as one line)."""
 
 
 def cli_reference() -> str:

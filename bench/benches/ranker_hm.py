@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchkit import Figures, figure
+from benchkit import Figures, figure, ranker_key
 
 K = 12
 
@@ -70,7 +70,7 @@ def run() -> Figures:
                 file=sys.stderr,
             )
             for key in ("hits_at_12", "recall_at_12", "map_at_12", "cold_recall_at_12", "fit_seconds"):
-                out[f"mf.hm.{name}.{key}"] = figure(round(metrics[key], 4), key, note)
+                out[f"{ranker_key('hm', name)}.{key}"] = figure(round(metrics[key], 4), key, note)
         low, high = bootstrap_interval(per_user["ranker"] - per_user["popularity"], seed=settings.seed)
         out["mf.hm.ranker.recall_at_12_vs_popularity_low"] = figure(
             round(low, 4), "delta", "paired bootstrap, 95%"

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchkit import Figures, figure
+from benchkit import Figures, figure, ranker_key
 
 from visrec.recsys.baselines import EASE, ItemCF, Popularity, RP3Beta, SegmentPopularity, VisualProfile
 from visrec.recsys.candidates import merge, recall_at
@@ -18,6 +18,8 @@ from visrec.recsys.ranker import CandidateRanker, Generator
 from visrec.settings import Settings
 
 K = 10
+
+
 HOLDOUT_SHARE = 0.25  # the selection's per-user holdout design (select.HOLDOUT_SHARE)
 
 
@@ -64,9 +66,11 @@ def run() -> Figures:
         started = time.perf_counter()
         ids, _ = model.recommend(users, split.train.user_items, N=K, filter_items=unseen)
         per_user[name] = ndcg_per_user(ids, relevant, K)
-        out[f"mf.ml1m.{name}.ndcg_at_10"] = figure(round(float(per_user[name].mean()), 4), "ndcg", note)
-        out[f"mf.ml1m.{name}.fit_seconds"] = figure(round(seconds, 1), "s", "fit")
-        out[f"mf.ml1m.{name}.recommend_seconds"] = figure(
+        out[f"{ranker_key('ml1m', name)}.ndcg_at_10"] = figure(
+            round(float(per_user[name].mean()), 4), "ndcg", note
+        )
+        out[f"{ranker_key('ml1m', name)}.fit_seconds"] = figure(round(seconds, 1), "s", "fit")
+        out[f"{ranker_key('ml1m', name)}.recommend_seconds"] = figure(
             round(time.perf_counter() - started, 1), "s", f"top-{K} for {len(users)} users"
         )
         print(f"  {name}: NDCG@10 {per_user[name].mean():.4f}", file=sys.stderr)

@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchkit import Figures, figure
+from benchkit import Figures, figure, ranker_key
 
 K = 20
 
@@ -85,7 +85,9 @@ def run() -> Figures:
                 file=sys.stderr,
             )
             for key in ("recall_at_20", "cold_recall_at_20", "ndcg_at_20", "fit_seconds"):
-                out[f"mf.synthetic.{name}.{key}"] = figure(round(results[name][key], 4), key, note)
+                out[f"{ranker_key('synthetic', name)}.{key}"] = figure(
+                    round(results[name][key], 4), key, note
+                )
         singles = ("popularity", "item_cf", "ease", "vbpr", "visual_profile")
         best = max(singles, key=lambda n: results[n]["recall_at_20"])
         for name in ("ranker", "ranker_no_visual"):
