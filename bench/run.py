@@ -27,6 +27,7 @@ BENCHES = (
     "ingest",
     "backfill",
     "cnn",
+    "cnn_profile",
     "mf",
     "mf_speed",
     "mf_hm",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from visrec.recsys.baselines import EASE, ItemCF, Popularity, VisualProfile
+from visrec.recsys.baselines import EASE, ItemCF, Popularity, VisualNeighbours, VisualProfile
 from visrec.recsys.candidates import FromRecommender, merge, recall_at
 from visrec.recsys.data import TrainData, holdout_per_user
 from visrec.recsys.metrics import users_with
@@ -40,6 +40,7 @@ GENERATORS = {
     "item_cf": ItemCF,
     "ease": lambda: EASE(l2=10.0),
     "visual_profile": VisualProfile,
+    "visual_neighbours": VisualNeighbours,
 }
 
 
@@ -86,3 +87,18 @@ def test_inputs_are_checked_early(split):
         merge([np.zeros((2, 3), int), np.zeros((3, 3), int)])
     with pytest.raises(ValueError, match="needs a relevant item"):
         recall_at(np.zeros((1, 3), int), [set()])
+
+
+def test_visual_neighbours_follow_each_recent_look_where_the_profile_averages_them():
+    """A user whose recent items are of two styles: look-alikes of both come first, where the mean
+    of the two (the visual profile) points between them at a third style."""
+    looks = np.array([[1, 0, 0], [0.95, 0.31, 0], [0, 0, 1], [0, 0.31, 0.95], [0.7, 0, 0.7]], np.float32)
+    looks /= np.linalg.norm(looks, axis=1, keepdims=True)
+    bought = sp.csr_matrix(np.array([[1, 0, 1, 0, 0]], np.float32))
+    data = TrainData(bought, looks, recent_user_items=bought)
+    ids, _ = VisualNeighbours().fit(data).recommend([0], bought, N=2)
+    assert set(ids[0].tolist()) == {1, 3}
+    profile, _ = VisualProfile().fit(data).recommend([0], bought, N=1)
+    assert profile[0].tolist() == [4]
+    with pytest.raises(ValueError, match="item_features"):
+        VisualNeighbours().fit(TrainData(bought))

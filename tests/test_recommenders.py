@@ -24,6 +24,7 @@ from visrec.recsys.baselines import (
     RP3Beta,
     SparkALS,
     SparkItemCF,
+    VisualNeighbours,
     VisualProfile,
 )
 from visrec.recsys.data import Split, TrainData, build_split
@@ -114,6 +115,11 @@ class TestPopularity(RecommenderBehaviour):
 class TestItemCF(RecommenderBehaviour):
     def make(self, spark):
         return ItemCF(neighbours=50)
+
+
+class TestVisualNeighbours(RecommenderBehaviour):
+    def make(self, spark):
+        return VisualNeighbours(recent_items=5)
 
 
 class TestRP3Beta(RecommenderBehaviour):

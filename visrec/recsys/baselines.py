@@ -13,7 +13,8 @@ vectors to ``topk`` itself: the product, the filters and the selection in one gr
 
 Implemented here: ``Popularity`` (recent window), ``ItemCF`` (cosine item-item co-occurrence) and
 ``SparkItemCF`` (the same, computed by a Spark job), ``SparkALS`` (Spark ML implicit ALS),
-``VisualProfile`` (content only: the user's mean image embedding), ``RP3Beta`` (a popularity-damped
+``VisualProfile`` (content only: the user's mean image embedding), ``VisualNeighbours`` (look-alikes
+of the user's recent items), ``RP3Beta`` (a popularity-damped
 random walk), ``EASE`` and ``LowRankEASE`` (closed-form item-item). VBPR lives in :mod:`visrec.recsys.vbpr`.
 """
 
@@ -115,6 +116,43 @@ class VisualProfile(FactorRecommender):
         self.item_vectors = data.item_features.astype(np.float32)
         self.item_biases = None
         return self
+
+
+class VisualNeighbours(Recommender):
+    """Content-based, item by item: an item scores its highest cosine with any of the user's recent
+    items (the last days' window of ``TrainData.recent_user_items``; all their items when they have
+    none recent). Where :class:`VisualProfile` averages a user's taste into one point, this follows
+    each thing they looked at lately, so a user who browses two styles gets look-alikes of both; like
+    it, it reaches items nobody has bought yet. A candidate generator for the ranker."""
+
+    def __init__(self, recent_items: int = 10):
+        if recent_items < 1:
+            raise ValueError(f"VisualNeighbours needs recent_items >= 1, got {recent_items}")
+        self.recent_items = recent_items
+        self.item_features: np.ndarray | None = None
+        self.anchors: list[np.ndarray] = []
+
+    def fit(self, data: TrainData) -> VisualNeighbours:
+        if data.item_features is None:
+            raise ValueError("VisualNeighbours needs TrainData.item_features (the image embeddings)")
+        self.item_features = data.item_features.astype(np.float32)
+        recent = (data.recent_user_items if data.recent_user_items is not None else data.user_items).tocsr()
+        every = data.user_items.tocsr()
+        self.anchors = []
+        for u in range(data.n_users):
+            row = recent[u] if recent[u].nnz else every[u]
+            # The user's strongest recent items (by confidence), at most ``recent_items`` of them.
+            keep = np.argsort(-row.data, kind="stable")[: self.recent_items]
+            self.anchors.append(row.indices[keep])
+        return self
+
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        scores = np.zeros((len(userids), len(self.item_features)), np.float32)
+        for row, u in enumerate(np.asarray(userids)):
+            anchors = self.anchors[u]
+            if len(anchors):
+                scores[row] = (self.item_features[anchors] @ self.item_features.T).max(axis=0)
+        return scores
 
 
 class Popularity(Recommender):
