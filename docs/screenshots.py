@@ -51,8 +51,9 @@ def shoot(
     """Open ``url``, wait until ``ready_js`` holds, save a screenshot to ``out``."""
     browser = _browser()
     with tempfile.TemporaryDirectory() as profile:
-        browser.FLAGS[-1] = f"--window-size={width},1000"
-        browser.render(_chromium(), url, {}, Path(profile), ready_js, screenshot=out, timeout=90)
+        browser.render(
+            _chromium(), url, {}, Path(profile), ready_js, screenshot=out, timeout=90, window=(width, 1000)
+        )
     print(f"screenshots: {out.relative_to(REPO)} <- {url}")
 
 

@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchkit import Figures, figure, ranker_key
+from benchkit import Figures, FixedValidation, figure, ranker_key
 
 K = 12
 
@@ -41,10 +41,6 @@ def run() -> Figures:
             return {}
         categories = item_categories(lake, last, split.train.item_ids)
 
-        class Ranker(CandidateRanker):
-            def fit(self, data, validation_split=None):
-                return super().fit(data, validation if validation_split is None else validation_split)
-
         generators = [
             Generator("popularity", Popularity(), 50),
             Generator("item_cf", ItemCF(), 50),
@@ -56,8 +52,11 @@ def run() -> Figures:
             "item_cf": ItemCF(),
             "rp3": RP3Beta(),
             "visual_profile": VisualProfile(),
-            "ranker": Ranker(
-                generators, item_categories=categories, min_child_samples=20, seed=settings.seed
+            "ranker": FixedValidation(
+                CandidateRanker(
+                    generators, item_categories=categories, min_child_samples=20, seed=settings.seed
+                ),
+                validation,
             ),
         }
         rel = [r for r in split.relevant if r]
@@ -78,7 +77,7 @@ def run() -> Figures:
         out["mf.hm.ranker.recall_at_12_vs_popularity_high"] = figure(
             round(high, 4), "delta", "paired bootstrap, 95%"
         )
-        importance = models["ranker"].feature_importance()
+        importance = models["ranker"].ranker.feature_importance()
         for feature, share in (importance / max(importance.sum(), 1e-12)).items():
             out[f"mf.hm.ranker.importance.{feature}"] = figure(round(float(share), 4), "share of gain", "")
     return out

@@ -123,7 +123,7 @@ def run() -> Figures:
     share = importance / importance.sum()
     for feature, value in share.items():
         out[f"mf.ml1m.ranker.importance.{feature}"] = figure(round(float(value), 4), "share of gain", "")
-    union = merge([proposals[n][:, : g.n] for g in _generators(segments, False) for n in [g.name]])
+    union = merge([proposals[g.name][:, : g.n] for g in _generators(segments, False)])
     recall = recall_at(union, relevant)
     size = np.mean([len(p) for p in union])
     out["candidates.ml1m.ranker_union.recall"] = figure(

@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchkit import Figures, figure, ranker_key
+from benchkit import Figures, FixedValidation, figure, ranker_key
 
 K = 20
 SEEDS = (0, 1, 2)  # VBPR and the rankers train once per seed: one run's noise is as large as the effects
@@ -62,12 +62,6 @@ def run() -> Figures:
                 ]
             return chosen
 
-        class Ranker(CandidateRanker):
-            """The ranker behind the one-argument ``fit`` the evaluation calls: its validation fixed."""
-
-            def fit(self, data, validation_split=None):
-                return super().fit(data, validation if validation_split is None else validation_split)
-
         deterministic = {
             "attribute_profile": attribute_profile,
             "popularity": Popularity(),
@@ -78,9 +72,11 @@ def run() -> Figures:
         }
         seeded = {
             "vbpr": lambda seed: VBPRRecommender(seed=seed),
-            "ranker": lambda seed: Ranker(generators(True, seed), item_categories=categories, seed=seed),
-            "ranker_no_visual": lambda seed: Ranker(
-                generators(False, seed), item_categories=categories, seed=seed
+            "ranker": lambda seed: FixedValidation(
+                CandidateRanker(generators(True, seed), item_categories=categories, seed=seed), validation
+            ),
+            "ranker_no_visual": lambda seed: FixedValidation(
+                CandidateRanker(generators(False, seed), item_categories=categories, seed=seed), validation
             ),
         }
         note = (
@@ -92,7 +88,7 @@ def run() -> Figures:
             runs = [deterministic[name]] if name in deterministic else [seeded[name](seed) for seed in SEEDS]
             measured = [fit_and_evaluate(model, split, K) for model in runs]
             if name == "ranker":
-                rankers = runs
+                rankers = [run.ranker for run in runs]
             results[name] = {k: float(np.mean([m[k] for m, _ in measured])) for k in measured[0][0]}
             per_user[name] = np.mean([users for _, users in measured], axis=0)
             seeds = (

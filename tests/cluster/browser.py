@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1100",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
 ]  # fmt: skip
 
 
@@ -27,11 +27,19 @@ def render(
     ready_js: str,
     screenshot: Path | None = None,
     timeout: float = 60,
+    window: tuple[int, int] = (1400, 1100),
 ) -> str:
     """Open ``url`` with ``cookies`` set for its origin, wait until ``ready_js`` (a JavaScript
     expression) is true or ``timeout`` passes, and return the page's HTML (and save a screenshot)."""
     proc = subprocess.Popen(
-        [chromium, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+        [
+            chromium,
+            *FLAGS,
+            f"--window-size={window[0]},{window[1]}",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "about:blank",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

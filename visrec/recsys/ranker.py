@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -245,11 +246,10 @@ class CandidateRanker(Recommender):
         scores = np.full((len(userids), N), -np.inf, np.float32)
         reasons = np.full((len(userids), N), "", object)
         names = np.array([g.name for g in self.generators], object)
-        for start in range(0, len(userids), self.chunk_size):
-            batch = userids[start : start + self.chunk_size]
-            table = self._candidates(
-                self.generators, self.data, batch, user_items, filter_already_liked_items, filter_items
-            )
+        chunks = self._candidate_chunks(
+            self.generators, self.data, userids, user_items, filter_already_liked_items, filter_items
+        )
+        for start, table in zip(range(0, len(userids), self.chunk_size), chunks, strict=True):
             predicted = self.booster.predict(table.features, num_iteration=self.best_iteration)
             offset = 0
             for row, size in enumerate(table.group_sizes):
@@ -263,7 +263,18 @@ class CandidateRanker(Recommender):
 
     # -- features ------------------------------------------------------------------------------------
 
-    def _candidates(
+    def _candidates(self, generators: list[Generator], data: TrainData, userids: np.ndarray) -> Candidates:
+        """Candidates and their features for every one of ``userids`` (what the ranker trains on)."""
+        parts = list(self._candidate_chunks(generators, data, userids))
+        return Candidates(
+            np.concatenate([p.users for p in parts]),
+            np.concatenate([p.items for p in parts]),
+            pd.concat([p.features for p in parts], ignore_index=True),
+            np.concatenate([p.group_sizes for p in parts]),
+            np.concatenate([p.proposed_by for p in parts]),
+        )
+
+    def _candidate_chunks(
         self,
         generators: list[Generator],
         data: TrainData,
@@ -271,8 +282,9 @@ class CandidateRanker(Recommender):
         user_items: sp.csr_matrix | None = None,
         filter_already_liked_items: bool = True,
         filter_items: np.ndarray | None = None,
-    ) -> Candidates:
-        """Candidates and their features for ``userids``, in chunks of ``chunk_size`` users."""
+    ) -> Iterator[Candidates]:
+        """Candidates and their features for ``userids``, one chunk of ``chunk_size`` users at a time
+        (in order); the catalog's statistics are computed once, before the first."""
         user_items = data.user_items if user_items is None else user_items
         binary = (data.user_items > 0).astype(np.float32)
         item_popularity = np.asarray(binary.sum(axis=0)).ravel() / max(data.n_users, 1)
@@ -288,7 +300,6 @@ class CandidateRanker(Recommender):
             )
             per_user = (binary @ one_hot).toarray()
             affinity = (per_user / np.maximum(per_user.sum(axis=1, keepdims=True), 1.0), codes)
-        parts = []
         for start in range(0, len(userids), self.chunk_size):
             batch = userids[start : start + self.chunk_size]
             blocked = np.zeros((len(batch), data.n_items), bool)
@@ -329,19 +340,10 @@ class CandidateRanker(Recommender):
             if affinity is not None:
                 shares, codes = affinity
                 columns["category_affinity"] = shares[batch[rows], codes[cols]].astype(np.float32)
-            parts.append(
-                Candidates(
-                    batch[rows],
-                    cols.astype(np.int64),
-                    pd.DataFrame(columns, columns=self.feature_names),
-                    np.bincount(rows, minlength=len(batch)),
-                    first[rows, cols].astype(np.int64),
-                )
+            yield Candidates(
+                batch[rows],
+                cols.astype(np.int64),
+                pd.DataFrame(columns, columns=self.feature_names),
+                np.bincount(rows, minlength=len(batch)),
+                first[rows, cols].astype(np.int64),
             )
-        return Candidates(
-            np.concatenate([p.users for p in parts]),
-            np.concatenate([p.items for p in parts]),
-            pd.concat([p.features for p in parts], ignore_index=True),
-            np.concatenate([p.group_sizes for p in parts]),
-            np.concatenate([p.proposed_by for p in parts]),
-        )
