@@ -74,17 +74,6 @@ def ranker_key(dataset: str, name: str) -> str:
     return f"mf.{dataset}.{name}" if name.startswith("ranker") else f"mf.{dataset}.ranker_run.{name}"
 
 
-class FixedValidation:
-    """A candidate ranker behind the one-argument ``fit(data)`` that ``fit_and_evaluate`` calls: it
-    learns on ``validation`` and returns the fitted ranker."""
-
-    def __init__(self, ranker, validation):
-        self.ranker, self.validation = ranker, validation
-
-    def fit(self, data):
-        return self.ranker.fit(data, self.validation)
-
-
 def implicit_model(model):
     """``implicit``'s ALS or BPR behind visrec's batch interface (a bench-only dependency)."""
     from threadpoolctl import threadpool_limits

@@ -136,7 +136,12 @@ def test_dag_parses_cheaply_with_the_expected_shape(tmp_path):
     assert BY_NAME["build_features"].upstream == ("ingest_events",)
     assert BY_NAME["score"].upstream == ("generate_looks", "recognise_user_photos", "train_mf")
     assert set(BY_NAME["report"].upstream) == set(NAMES) - {"report"}
-    assert {s.name for s in STEPS if s.queue == "training"} == {"train_cnn", "train_mf", "train_gan"}
+    assert {s.name for s in STEPS if s.queue == "training"} == {
+        "train_cnn",
+        "train_mf",
+        "train_ranker",
+        "train_gan",
+    }
     assert info["retries"] >= 1 and info["max_active_runs"] == 1 and info["catchup"] is False
     assert info["on_failure"] == ["visrec.pipeline.alerts.task_failed"]
     # publish emits an Asset per published table; the serving export is scheduled on recommendations'.

@@ -61,6 +61,24 @@ def test_the_ranker_learns_what_its_generator_does_not_know(split, fitted):
     assert set(fitted.training_table["label"]) == {0.0, 1.0}
 
 
+def test_the_ranker_learns_from_a_numeric_item_value_relative_to_the_users_usual(split):
+    # A price band per category (the categories themselves withheld): users buy near their usual price.
+    rng = np.random.default_rng(3)
+    price = np.array([10.0 * (i // PER_GROUP) for i in range(GROUPS * PER_GROUP)]) + rng.random(
+        GROUPS * PER_GROUP
+    )
+    price[::9] = np.nan  # unknown prices are allowed
+    validation = holdout_per_user(split.train, 0.25, seed=2)
+    ranker = CandidateRanker([Generator("popularity", Popularity(), 40)], item_values={"price": price})
+    ranker.fit(split.train, validation)
+    assert _ndcg(ranker, split) > _ndcg(Popularity().fit(split.train), split) + 0.15
+    assert ranker.feature_importance().index[0] == "price_vs_user"
+    shuffled = CandidateRanker(
+        [Generator("popularity", Popularity(), 40)], item_values={"price": rng.permutation(price)}
+    )
+    assert _ndcg(shuffled.fit(split.train, validation), split) < _ndcg(ranker, split) - 0.15
+
+
 def test_recommendations_are_new_candidates_best_first_with_their_reason(split):
     validation = holdout_per_user(split.train, 0.25, seed=2)
     generators = [Generator("item_cf", ItemCF(), 5), Generator("popularity", Popularity(), 3)]
@@ -128,6 +146,9 @@ def test_bad_inputs_are_refused_with_what_to_do(split):
     short = CandidateRanker([Generator("a", Popularity(), 5)], item_categories=["x"] * 3)
     with pytest.raises(ValueError, match="3 item categories for 80 items"):
         short.fit(split.train, holdout_per_user(split.train, 0.25, seed=2))
+    priced = CandidateRanker([Generator("a", Popularity(), 5)], item_values={"price": [1.0, 2.0, 3.0]})
+    with pytest.raises(ValueError, match="item value 'price': 3 values for 80 items"):
+        priced.fit(split.train, holdout_per_user(split.train, 0.25, seed=2))
 
 
 def test_rp3beta_ranks_items_co_bought_with_the_users_items(split):

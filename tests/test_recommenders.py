@@ -40,6 +40,7 @@ from visrec.recsys.metrics import (
 from visrec.recsys.score import score_users
 from visrec.recsys.select import select_vbpr
 from visrec.recsys.train import MFConfig, evaluate_model, promotion_gate, train_mf
+from visrec.recsys.train_ranker import train_ranker
 from visrec.recsys.vbpr import VBPRRecommender
 from visrec.settings import Settings
 from visrec.store.lake import Lake
@@ -666,3 +667,29 @@ def test_when_ease_wins_the_selection_it_is_registered_and_serves(shop, tmp_path
     recs = lake.read_table("recommendations", LAST).to_pandas()
     assert scored.rows == len(recs) > 0 and (recs.groupby("user_id").size() == 10).all()
     assert "visrec-mf/1" in set(recs["model_version"])
+
+
+def test_the_nightly_ranker_is_judged_beside_its_generators_and_leaves_its_training_set(shop, tmp_path):
+    import mlflow.lightgbm
+
+    settings, lake, _ = shop
+    settings = settings.with_overrides(mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = train_ranker(settings, LAST, lake=lake)
+    generators = {"ease", "item_cf", "popularity", "visual_profile", "visual_neighbours"}
+    assert result.trained and result.version == "visrec-ranker/1"
+    assert set(result.metrics) == {"ranker", *generators}
+    # The gate compares with the best generator alone and with popularity; promoted only if both fall.
+    assert "vs best single" in result.reason and "vs popularity" in result.reason
+    assert result.promoted == ("not clearly beaten" not in result.reason)
+    assert sum(result.importance.values()) == pytest.approx(1.0, abs=0.01)
+    assert "price_vs_user" in result.importance  # the shop's events carry prices
+    table = lake.read_table("ranker_training", LAST)
+    assert table.num_rows == result.training_rows > 0
+    assert set(table.column("label").to_pylist()) == {0.0, 1.0}
+    assert set(table.column("proposed_by").to_pylist()) <= generators
+    first = dict(table.column("features")[0].as_py())
+    assert list(first) == result.ranker.feature_names
+    # The registered model is the production booster, loadable by MLflow alone.
+    registered = mlflow.lightgbm.load_model("models:/visrec-ranker/1")
+    rows = result.ranker.training_table[result.ranker.feature_names].head(20)
+    np.testing.assert_allclose(registered.predict(rows), result.ranker.booster.predict(rows), rtol=1e-6)

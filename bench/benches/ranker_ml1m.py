@@ -40,7 +40,8 @@ def run() -> Figures:
     inside the training part (ML-1M has no timestamps: the selection's fallback design), over the
     union of EASE's 100, RP3beta's 50, item-CF's 50 and segment popularity's 20 best (segments: gender
     and age bracket), with the users' visual profiles over the poster embeddings and the category
-    (first genre) affinity as features; then every single model alone on the same split, and the
+    (first genre) affinity as features (the movie's year as a numeric item value, as a shop's price,
+    was tried: NDCG@10 0.4691 against 0.4717 without it, within the noise; left out); then every single model alone on the same split, and the
     ranker without its visual features (the ablation that says whether they earn their place).
     NDCG@10 differences carry paired-bootstrap 95% intervals over users."""
     from benches.mf_ml1m import SEED, first_genres, ml1m_split, user_segments

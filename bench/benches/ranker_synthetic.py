@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchkit import Figures, FixedValidation, figure, ranker_key
+from benchkit import Figures, figure, ranker_key
 
 K = 20
 SEEDS = (0, 1, 2)  # VBPR and the rankers train once per seed: one run's noise is as large as the effects
@@ -72,12 +72,12 @@ def run() -> Figures:
         }
         seeded = {
             "vbpr": lambda seed: VBPRRecommender(seed=seed),
-            "ranker": lambda seed: FixedValidation(
-                CandidateRanker(generators(True, seed), item_categories=categories, seed=seed), validation
-            ),
-            "ranker_no_visual": lambda seed: FixedValidation(
-                CandidateRanker(generators(False, seed), item_categories=categories, seed=seed), validation
-            ),
+            "ranker": lambda seed: CandidateRanker(
+                generators(True, seed), item_categories=categories, seed=seed
+            ).on(validation),
+            "ranker_no_visual": lambda seed: CandidateRanker(
+                generators(False, seed), item_categories=categories, seed=seed
+            ).on(validation),
         }
         note = (
             f"synthetic shop {config.users} users x {config.items} items x {config.days} days, test = the last "

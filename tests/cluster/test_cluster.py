@@ -32,13 +32,14 @@ from visrec.devdata.trial import (
     in_process_env,
     read_outputs,
 )
+from visrec.pipeline.graph import STEPS
 from visrec.publish import OUTPUT_TABLES
 
 pytestmark = pytest.mark.cluster
 
 D1, D2 = HISTORY, NIGHT
 VISREC = str(Path(sys.executable).with_name("visrec"))
-TRAINING = ("train_cnn", "train_gan", "train_mf")
+TRAINING = tuple(step.name for step in STEPS if step.queue == "training")
 POOLS = {"visrec_spark": 1, "visrec_training": 1}
 # The trial's settings, and a short wait for a day's raw events (the missing-day test).
 # A periodic schedule, as a deployment has (Airflow's backfills need one; its latest night runs at once
@@ -132,7 +133,7 @@ def test_the_run_succeeds_through_the_scheduler_on_both_workers(cluster, nightly
     assert nightly["state"] == "success"
     tries = cluster.task_instances(nightly["run_id"])
     final = {t["task_id"]: t for t in tries if t["state"] == "success"}
-    assert len(final) == 14, sorted(final)  # the 13 steps and the sensor before them
+    assert len(final) == len(STEPS) + 1, sorted(final)  # every step and the sensor before them
     assert {t["hostname"] for t in tries if t["hostname"]} == set(WORKERS)
 
 

@@ -143,6 +143,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"              selected settings: {mf['selected']}")
         served = "the champion's lists" if mf.get("serving") == "model" else "popularity-by-segment lists"
         print(f"              scoring serves {served}")
+    ranker = summaries.get(steps.train_ranker.__name__, {})
+    if ranker.get("trained"):
+        gate, values = next((k, v) for k, v in ranker["metrics"].items() if k != "importance")
+        recalls = ", ".join(f"{name} {value:.3f}" for name, value in values.items())
+        top = ", ".join(
+            f"{name} {share:.2f}" for name, share in list(ranker["metrics"]["importance"].items())[:3]
+        )
+        print(f"ranker:       {gate} {recalls}; top features (share of gain) {top}")
+        print(f"              {ranker['reason']}")
+    elif ranker:
+        print(f"ranker:       not trained: {ranker['reason']}")
     gans = [runs_log.get(d, steps.train_gan.__name__) for d in dag_days]
     gan = next((g for g in reversed(gans) if g and g.get("trained")), None)
     if gan:

@@ -90,6 +90,11 @@ def _suites() -> dict[str, list]:
             E.ExpectColumnValuesToBeInSet(column="source", value_set=list(SOURCES)),
             E.ExpectColumnValuesToNotBeNull(column="score"),
         ],
+        "ranker_training": [
+            E.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"]),
+            E.ExpectColumnValuesToBeInSet(column="label", value_set=[0.0, 1.0]),
+            E.ExpectColumnValuesToNotBeNull(column="proposed_by"),
+        ],
         "similar_items": [
             E.ExpectCompoundColumnsToBeUnique(column_list=["item_id", "rank"]),
             E.ExpectColumnValuesToBeBetween(column="score", min_value=-1.0001, max_value=1.0001),

@@ -104,6 +104,15 @@ _NIGHT: tuple[Step, ...] = (
         queue="training",
     ),
     Step(
+        "train_ranker",
+        "learn the second-stage ranker over the candidate generators -> ranker_training; register it "
+        "behind the gate",
+        follows=("build_features", "embed_items"),
+        reads=("events", "item_embeddings"),
+        writes=("ranker_training",),
+        queue="training",
+    ),
+    Step(
         "train_gan",
         "train the conditional GAN when it is due, judged by the image model",
         takes={"embeddings": "embed_items"},

@@ -36,6 +36,7 @@ from visrec.pipeline.champions import rollbacks
 from visrec.pipeline.graph import BY_NAME, STEPS, Step, made_by
 from visrec.recsys import score as scoring
 from visrec.recsys import train as mf_training
+from visrec.recsys import train_ranker as ranker_training
 from visrec.report import nightly
 from visrec.settings import Settings
 from visrec.store import engine as engines
@@ -363,6 +364,36 @@ def train_mf(ds: str, settings: Settings, lake: Lake, config: dict | None = None
         "serving": result.serving,
         "selected": result.selected,
         "metrics": result.metrics,
+    }
+
+
+@step()
+def train_ranker(ds: str, settings: Settings, lake: Lake) -> Summary:
+    """Learn the second-stage ranker over the candidate generators on the validation design, judge it
+    beside each generator alone, write its training set to ``ranker_training`` and register it behind
+    the gate (champion only if it beats the best single generator and popularity)."""
+    if (done := _trained_already(settings, lake, ds, "train_ranker")) is not None:
+        return done
+    result = _validated(
+        ds,
+        "train_ranker",
+        lake,
+        lambda validator: ranker_training.train_ranker(settings, ds, lake=lake, validator=validator),
+    )
+    gate = f"recall_at_{settings.eval_k}"
+    return {
+        "trained": result.trained,
+        "version": result.version,
+        "promoted": result.promoted,
+        "reason": result.reason,
+        "champion": _champion(ranker_training.MODEL_NAME) if result.trained else None,
+        # The report tabulates both (and their change from the night before): the gate's metric of the
+        # ranker and each generator alone, and the share of the gain of its eight leading features.
+        "metrics": {
+            gate: {name: round(m[gate], 4) for name, m in result.metrics.items()},
+            "importance": dict(list(result.importance.items())[:8]),
+        },
+        "training_rows": result.training_rows,
     }
 
 

@@ -238,6 +238,17 @@ def item_categories(lake: Lake, ds: str, item_ids: list[str]) -> list[str]:
     return [category.get(i, "") for i in item_ids]
 
 
+def item_prices(lake: Lake, ds: str, item_ids: list[str]) -> np.ndarray:
+    """Each item's price: the catalog's, else the mean over its events up to ``ds`` that carried one
+    (NaN where neither says)."""
+    catalog, _ = read_catalog(lake)
+    listed = catalog.select(["item_id", "price"]).to_pandas().dropna().drop_duplicates("item_id")
+    table = lake.read_table("events", [d for d in lake.partitions("events") if d <= ds])
+    paid = table.select(["item_id", "price"]).to_pandas().dropna().groupby("item_id")["price"].mean()
+    price = listed.set_index("item_id")["price"].combine_first(paid)
+    return price.reindex(item_ids).to_numpy(np.float64)
+
+
 def holdout_per_user(data: TrainData, share: float, seed: int) -> Split:
     """A random split per user of ``data``: ``share`` of each user's distinct items held out (users with
     one item keep it), what a model should find; the design for data without usable timestamps, or

@@ -17,7 +17,10 @@ published solutions ranked with, and ships a single wheel with no GPU build to c
 Features per (user, candidate), all relative so that a model trained on the validation part (fewer
 interactions) transfers to the refit on everything: each generator's score, its rank for the user and
 its score's gap to the user's best; how many generators proposed the item; the item's popularity
-(share of users) and whether nobody has it yet (cold); the user's activity (log of their items).
+(share of users), whether nobody has it yet (cold) and its log-popularity against the user's usual;
+the user's activity (log of their items); the share of the user's items in the candidate's category;
+and for each numeric item value the catalog has (``item_values``, e.g. price) the item's value and its
+difference from the mean over the user's items (NaN where unknown: LightGBM learns a side for it).
 A generator with ``n=0`` proposes nothing and contributes features only (e.g. the visual profile's
 cosine between the item's photo embedding and the user's mean).
 """
@@ -43,7 +46,9 @@ USER_FEATURES = ("user_log_items",)
 # Per generator and candidate: its score, its rank for the user, the gap to the user's best score and
 # the score's z-score over the user's catalog.
 GENERATOR_FEATURES = ("score", "rank", "gap", "z")
-ITEM_FEATURES = ("item_popularity", "item_cold")
+# The item's popularity, whether nobody has it yet, and its log-popularity minus the mean of the user's
+# items' (a user of niche items against a blockbuster).
+ITEM_FEATURES = ("item_popularity", "item_cold", "popularity_vs_user")
 
 
 @dataclass
@@ -72,6 +77,17 @@ class Candidates:
     proposed_by: np.ndarray  # (rows,) the first generator (by list order) that proposed the item
 
 
+class FixedValidation:
+    """A :class:`CandidateRanker` whose ``fit(data)`` learns on a fixed validation split and returns
+    the fitted ranker (see :meth:`CandidateRanker.on`)."""
+
+    def __init__(self, ranker: CandidateRanker, validation: Split):
+        self.ranker, self.validation = ranker, validation
+
+    def fit(self, data: TrainData) -> CandidateRanker:
+        return self.ranker.fit(data, self.validation)
+
+
 class CandidateRanker(Recommender):
     """LightGBM LambdaRank over the union of several generators' candidates (see the module doc)."""
 
@@ -90,6 +106,7 @@ class CandidateRanker(Recommender):
         threads: int = 0,
         item_categories: list[str] | None = None,
         generator_features: tuple[str, ...] = GENERATOR_FEATURES,
+        item_values: dict[str, np.ndarray] | None = None,
     ):
         if not generators:
             raise ValueError("the ranker needs at least one generator")
@@ -115,6 +132,7 @@ class CandidateRanker(Recommender):
         self.threads = threads
         self.item_categories = None if item_categories is None else list(item_categories)
         self.generator_features = tuple(generator_features)
+        self.item_values = {k: np.asarray(v, np.float64) for k, v in (item_values or {}).items()}
         self.booster = None
         self.training_table: pd.DataFrame | None = None
         self.best_iteration = 0
@@ -124,7 +142,8 @@ class CandidateRanker(Recommender):
     def feature_names(self) -> list[str]:
         per_generator = [f"{g.name}_{kind}" for g in self.generators for kind in self.generator_features]
         category = ["category_affinity"] if self.item_categories is not None else []
-        return [*per_generator, "proposed_by_count", *ITEM_FEATURES, *USER_FEATURES, *category]
+        values = [f"{name}{suffix}" for name in self.item_values for suffix in ("", "_vs_user")]
+        return [*per_generator, "proposed_by_count", *ITEM_FEATURES, *USER_FEATURES, *category, *values]
 
     # -- training ------------------------------------------------------------------------------------
 
@@ -190,8 +209,13 @@ class CandidateRanker(Recommender):
         )
         self.best_iteration = int(self.booster.best_iteration or self.max_rounds)
         self.eval_ndcg = float(self.booster.best_score["held_out_users"]["ndcg@10"])
+        names = np.array([g.name for g in self.generators], object)
         self.training_table = frame.assign(
-            user=table.users[keep_rows], item=table.items[keep_rows], label=labels, eval=row_eval
+            user=table.users[keep_rows],
+            item=table.items[keep_rows],
+            label=labels,
+            eval=row_eval,
+            proposed_by=names[table.proposed_by[keep_rows]],
         )
         log.info(
             "ranker: %d candidate rows for %d users (%d with a positive), %d rounds, held-out NDCG@10 %.4f",
@@ -261,6 +285,11 @@ class CandidateRanker(Recommender):
                 offset += size
         return ids, scores, reasons
 
+    def on(self, validation: Split) -> FixedValidation:
+        """This ranker behind the one-argument ``fit(data)`` of every recommender (what
+        :func:`visrec.recsys.train.fit_and_evaluate` calls), learning on ``validation``."""
+        return FixedValidation(self, validation)
+
     # -- features ------------------------------------------------------------------------------------
 
     def _candidates(self, generators: list[Generator], data: TrainData, userids: np.ndarray) -> Candidates:
@@ -288,7 +317,19 @@ class CandidateRanker(Recommender):
         user_items = data.user_items if user_items is None else user_items
         binary = (data.user_items > 0).astype(np.float32)
         item_popularity = np.asarray(binary.sum(axis=0)).ravel() / max(data.n_users, 1)
-        user_log_items = np.log1p(np.asarray((user_items > 0).sum(axis=1)).ravel())
+        user_binary = (user_items > 0).astype(np.float32)
+        user_counts = np.asarray(user_binary.sum(axis=1)).ravel()
+        user_log_items = np.log1p(user_counts)
+        log_popularity = np.log(item_popularity + 1.0 / max(data.n_users, 1))
+        user_log_popularity = (user_binary @ log_popularity) / np.maximum(user_counts, 1)
+        user_values = {}
+        for name, values in self.item_values.items():
+            if len(values) != data.n_items:
+                raise ValueError(f"item value {name!r}: {len(values)} values for {data.n_items} items")
+            known = np.isfinite(values)
+            total = user_binary @ np.where(known, values, 0.0)
+            count = user_binary @ known.astype(np.float64)
+            user_values[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
         affinity = None
         if self.item_categories is not None:
             if len(self.item_categories) != data.n_items:
@@ -336,7 +377,15 @@ class CandidateRanker(Recommender):
             columns["proposed_by_count"] = proposed[rows, cols].astype(np.float32)
             columns["item_popularity"] = item_popularity[cols].astype(np.float32)
             columns["item_cold"] = (item_popularity[cols] == 0).astype(np.float32)
+            columns["popularity_vs_user"] = (log_popularity[cols] - user_log_popularity[batch[rows]]).astype(
+                np.float32
+            )
             columns["user_log_items"] = user_log_items[batch[rows]].astype(np.float32)
+            for name, values in self.item_values.items():
+                columns[name] = values[cols].astype(np.float32)
+                columns[f"{name}_vs_user"] = (values[cols] - user_values[name][batch[rows]]).astype(
+                    np.float32
+                )
             if affinity is not None:
                 shares, codes = affinity
                 columns["category_affinity"] = shares[batch[rows], codes[cols]].astype(np.float32)

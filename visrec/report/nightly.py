@@ -113,6 +113,7 @@ LABELS = {
     "cnn_accuracy_on_real": "judge's accuracy on real images",
     "train_cnn": "image model",
     "train_mf": "recommender",
+    "train_ranker": "ranker",
     "train_gan": "image generator",
     "vbpr": "new VBPR",
     "vbpr_published": "new VBPR after the category cap",
@@ -274,7 +275,7 @@ def _night_row(lake: Lake, ds: str, summaries: dict, published: set[str]) -> dic
     total = sum((score.get("sources") or {}).values()) or 1
     champions = {
         LABELS[s]: summaries[s].get("champion") or summaries[s].get("version")
-        for s in ("train_cnn", "train_mf", "train_gan")
+        for s in ("train_cnn", "train_mf", "train_ranker", "train_gan")
         if s in summaries
     }
     return {

@@ -138,6 +138,20 @@ RECOMMENDATIONS = pa.schema(
         pa.field("model_version", pa.string(), nullable=False),
     ]
 )
+# The learned ranker's training set (one row per user and candidate of the validation window): its
+# features by name (they depend on the generators), whether the user then took the item, and whether
+# the row was in the early-stopping slice of users. What the ranker learned from, for inspection:
+# ``SELECT features['item_cf_rank'], avg(label) FROM ranker_training GROUP BY 1``.
+RANKER_TRAINING = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("label", pa.float32(), nullable=False),
+        pa.field("held_out", pa.bool_(), nullable=False),
+        pa.field("proposed_by", pa.string(), nullable=False),
+        pa.field("features", pa.map_(pa.string(), pa.float32()), nullable=False),
+    ]
+)
 SIMILAR_ITEMS = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),
@@ -218,6 +232,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("user_profiles", "features/user_profiles", USER_PROFILES, ("user_id",)),
         TableSpec("item_stats", "features/item_stats", ITEM_STATS, ("item_id",)),
         TableSpec("staging_images", "staging/images", STAGING_IMAGES, ("item_id",)),
+        TableSpec("ranker_training", "features/ranker_training", RANKER_TRAINING, ("user_id", "item_id")),
         TableSpec("item_embeddings", "features/item_embeddings", ITEM_EMBEDDINGS, ("item_id",)),
         TableSpec("recommendations", "published/recommendations", RECOMMENDATIONS, ("user_id", "rank")),
         TableSpec("similar_items", "published/similar_items", SIMILAR_ITEMS, ("item_id", "rank")),
