@@ -36,6 +36,7 @@ BENCHES = (
     "ranker_ml1m",
     "ranker_synthetic",
     "ranker_hm",
+    "ranker_scale",
     "photos",
     "contrastive",
     "gan",

@@ -16,6 +16,7 @@ def _recs(users: list[str], score: float = 1.0) -> pa.Table:
             "item_id": [f"i{k}" for k in range(n)],
             "score": [score] * n,
             "source": ["mf"] * n,
+            "reason": ["model"] * n,
             "model_version": ["1"] * n,
         }
     )

@@ -40,7 +40,7 @@ from visrec.recsys.metrics import (
 from visrec.recsys.score import score_users
 from visrec.recsys.select import select_vbpr
 from visrec.recsys.train import MFConfig, evaluate_model, promotion_gate, train_mf
-from visrec.recsys.train_ranker import train_ranker
+from visrec.recsys.train_ranker import champion_ranker, train_ranker
 from visrec.recsys.vbpr import VBPRRecommender
 from visrec.settings import Settings
 from visrec.store.lake import Lake
@@ -457,6 +457,7 @@ def test_generated_looks_widen_the_last_places_of_recommender_lists():
             "item_id": ["i0", "i1", "i2", "i3"] * 2,
             "score": pa.array([8, 7, 6, 5] * 2, pa.float32()),
             "source": ["mf"] * 8,
+            "reason": ["model"] * 8,
             "model_version": ["m"] * 8,
         },
         schema=RECOMMENDATIONS,
@@ -682,6 +683,15 @@ def test_the_nightly_ranker_is_judged_beside_its_generators_and_leaves_its_train
     assert "vs best single" in result.reason and "vs popularity" in result.reason
     assert result.promoted == ("not clearly beaten" not in result.reason)
     assert sum(result.importance.values()) == pytest.approx(1.0, abs=0.01)
+    # Candidate recall grows with depth; the union of the proposals (each generator's best 50 or more,
+    # popularity's 20) holds at least what any one generator's best 50 holds.
+    for name in generators:
+        at = [result.metrics[name][f"candidate_recall_at_{n}"] for n in (50, 100, 200)]
+        assert at == sorted(at) and at[-1] > 0
+    union = result.metrics["ranker"]["candidate_recall"]
+    assert union >= max(
+        result.metrics[name]["candidate_recall_at_50"] for name in generators - {"popularity"}
+    )
     assert "price_vs_user" in result.importance  # the shop's events carry prices
     table = lake.read_table("ranker_training", LAST)
     assert table.num_rows == result.training_rows > 0
@@ -693,3 +703,29 @@ def test_the_nightly_ranker_is_judged_beside_its_generators_and_leaves_its_train
     registered = mlflow.lightgbm.load_model("models:/visrec-ranker/1")
     rows = result.ranker.training_table[result.ranker.feature_names].head(20)
     np.testing.assert_allclose(registered.predict(rows), result.ranker.booster.predict(rows), rtol=1e-6)
+
+
+def test_a_ranker_champion_serves_everyone_with_history_and_says_why(shop, tmp_path):
+    settings, lake, split = shop
+    settings = settings.with_overrides(
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", ranker_promotion="always"
+    )
+    result = train_ranker(settings, LAST, lake=lake)
+    assert result.promoted and "promoted by VISREC_RANKER_PROMOTION" in result.reason
+    summary = score_users(settings, LAST, lake=lake)
+    recs = lake.read_table("recommendations", LAST).to_pandas()
+    assert summary.rows == len(recs) and recs["reason"].notna().all()
+    served = recs[recs["model_version"] == result.version]
+    history = {
+        u for u, row in zip(split.train.user_ids, np.diff(split.train.user_items.indptr), strict=True) if row
+    }
+    assert set(served["user_id"]) >= history and (served["source"] == "mf").all()
+    # Each item's reason is the generator that proposed it; users without history get popularity's.
+    assert set(served["reason"]) <= {"ease", "item_cf", "popularity", "visual_profile", "visual_neighbours"}
+    assert served["reason"].nunique() > 1
+    popular = recs[recs["source"] == "popular"]
+    assert popular["reason"].str.startswith("popular").all()
+    # Scoring loaded the registered champion: its generators unfitted, its booster the production one.
+    ranker, version = champion_ranker(settings)
+    assert version == result.version and not hasattr(ranker, "data")
+    assert ranker.booster.model_to_string() == result.ranker.booster.model_to_string()

@@ -34,7 +34,7 @@ def _release(lake: Lake, sizes: dict[str, int], published_at: str) -> None:
         for part in range(2):
             rows = [
                 {"user_id": f"u{part}-{u}", "rank": r, "item_id": f"{ds}-i{r}", "score": 1.0 / r, "source": "model",
-                 "model_version": "visrec-mf/1"}
+                 "reason": "model", "model_version": "visrec-mf/1"}
                 for u in range(users // 2) for r in range(1, 11)
             ]  # fmt: skip
             buffer = io.BytesIO()

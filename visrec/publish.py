@@ -206,12 +206,13 @@ def refresh_warehouse(settings: Settings, lake: Lake, release: dict | None = Non
                 con.execute(
                     f'CREATE VIEW "{table}" AS SELECT * EXCLUDE (filename), '
                     f"regexp_extract(filename, 'ds=([0-9-]{{10}})', 1) AS ds "
-                    f"FROM read_parquet([{files}], filename = true, hive_partitioning = false)"
+                    f"FROM read_parquet([{files}], filename = true, hive_partitioning = false, union_by_name = true)"
                 )
             else:
                 arrow = pa.concat_tables(
                     [read_published(lake, release, table, ds) for ds in sorted(parts)]
-                    or [read_published(lake, release, table, "")]  # none: the empty table, its columns
+                    or [read_published(lake, release, table, "")],  # none: the empty table, its columns
+                    promote_options="default",  # a date published before a column was added: nulls
                 )
                 con.register("_incoming", arrow)
                 con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM _incoming')

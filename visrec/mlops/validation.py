@@ -89,6 +89,7 @@ def _suites() -> dict[str, list]:
             E.ExpectColumnValuesToBeBetween(column="rank", min_value=1),
             E.ExpectColumnValuesToBeInSet(column="source", value_set=list(SOURCES)),
             E.ExpectColumnValuesToNotBeNull(column="score"),
+            E.ExpectColumnValuesToNotBeNull(column="reason"),
         ],
         "ranker_training": [
             E.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"]),

@@ -387,10 +387,15 @@ def train_ranker(ds: str, settings: Settings, lake: Lake) -> Summary:
         "promoted": result.promoted,
         "reason": result.reason,
         "champion": _champion(ranker_training.MODEL_NAME) if result.trained else None,
-        # The report tabulates both (and their change from the night before): the gate's metric of the
-        # ranker and each generator alone, and the share of the gain of its eight leading features.
+        # The report tabulates these (and their change from the night before): the gate's metric of the
+        # ranker and of each generator alone; the recall among each generator's best 100 and among the
+        # ranker's candidates (the ceilings); the share of the gain of its eight leading features.
         "metrics": {
             gate: {name: round(m[gate], 4) for name, m in result.metrics.items()},
+            "candidate_recall": {
+                name: round(m.get("candidate_recall", m.get("candidate_recall_at_100", 0.0)), 4)
+                for name, m in result.metrics.items()
+            },
             "importance": dict(list(result.importance.items())[:8]),
         },
         "training_rows": result.training_rows,

@@ -285,6 +285,31 @@ class CandidateRanker(Recommender):
                 offset += size
         return ids, scores, reasons
 
+    def serve_on(
+        self,
+        data: TrainData,
+        item_categories: list[str] | None = None,
+        item_values: dict[str, np.ndarray] | None = None,
+    ) -> CandidateRanker:
+        """Ready to recommend for ``data``'s users: every generator refitted on ``data``, the learned
+        ordering unchanged (what scoring does each night with the registered ranker, whose catalog may
+        have grown since). ``item_categories`` and ``item_values`` describe ``data``'s items, for the
+        features the ranker learned with (the same value names)."""
+        if self.booster is None:
+            raise RuntimeError("fit the ranker first")
+        if (self.item_categories is None) != (item_categories is None):
+            raise ValueError("give item categories exactly when the ranker learned with them")
+        if set(item_values or {}) != set(self.item_values):
+            raise ValueError(
+                f"the ranker learned with item values {sorted(self.item_values)}, got {sorted(item_values or {})}"
+            )
+        self.item_categories = None if item_categories is None else list(item_categories)
+        self.item_values = {k: np.asarray(v, np.float64) for k, v in (item_values or {}).items()}
+        for g in self.generators:
+            g.model.fit(data)
+        self.data = data
+        return self
+
     def on(self, validation: Split) -> FixedValidation:
         """This ranker behind the one-argument ``fit(data)`` of every recommender (what
         :func:`visrec.recsys.train.fit_and_evaluate` calls), learning on ``validation``."""
@@ -317,7 +342,9 @@ class CandidateRanker(Recommender):
         user_items = data.user_items if user_items is None else user_items
         binary = (data.user_items > 0).astype(np.float32)
         item_popularity = np.asarray(binary.sum(axis=0)).ravel() / max(data.n_users, 1)
-        user_binary = (user_items > 0).astype(np.float32)
+        # The user's own features come from the data the generators were fitted on (``user_items`` may
+        # be a narrower filter, e.g. purchases only).
+        user_binary = binary
         user_counts = np.asarray(user_binary.sum(axis=1)).ravel()
         user_log_items = np.log1p(user_counts)
         log_popularity = np.log(item_popularity + 1.0 / max(data.n_users, 1))

@@ -4,6 +4,7 @@ evidence, generated looks' nearest items, popularity for users without history, 
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import asdict, dataclass, field
 
@@ -17,8 +18,10 @@ from visrec.ingest.features import interactions_current
 from visrec.mlops import registry
 from visrec.recsys.baselines import PopularityCounts, Recommender, SegmentPopularity
 from visrec.recsys.data import TrainData, full_data, item_categories, purchased_matrix, snapshot_data
+from visrec.recsys.ranker import CandidateRanker
 from visrec.recsys.rules import cap_per_category
 from visrec.recsys.train import MODEL_NAME, FactorScorer, MFConfig, champion_scorer, serving
+from visrec.recsys.train_ranker import champion_ranker, ranker_on
 from visrec.settings import Settings
 from visrec.store.forgotten import forgotten_users
 from visrec.store.lake import Lake
@@ -39,41 +42,56 @@ def score_all_users(
     exclude: list[str] | None = None,
     model_version: str = "",
     source: str = "mf",
+    reason: str | list[str] = "model",
     chunk: int = 2048,
 ) -> pa.Table:
     """Top ``k`` for every user in chunks of ``chunk`` users: already-bought and excluded items
     filtered, at most ``max_per_category`` items of one category per list (greedy over 3k
-    candidates). A user's list depends on that user alone, not on the others scored with it."""
+    candidates). A user's list depends on that user alone, not on the others scored with it.
+    ``reason``: each row's ``reason`` (one for all, or one per user of ``data``); a model that gives
+    its own per item (``recommend_with_reasons``: the ranker's proposing generator) overrides it."""
     item_index = {i: n for n, i in enumerate(data.item_ids)}
     filter_items = np.array([item_index[i] for i in (exclude or []) if i in item_index], dtype=np.int64)
     cats = np.array(categories)
-    users_out, ranks, items_out, scores_out = [], [], [], []
+    users_out, ranks, items_out, scores_out, reasons_out = [], [], [], [], []
+    per_user = [reason] * data.n_users if isinstance(reason, str) else list(reason)
+    explains = hasattr(model, "recommend_with_reasons")
 
-    def pick(ids: np.ndarray, scores: np.ndarray) -> tuple[list[int], list[float]]:
+    def pick(
+        ids: np.ndarray, scores: np.ndarray, why: np.ndarray
+    ) -> tuple[list[int], list[float], list[str]]:
         positions = cap_per_category(ids, cats, k, max_per_category)
-        return [int(ids[p]) for p in positions], [float(scores[p]) for p in positions]
+        return (
+            [int(ids[p]) for p in positions],
+            [float(scores[p]) for p in positions],
+            [str(why[p]) for p in positions],
+        )
 
     for start in range(0, data.n_users, chunk):
         users = np.arange(start, min(start + chunk, data.n_users))
-        picked: dict[int, tuple[list[int], list[float]]] = {}
+        picked: dict[int, tuple[list[int], list[float], list[str]]] = {}
         todo, depth = users, k if max_per_category is None else min(3 * k, data.n_items)
         # The category cap can skip many candidates: users left short are asked again, deeper.
         while len(todo):
-            ids, scores = model.recommend(
+            asked = model.recommend_with_reasons if explains else model.recommend
+            answer = asked(
                 todo, purchased, N=depth, filter_already_liked_items=True, filter_items=filter_items
             )
+            ids, scores = answer[0], answer[1]
             short = []
             for row, user in enumerate(todo):
-                picked[user] = pick(ids[row], scores[row])
+                why = answer[2][row] if explains else np.full(depth, per_user[user], object)
+                picked[user] = pick(ids[row], scores[row], why)
                 if len(picked[user][0]) < k and depth < data.n_items and ids[row, -1] >= 0:
                     short.append(user)
             todo, depth = np.array(short, dtype=np.int64), min(4 * depth, data.n_items)
         for user in users:
-            chosen, chosen_scores = picked[user]
+            chosen, chosen_scores, chosen_reasons = picked[user]
             users_out.extend([data.user_ids[user]] * len(chosen))
             ranks.extend(range(1, len(chosen) + 1))
             items_out.extend(data.item_ids[i] for i in chosen)
             scores_out.extend(chosen_scores)
+            reasons_out.extend(chosen_reasons)
     return pa.table(
         {
             "user_id": users_out,
@@ -81,6 +99,7 @@ def score_all_users(
             "item_id": items_out,
             "score": pa.array(scores_out, pa.float32()),
             "source": [source] * len(users_out),
+            "reason": pa.array(reasons_out, pa.string()),
             "model_version": [model_version] * len(users_out),
         }
     )
@@ -173,6 +192,28 @@ class ScoredPart:
     summary: ScoreSummary
 
 
+class _RankerRows(Recommender):
+    """The served ranker for one group of users: the group's rows are rows ``index`` of the data its
+    generators were fitted on, and ``purchased`` (that data's) is what it filters."""
+
+    def __init__(self, ranker: CandidateRanker, index: np.ndarray, purchased: sp.csr_matrix):
+        self.ranker, self.index, self.purchased = ranker, index, purchased
+
+    def recommend_with_reasons(
+        self, userids, user_items, N=10, filter_already_liked_items=True, filter_items=None
+    ):
+        rows = self.index[np.asarray(userids, np.int64)]
+        return self.ranker.recommend_with_reasons(
+            rows, self.purchased, N, filter_already_liked_items, filter_items
+        )
+
+    def recommend(self, userids, user_items, N=10, filter_already_liked_items=True, filter_items=None):
+        ids, scores, _ = self.recommend_with_reasons(
+            userids, user_items, N, filter_already_liked_items, filter_items
+        )
+        return ids, scores
+
+
 @dataclass
 class ScoreGroup:
     """Scoring one group of users (one model, one ``source``) of one shard. ``looks``: the generated
@@ -187,6 +228,7 @@ class ScoreGroup:
     exclude: list[str]
     version: str
     source: str
+    reason: str | list[str] = "model"  # per row of ``recommendations``: see score_all_users
     looks: pa.Table | None = None
     looks_version: str = ""
     slots: int = 0
@@ -205,6 +247,7 @@ class ScoreGroup:
             exclude=self.exclude,
             model_version=self.version,
             source=self.source,
+            reason=self.reason,
             chunk=self.CHUNK,
         )
         if self.looks is not None and self.looks.num_rows and table.num_rows:
@@ -251,6 +294,10 @@ class _Scoring:
     # Read the users' (user, item) pairs from the day's ``interactions`` snapshot (current: see
     # ``interactions_current``), not their whole event history.
     from_snapshot: bool = False
+    # The champion ranker (generators unfitted: small) and its version, when it serves users with
+    # history instead of the factor model; each job fits its generators on the job's data.
+    ranker: CandidateRanker | None = None
+    ranker_version: str = ""
 
     def jobs(
         self,
@@ -337,6 +384,11 @@ class _Scoring:
         widen = (
             looks is not None and looks.num_rows > 0 and settings.generated_slots > 0 and scorer is not None
         )
+        ranked = None
+        if self.ranker is not None:  # it ranks everyone with history; photos and looks do not enter
+            ranked = ranker_on(copy.deepcopy(self.ranker), everyone, lake, ds)
+            known = np.diff(everyone.user_items.indptr) > 0
+            model_version, widen = self.ranker_version, False
         groups = (
             (known, aligned, "mf", model_version),
             (~known & has_photos, None, "photo", f"{model_version}+{photo_version}"),
@@ -356,7 +408,15 @@ class _Scoring:
             )
             if source == "popular":
                 model = popular.for_users([segments[i] for i in index])
+                reason = [f"popular:{segments[i]}" if segments[i] else "popular" for i in index]
+            elif source == "mf" and ranked is not None:
+                model, reason = _RankerRows(ranked, index, purchased), "ranker"
             else:
+                reason = (
+                    "photos"
+                    if source == "photo"
+                    else ["model+photos" if has_photos[i] else "model" for i in index]
+                )
                 base = base.aligned(sub.user_ids, sub.item_ids) if base is not None else None
                 model = PhotoBlend(base, vectors[index], has_photos[index], data.item_features, weight)
             jobs.append(
@@ -370,6 +430,7 @@ class _Scoring:
                     exclude=self.exclude,
                     version=version,
                     source=source,
+                    reason=reason,
                     looks=looks if widen and source == "mf" else None,
                     looks_version=self.looks_version,
                     slots=settings.generated_slots,
@@ -442,6 +503,7 @@ def score_users(
     features_ds: str | None = None,
     spark=None,
     shards: int = 8,
+    serve_ranker: bool = True,
 ) -> ScoreSummary:
     """Recommendations for every user as of ``ds`` -> ``recommendations``; returns what was written.
     With ``spark``, the users are scored in ``shards`` shards by Spark tasks that read their users'
@@ -450,7 +512,9 @@ def score_users(
     model off the driver); the champion when None.
 
     Users the champion recommender knows: its scores, blended with their photos' visual evidence when
-    they uploaded any (``source='mf'``); when the day has generated looks for them, real items nearest
+    they uploaded any (``source='mf'``); where ``visrec-ranker`` has a champion (and ``serve_ranker``,
+    in one process: Spark shards serve the factor champion), every user with history gets the ranker's
+    lists instead, each row's ``reason`` the generator that proposed the item; when the day has generated looks for them, real items nearest
     those looks take the last places (``source='generated'``, see ``add_generated_candidates``).
     Users whose only signal is uploads: ranked by how close items look to their photos
     (``source='photo'``). Everyone else: what is popular lately among users of their segment, or
@@ -468,6 +532,15 @@ def score_users(
             )
     if isinstance(scorer, ScorerRef) and spark is None:
         scorer = scorer.load(settings)
+    ranker = champion_ranker(settings) if serve_ranker else None
+    if ranker is not None and spark is not None:
+        log.warning(
+            "ranker %s is served by in-process scoring only: these Spark shards serve the factor champion",
+            ranker[1],
+        )
+        ranker = None
+    if ranker is not None:
+        log.info("scoring %s: users with history get the lists of the ranker %s", ds, ranker[1])
     # The day's pairs are its events' pairs, one row each, unless a day was ingested again after them.
     snapshot = interactions_current(lake, ds)
     log.info("scoring %s from %s", ds, "its interactions snapshot" if snapshot else "the event history")
@@ -480,6 +553,7 @@ def score_users(
         features_ds or ds,
         config.max_per_category,
         snapshot,
+        *(ranker or (None, "")),
     )
     if spark is None:
         jobs, _ = scoring.jobs(lake, (0, 1))
@@ -527,8 +601,10 @@ def add_generated_candidates(
     user_pos = {u: k for k, u in enumerate(data.user_ids)}
     item_pos = {i: k for k, i in enumerate(data.item_ids)}
     nearest: dict[str, list[list[str]]] = {}
+    look_rank: dict[str, list[int]] = {}
     for row in sorted(looks.to_pylist(), key=lambda r: (r["user_id"], r["rank"])):
         nearest.setdefault(row["user_id"], []).append(list(row["nearest_item_ids"]))
+        look_rank.setdefault(row["user_id"], []).append(row["rank"])
     touched = frame["user_id"].isin(nearest.keys())
     parts, widened = [frame[~touched]], 0
     for user, rows in frame[touched].groupby("user_id", sort=False):
@@ -542,9 +618,15 @@ def add_generated_candidates(
         tail = rows.iloc[max(len(rows) - slots, 0) :]  # the places a generated item may take, last first
         given_up = 0
         scores = model.score(np.array([u]))[0]
-        picks: list[tuple[str, float]] = []
+        picks: list[tuple[str, float, int]] = []
         depth = max(map(len, nearest[user]))
-        for item in (lst[d] for d in range(depth) for lst in nearest[user] if d < len(lst)):
+        candidates = (
+            (lst[d], look)
+            for d in range(depth)
+            for lst, look in zip(nearest[user], look_rank[user], strict=True)
+            if d < len(lst)
+        )
+        for item, look in candidates:
             if given_up == len(tail):
                 break
             pos = item_pos.get(item)
@@ -565,7 +647,7 @@ def add_generated_candidates(
                 continue
             per_category[out_category] -= 1
             per_category[categories[pos]] += 1
-            picks.append((item, float(scores[pos])))
+            picks.append((item, float(scores[pos]), look))
             listed.add(item)
             given_up += 1
         if not picks:
@@ -576,9 +658,10 @@ def add_generated_candidates(
             {
                 "user_id": user,
                 "rank": 0,
-                "item_id": [i for i, _ in picks],
-                "score": np.array([s for _, s in picks], np.float32),
+                "item_id": [i for i, _, _ in picks],
+                "score": np.array([s for _, s, _ in picks], np.float32),
                 "source": "generated",
+                "reason": [f"generated_look:{look}" for _, _, look in picks],
                 "model_version": version,
             }
         )

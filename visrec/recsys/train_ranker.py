@@ -12,16 +12,21 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import pickle
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from visrec.mlops import registry
-from visrec.mlops.tracking import tracked_run
+from visrec.mlops.tracking import tracked_run, use_tracking
 from visrec.mlops.validation import TableValidator
 from visrec.recsys.baselines import EASE, EASE_MAX_ITEMS, ItemCF, Popularity, VisualNeighbours, VisualProfile
+from visrec.recsys.candidates import merge, recall_at
 from visrec.recsys.data import TrainData, build_split, full_data, item_categories, item_prices
+from visrec.recsys.metrics import users_with
 from visrec.recsys.ranker import MODEL_NAME, CandidateRanker, Generator
 from visrec.recsys.train import fit_and_evaluate, promotion_gate
 from visrec.settings import Settings
@@ -30,6 +35,9 @@ from visrec.store.schemas import RANKER_TRAINING
 from visrec.store.tables import load_events
 
 log = logging.getLogger(__name__)
+
+SERVING_ARTIFACT = "ranker.pkl"
+CANDIDATE_DEPTHS = (50, 100, 200)  # each generator's candidate recall is reported at these depths
 
 
 @dataclass
@@ -129,12 +137,29 @@ def train_ranker(
         ranker = make()
         metrics, per_user = {}, {}
         metrics["ranker"], per_user["ranker"] = fit_and_evaluate(ranker.on(validation), split, k)
+        users = users_with(split.relevant)
+        relevant = [split.relevant[u] for u in users]
+        proposals = []
         for g in ranker.generators:
-            metrics[g.name], per_user[g.name] = fit_and_evaluate(copy.deepcopy(g.model), split, k)
+            alone = copy.deepcopy(g.model)
+            metrics[g.name], per_user[g.name] = fit_and_evaluate(alone, split, k)
+            # Its recall among its best N: the ceiling a ranker over its candidates could reach.
+            ids, _ = alone.recommend(users, split.train.user_items, N=max(CANDIDATE_DEPTHS))
+            for depth in CANDIDATE_DEPTHS:
+                metrics[g.name][f"candidate_recall_at_{depth}"] = float(
+                    recall_at(ids[:, :depth], relevant).mean()
+                )
+            proposals.append(ids[:, : g.n])
+        union = merge([p for p in proposals if p.shape[1]])
+        metrics["ranker"]["candidate_recall"] = float(recall_at(union, relevant).mean())
+        metrics["ranker"]["candidates_per_user"] = float(np.mean([len(row) for row in union]))
         singles = [g.name for g in ranker.generators]
         best = max(singles, key=lambda name: metrics[name][gate])
         rivals = {f"best single ({best})": per_user[best], "popularity": per_user["popularity"]}
         promote, verdict = promotion_gate(per_user["ranker"], rivals, gate, settings.seed)
+        if settings.ranker_promotion != "gate":
+            promote = settings.ranker_promotion == "always"
+            verdict = f"{'promoted' if promote else 'kept out'} by VISREC_RANKER_PROMOTION; the gate says: {verdict}"
         importance = ranker.feature_importance()
         shares = (importance / max(float(importance.sum()), 1e-12)).round(4).to_dict()
         table = training_table(ranker, validation.train)
@@ -152,7 +177,7 @@ def train_ranker(
         result = RankerResult(True, verdict, metrics, shares, table.num_rows, ranker=production)
         if register:
             result.version, result.promoted, result.reason = _register(
-                ranker, production, metrics, shares, design, (promote, verdict)
+                ranker, production, make(), metrics, shares, design, (promote, verdict)
             )
     log.info("ranker %s: %s; %s", ds, {n: round(m[gate], 4) for n, m in metrics.items()}, result.reason)
     return result
@@ -161,13 +186,15 @@ def train_ranker(
 def _register(
     evaluated: CandidateRanker,
     production: CandidateRanker,
+    unfitted: CandidateRanker,
     metrics: dict[str, dict[str, float]],
     importance: dict[str, float],
     design: str,
     decision: tuple[bool, str],
 ) -> tuple[str, bool, str]:
     """Log the training to the active MLflow run and register the production ranker's booster (with
-    its signature and an input example of real candidate rows) behind the gate's ``decision``."""
+    its signature and an input example of real candidate rows) behind the gate's ``decision``; beside
+    it, ``unfitted`` (the same design, generators not fitted) carrying that booster, for scoring."""
     import mlflow.lightgbm
     from mlflow.models import infer_signature
 
@@ -190,5 +217,35 @@ def _register(
     info = mlflow.lightgbm.log_model(
         production.booster, name="ranker", signature=signature, input_example=example
     )
+    # What scoring loads: the learned ordering with the generators unfitted (it refits them on the
+    # night's data, see CandidateRanker.serve_on), small whatever the catalog's size.
+    unfitted.booster, unfitted.best_iteration = production.booster, production.best_iteration
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / SERVING_ARTIFACT
+        path.write_bytes(pickle.dumps(unfitted))
+        mlflow.log_artifact(str(path), "serving")
     registration = registry.register_decided(info.model_uri, MODEL_NAME, promote, verdict)
     return f"{MODEL_NAME}/{registration.version}", promote, registration.reason
+
+
+def champion_ranker(settings: Settings) -> tuple[CandidateRanker, str] | None:
+    """The ``visrec-ranker`` champion as scoring loads it (its generators unfitted: see
+    :meth:`CandidateRanker.serve_on`) and its ``name/version``; None without a champion."""
+    import mlflow
+
+    use_tracking(settings)
+    current = registry.champion(MODEL_NAME)
+    if current is None:
+        return None
+    path = mlflow.artifacts.download_artifacts(
+        run_id=current.run_id, artifact_path=f"serving/{SERVING_ARTIFACT}"
+    )
+    return pickle.loads(Path(path).read_bytes()), f"{MODEL_NAME}/{current.version}"
+
+
+def ranker_on(ranker: CandidateRanker, data: TrainData, lake: Lake, ds: str) -> CandidateRanker:
+    """``ranker`` ready to recommend for ``data`` as of ``ds``: its generators fitted on ``data``, the
+    catalog's categories and prices of ``data``'s items for its features."""
+    categories = item_categories(lake, ds, data.item_ids) if ranker.item_categories is not None else None
+    values = {"price": item_prices(lake, ds, data.item_ids)} if ranker.item_values else None
+    return ranker.serve_on(data, categories, values)

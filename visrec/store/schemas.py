@@ -135,6 +135,10 @@ RECOMMENDATIONS = pa.schema(
         pa.field("item_id", pa.string(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
+        # Why this item: "model" (the factor champion's score; "model+photos" with the user's photos
+        # blended in), the ranker's proposing generator (e.g. "item_cf", "visual_neighbours"),
+        # "photos", "popular:<segment>", "generated_look:<rank of the look>".
+        pa.field("reason", pa.string(), nullable=False),
         pa.field("model_version", pa.string(), nullable=False),
     ]
 )
