@@ -108,6 +108,18 @@ def test_recommendations_are_new_candidates_best_first_with_their_reason(split):
         assert real.sum() == len(proposals["item_cf"] | proposals["popularity"])
 
 
+def test_its_score_of_every_item_orders_its_candidates_as_its_lists_do(split, fitted):
+    users = np.arange(12)
+    ids, scores = fitted.recommend(users, split.train.user_items, N=10)
+    every = fitted.score(users)
+    np.testing.assert_allclose(np.take_along_axis(every, ids, axis=1), scores, rtol=1e-5)
+    # Items no generator proposed are scored too (a caller may place them); liked ones are not.
+    for row, u in enumerate(users):
+        liked = split.train.user_items[u].indices
+        assert np.isneginf(every[row, liked]).all()
+        assert np.isfinite(np.delete(every[row], liked)).all()
+
+
 def test_serving_uses_generators_refitted_on_all_the_data(split, fitted):
     """The ranker learns on the validation part, but serves from generators fitted on everything."""
     users = np.arange(10)

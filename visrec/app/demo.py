@@ -145,12 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"              scoring serves {served}")
     ranker = summaries.get(steps.train_ranker.__name__, {})
     if ranker.get("trained"):
-        gate, values = next((k, v) for k, v in ranker["metrics"].items() if k != "importance")
-        recalls = ", ".join(f"{name} {value:.3f}" for name, value in values.items())
-        top = ", ".join(
-            f"{name} {share:.2f}" for name, share in list(ranker["metrics"]["importance"].items())[:3]
+        metrics = ranker["metrics"]  # handed over as JSON: its keys come back sorted
+        gate = next(key for key in metrics if key.startswith("recall_at_"))
+        recalls = ", ".join(f"{name} {value:.3f}" for name, value in metrics[gate].items())
+        leading = sorted(metrics["importance"].items(), key=lambda kv: -kv[1])[:3]
+        print(f"ranker:       {gate} {recalls}")
+        print(
+            f"              leading features (share of gain): {', '.join(f'{n} {v:.2f}' for n, v in leading)}"
         )
-        print(f"ranker:       {gate} {recalls}; top features (share of gain) {top}")
         print(f"              {ranker['reason']}")
     elif ranker:
         print(f"ranker:       not trained: {ranker['reason']}")

@@ -285,6 +285,21 @@ class CandidateRanker(Recommender):
                 offset += size
         return ids, scores, reasons
 
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        """The learned ordering's score of every item each user has not interacted with, proposed by a
+        generator or not (-inf for the others, whose features are not defined: the features are the
+        ones its lists are ranked by): what a caller that places items of its own in a list compares
+        (e.g. the items nearest a user's generated looks)."""
+        if self.booster is None:
+            raise RuntimeError("fit the ranker first")
+        userids = np.asarray(userids, np.int64)
+        out = np.full((len(userids), self.data.n_items), -np.inf, np.float32)
+        chunks = self._candidate_chunks(self.generators, self.data, userids, every_item=True)
+        for start, table in zip(range(0, len(userids), self.chunk_size), chunks, strict=True):
+            rows = start + np.repeat(np.arange(len(table.group_sizes)), table.group_sizes)
+            out[rows, table.items] = self.booster.predict(table.features, num_iteration=self.best_iteration)
+        return out
+
     def serve_on(
         self,
         data: TrainData,
@@ -336,9 +351,11 @@ class CandidateRanker(Recommender):
         user_items: sp.csr_matrix | None = None,
         filter_already_liked_items: bool = True,
         filter_items: np.ndarray | None = None,
+        every_item: bool = False,
     ) -> Iterator[Candidates]:
         """Candidates and their features for ``userids``, one chunk of ``chunk_size`` users at a time
-        (in order); the catalog's statistics are computed once, before the first."""
+        (in order); the catalog's statistics are computed once, before the first. ``every_item``:
+        rows for every item not filtered, proposed or not (what :meth:`score` predicts on)."""
         user_items = data.user_items if user_items is None else user_items
         binary = (data.user_items > 0).astype(np.float32)
         item_popularity = np.asarray(binary.sum(axis=0)).ravel() / max(data.n_users, 1)
@@ -392,7 +409,7 @@ class CandidateRanker(Recommender):
                     top = rank < g.n
                     proposed += top
                     first = np.where((first < 0) & top, index, first)
-            rows, cols = np.nonzero((first >= 0) & ~blocked)
+            rows, cols = np.nonzero(((first >= 0) | every_item) & ~blocked)
             columns = {}
             for g in generators:
                 s, rank, best, mean, std = dense[g.name]

@@ -207,6 +207,9 @@ class _RankerRows(Recommender):
             rows, self.purchased, N, filter_already_liked_items, filter_items
         )
 
+    def score(self, userids: np.ndarray) -> np.ndarray:
+        return self.ranker.score(self.index[np.asarray(userids, np.int64)])
+
     def recommend(self, userids, user_items, N=10, filter_already_liked_items=True, filter_items=None):
         ids, scores, _ = self.recommend_with_reasons(
             userids, user_items, N, filter_already_liked_items, filter_items
@@ -382,15 +385,18 @@ class _Scoring:
             looks = in_shard(lake.read_table("generated_looks", ds), shard)
         # Generated looks reach a user through the recommender's visual taste: none without a champion.
         widen = (
-            looks is not None and looks.num_rows > 0 and settings.generated_slots > 0 and scorer is not None
+            looks is not None
+            and looks.num_rows > 0
+            and settings.generated_slots > 0
+            and (scorer is not None or self.ranker is not None)
         )
-        ranked = None
-        if self.ranker is not None:  # it ranks everyone with history; photos and looks do not enter
+        ranked, list_version = None, model_version
+        if self.ranker is not None:  # it ranks everyone with history (photos do not enter its lists)
             ranked = ranker_on(copy.deepcopy(self.ranker), everyone, lake, ds)
             known = np.diff(everyone.user_items.indptr) > 0
-            model_version, widen = self.ranker_version, False
+            list_version = self.ranker_version
         groups = (
-            (known, aligned, "mf", model_version),
+            (known, aligned, "mf", list_version),
             (~known & has_photos, None, "photo", f"{model_version}+{photo_version}"),
             (~known & ~has_photos, popular, "popular", "popularity-by-segment"),
         )
