@@ -134,7 +134,12 @@ def test_dag_parses_cheaply_with_the_expected_shape(tmp_path):
     }
     # And the declaration says what the DAG's operators need: a few edges a reader can check.
     assert BY_NAME["build_features"].upstream == ("ingest_events",)
-    assert BY_NAME["score"].upstream == ("generate_looks", "recognise_user_photos", "train_mf")
+    assert BY_NAME["score"].upstream == (
+        "generate_looks",
+        "recognise_user_photos",
+        "train_mf",
+        "train_ranker",
+    )
     assert set(BY_NAME["report"].upstream) == set(NAMES) - {"report"}
     assert {s.name for s in STEPS if s.queue == "training"} == {
         "train_cnn",

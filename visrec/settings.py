@@ -191,7 +191,8 @@ class Settings(BaseSettings):
     ranker_promotion: Literal["gate", "always", "never"] = Field(
         "gate",
         description="gate: a new ranker becomes champion (and scoring serves it) only if its lists clearly beat "
-        "the best single generator and popularity; always: every new one does; never: none does",
+        "the best single generator, popularity and the served recommender; always: every new one does; "
+        "never: none does",
     )
     mf_factors: int = Field(32, ge=1, le=1024, description="recommender default: collaborative factors")
     mf_visual_factors: int = Field(

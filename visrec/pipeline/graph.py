@@ -106,8 +106,8 @@ _NIGHT: tuple[Step, ...] = (
     Step(
         "train_ranker",
         "learn the second-stage ranker over the candidate generators -> ranker_training; register it "
-        "behind the gate",
-        follows=("build_features", "embed_items"),
+        "behind the gate (beat the best generator, popularity and the served recommender)",
+        follows=("train_mf",),  # its gate compares with the recommender train_mf leaves serving
         reads=("events", "item_embeddings"),
         writes=("ranker_training",),
         queue="training",
@@ -131,7 +131,8 @@ _NIGHT: tuple[Step, ...] = (
         "score",
         "top-K for every user with the champion recommender -> recommendations",
         takes={"mf": "train_mf", "looks": "generate_looks"},
-        follows=("recognise_user_photos",),
+        # train_ranker: scoring serves the ranker champion tonight's training leaves, not yesterday's.
+        follows=("recognise_user_photos", "train_ranker"),
         reads=("events", "user_profiles", "item_embeddings"),
         writes=("recommendations",),
         changes_published=True,

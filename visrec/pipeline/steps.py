@@ -371,7 +371,8 @@ def train_mf(ds: str, settings: Settings, lake: Lake, config: dict | None = None
 def train_ranker(ds: str, settings: Settings, lake: Lake) -> Summary:
     """Learn the second-stage ranker over the candidate generators on the validation design, judge it
     beside each generator alone, write its training set to ``ranker_training`` and register it behind
-    the gate (champion only if it beats the best single generator and popularity)."""
+    the gate (champion only if it beats the best single generator, popularity and the served
+    recommender)."""
     if (done := _trained_already(settings, lake, ds, "train_ranker")) is not None:
         return done
     result = _validated(

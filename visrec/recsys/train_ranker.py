@@ -2,9 +2,9 @@
 selection's validation design, judge it on the test window beside every generator alone, write what it
 learned from to the lake, register ``visrec-ranker`` behind the promotion gate.
 
-The ranker is a champion only when its lists beat both the best single generator and popularity on
-the same test users by a paired bootstrap's 95% interval: a second stage that adds cost without a
-measured gain stays a challenger.
+The ranker is a champion only when its lists beat the best single generator, popularity and the
+``visrec-mf`` champion (whose lists it would replace) on the same test users by a paired bootstrap's
+95% interval: a second stage that adds cost without a measured gain stays a challenger.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from visrec.recsys.candidates import merge, recall_at
 from visrec.recsys.data import TrainData, build_split, full_data, item_categories, item_prices
 from visrec.recsys.metrics import users_with
 from visrec.recsys.ranker import MODEL_NAME, CandidateRanker, Generator
-from visrec.recsys.train import fit_and_evaluate, promotion_gate
+from visrec.recsys.train import champion_scorer, fit_and_evaluate, promotion_gate
 from visrec.settings import Settings
 from visrec.store.lake import Lake
 from visrec.store.schemas import RANKER_TRAINING
@@ -103,7 +103,8 @@ def train_ranker(
     """Learn the ranker on the validation design as of ``ds`` (:func:`validation_design`), measure it
     and every generator alone on the test window (Recall@``VISREC_EVAL_K``), write its training set to
     ``ranker_training``, refit it on all the data and register it as ``visrec-ranker``: champion only if
-    it beats the best single generator and popularity (:func:`promotion_gate`). ``validator``: checks the
+    it beats the best single generator, popularity and the ``visrec-mf`` champion it would replace in
+    scoring (:func:`promotion_gate`). ``validator``: checks the
     training set before it is written."""
     import mlflow
     from visrec.recsys.select import validation_design
@@ -156,6 +157,11 @@ def train_ranker(
         singles = [g.name for g in ranker.generators]
         best = max(singles, key=lambda name: metrics[name][gate])
         rivals = {f"best single ({best})": per_user[best], "popularity": per_user["popularity"]}
+        # And the recommender scoring serves today, whose lists the ranker's would replace: the
+        # champion's evaluation model (trained before its own cut) on the same window, as train_mf does.
+        served = champion_scorer(settings, artifact="eval_factors.npz") if register else None
+        if served is not None:
+            metrics["served"], rivals[f"served {served.version}"] = fit_and_evaluate(served, split, k)
         promote, verdict = promotion_gate(per_user["ranker"], rivals, gate, settings.seed)
         if settings.ranker_promotion != "gate":
             promote = settings.ranker_promotion == "always"
