@@ -668,6 +668,10 @@ def test_when_ease_wins_the_selection_it_is_registered_and_serves(shop, tmp_path
     recs = lake.read_table("recommendations", LAST).to_pandas()
     assert scored.rows == len(recs) > 0 and (recs.groupby("user_id").size() == 10).all()
     assert "visrec-mf/1" in set(recs["model_version"])
+    # The ranker's gate also asks the served champion, by its evaluation model on the same window.
+    ranked = train_ranker(settings.with_overrides(ranker_promotion="gate"), LAST, lake=lake)
+    assert "served" in ranked.metrics and "vs served visrec-mf/1" in ranked.reason
+    assert ranked.promoted == ("not clearly beaten" not in ranked.reason)
 
 
 def test_the_nightly_ranker_is_judged_beside_its_generators_and_leaves_its_training_set(shop, tmp_path):

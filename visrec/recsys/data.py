@@ -238,13 +238,16 @@ def item_categories(lake: Lake, ds: str, item_ids: list[str]) -> list[str]:
     return [category.get(i, "") for i in item_ids]
 
 
-def item_prices(lake: Lake, ds: str, item_ids: list[str]) -> np.ndarray:
+def item_prices(lake: Lake, ds: str, item_ids: list[str], events: pd.DataFrame | None = None) -> np.ndarray:
     """Each item's price: the catalog's, else the mean over its events up to ``ds`` that carried one
-    (NaN where neither says)."""
+    (NaN where neither says). ``events``: those events already loaded, with their ``price`` column
+    (:func:`visrec.store.tables.load_events` with ``columns``), so they are not read again."""
     catalog, _ = read_catalog(lake)
     listed = catalog.select(["item_id", "price"]).to_pandas().dropna().drop_duplicates("item_id")
-    table = lake.read_table("events", [d for d in lake.partitions("events") if d <= ds])
-    paid = table.select(["item_id", "price"]).to_pandas().dropna().groupby("item_id")["price"].mean()
+    if events is None:
+        table = lake.read_table("events", [d for d in lake.partitions("events") if d <= ds])
+        events = table.select(["item_id", "price"]).to_pandas()
+    paid = events[["item_id", "price"]].dropna().groupby("item_id")["price"].mean()
     price = listed.set_index("item_id")["price"].combine_first(paid)
     return price.reindex(item_ids).to_numpy(np.float64)
 

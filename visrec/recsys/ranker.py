@@ -139,6 +139,11 @@ class CandidateRanker(Recommender):
         self.eval_ndcg: float | None = None
 
     @property
+    def generator_names(self) -> np.ndarray:
+        """The generators' names in order (what ``proposed_by`` and ``reason`` index)."""
+        return np.array([g.name for g in self.generators], object)
+
+    @property
     def feature_names(self) -> list[str]:
         per_generator = [f"{g.name}_{kind}" for g in self.generators for kind in self.generator_features]
         category = ["category_affinity"] if self.item_categories is not None else []
@@ -209,7 +214,7 @@ class CandidateRanker(Recommender):
         )
         self.best_iteration = int(self.booster.best_iteration or self.max_rounds)
         self.eval_ndcg = float(self.booster.best_score["held_out_users"]["ndcg@10"])
-        names = np.array([g.name for g in self.generators], object)
+        names = self.generator_names
         self.training_table = frame.assign(
             user=table.users[keep_rows],
             item=table.items[keep_rows],
@@ -269,7 +274,7 @@ class CandidateRanker(Recommender):
         ids = np.full((len(userids), N), -1, np.int64)
         scores = np.full((len(userids), N), -np.inf, np.float32)
         reasons = np.full((len(userids), N), "", object)
-        names = np.array([g.name for g in self.generators], object)
+        names = self.generator_names
         chunks = self._candidate_chunks(
             self.generators, self.data, userids, user_items, filter_already_liked_items, filter_items
         )

@@ -392,7 +392,7 @@ class _Scoring:
         )
         ranked, list_version = None, model_version
         if self.ranker is not None:  # it ranks everyone with history (photos do not enter its lists)
-            ranked = ranker_on(copy.deepcopy(self.ranker), everyone, lake, ds)
+            ranked = ranker_on(copy.deepcopy(self.ranker), everyone, lake, ds, categories)
             known = np.diff(everyone.user_items.indptr) > 0
             list_version = self.ranker_version
         groups = (

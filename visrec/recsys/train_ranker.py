@@ -32,7 +32,7 @@ from visrec.recsys.train import champion_scorer, fit_and_evaluate, promotion_gat
 from visrec.settings import Settings
 from visrec.store.lake import Lake
 from visrec.store.schemas import RANKER_TRAINING
-from visrec.store.tables import load_events
+from visrec.store.tables import EVENT_COLUMNS, load_events
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def train_ranker(
     from visrec.recsys.select import validation_design
 
     lake = lake or Lake.from_settings(settings)
-    events = load_events(lake, ds)
+    events = load_events(lake, ds, columns=(*EVENT_COLUMNS, "price"))
     split = build_split(settings, lake, ds, events)
     validation, design = validation_design(settings, split, ds)
     if validation is None:
@@ -118,7 +118,7 @@ def train_ranker(
         return RankerResult(False, f"no validation design: {design}")
     k, gate = settings.eval_k, f"recall_at_{settings.eval_k}"
     categories = item_categories(lake, ds, split.train.item_ids)
-    prices = item_prices(lake, ds, split.train.item_ids)
+    prices = item_prices(lake, ds, split.train.item_ids, events)
     values = {"price": prices} if np.isfinite(prices).any() else None
 
     def make() -> CandidateRanker:
@@ -249,9 +249,15 @@ def champion_ranker(settings: Settings) -> tuple[CandidateRanker, str] | None:
     return pickle.loads(Path(path).read_bytes()), f"{MODEL_NAME}/{current.version}"
 
 
-def ranker_on(ranker: CandidateRanker, data: TrainData, lake: Lake, ds: str) -> CandidateRanker:
+def ranker_on(
+    ranker: CandidateRanker, data: TrainData, lake: Lake, ds: str, categories: list[str] | None = None
+) -> CandidateRanker:
     """``ranker`` ready to recommend for ``data`` as of ``ds``: its generators fitted on ``data``, the
-    catalog's categories and prices of ``data``'s items for its features."""
-    categories = item_categories(lake, ds, data.item_ids) if ranker.item_categories is not None else None
+    catalog's categories (``categories`` when the caller has read them) and prices of ``data``'s items
+    for its features."""
+    if ranker.item_categories is None:
+        categories = None
+    elif categories is None:
+        categories = item_categories(lake, ds, data.item_ids)
     values = {"price": item_prices(lake, ds, data.item_ids)} if ranker.item_values else None
     return ranker.serve_on(data, categories, values)

@@ -16,12 +16,17 @@ from PIL import Image
 
 from visrec.store.lake import Lake, PartitionNotFound
 
+EVENT_COLUMNS = ("user_id", "item_id", "event_type", "ts")
 
-def load_events(lake: Lake, ds: str, shard: tuple[int, int] | None = None) -> pd.DataFrame:
+
+def load_events(
+    lake: Lake, ds: str, shard: tuple[int, int] | None = None, columns: tuple[str, ...] = EVENT_COLUMNS
+) -> pd.DataFrame:
     """Clean events of every partition up to ``ds`` (later partitions are not read); with ``shard``
-    ``(s, n)``, only the events of the users in shard ``s`` of ``n`` (see :func:`user_shards`)."""
+    ``(s, n)``, only the events of the users in shard ``s`` of ``n`` (see :func:`user_shards`);
+    ``columns``: which of the events table's columns to keep."""
     table = lake.read_table("events", [d for d in lake.partitions("events") if d <= ds])
-    table = table.select(["user_id", "item_id", "event_type", "ts"])
+    table = table.select(list(columns))
     return (in_shard(table, shard) if shard else table).to_pandas()
 
 
