@@ -28,6 +28,7 @@ BENCHES = (
     "backfill",
     "cnn",
     "cnn_profile",
+    "cnn_warm",
     "mf",
     "mf_speed",
     "mf_hm",

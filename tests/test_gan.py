@@ -232,3 +232,38 @@ def test_minibatch_discrimination_sees_copies_within_a_category_only():
     np.testing.assert_allclose(closeness[5], 0.0)
     clone = Discriminator.from_config(critic.get_config())
     assert clone.minibatch_kernels == 4
+
+
+@pytest.mark.backend
+def test_the_generator_that_draws_is_the_moving_average_of_the_trained_one():
+    import keras
+
+    from visrec.models.gan import ConditionalGAN
+
+    gan = ConditionalGAN(["a", "b"], latent_dim=8, resolution=32, width=8, ema_decay=0.9, seed=1)
+    gan.build()
+    gan.compile()
+    start = [keras.ops.convert_to_numpy(w) for w in gan.generator.weights]
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(gan.ema_generator.weights[0]), start[0]
+    )  # starts equal
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
+    gan.fit(images, np.arange(8) % 2, batch_size=8, epochs=1, verbose=0)
+    # One generator step: the decay ramps up from (1 + 1) / (10 + 1), far below 0.9.
+    decay = 2 / 11
+    trained = [keras.ops.convert_to_numpy(w) for w in gan.generator.weights]
+    assert any(np.abs(t - s).max() > 1e-6 for t, s in zip(trained, start, strict=True))
+    for average, before, after in zip(gan.ema_generator.weights, start, trained, strict=True):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(average), decay * before + (1 - decay) * after, rtol=1e-4, atol=1e-6
+        )
+    # It draws the images; the trained generator is only what it averages.
+    z = np.zeros((2, 8), "float32")
+    drawn = np.asarray(gan((z, np.array([0, 1]))))
+    np.testing.assert_allclose(
+        drawn, np.asarray(gan.ema_generator((z, np.array([0, 1])), training=False)), atol=1e-6
+    )
+    assert ConditionalGAN.from_config(gan.get_config()).ema_decay == 0.9
+    with pytest.raises(ValueError, match="ema_decay"):
+        ConditionalGAN(["a", "b"], ema_decay=1.0)

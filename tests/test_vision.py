@@ -29,7 +29,7 @@ from visrec.vision.embed import (
     load_cnn,
 )
 from visrec.vision.search import PHOTO_CROPS, find_similar_to_photo, match_photos, photo_views
-from visrec.vision.train import CNNConfig, train_cnn
+from visrec.vision.train import CNNConfig, held_out_split, train_cnn, warm_start
 
 DS = VISION_DAYS[-1]
 
@@ -171,10 +171,76 @@ def test_second_training_fine_tunes_the_champion_and_applies_the_gate(trained):
         config=CNNConfig.from_settings(settings, fine_tune_epochs=1, max_minutes=None),
     )
     assert again.fine_tuned_from == "visrec-cnn/1" and again.version == "visrec-cnn/2"
+    # The same catalog as the champion's (recorded with its run): a warm start, the first in a row.
+    assert again.start == "warm start: 0.0% of the images are new, warm start 1" and again.warm_starts == 1
     assert "vs champion v1" in again.reason
     assert again.promoted == (
         again.metrics["held_out_accuracy"] >= first.metrics["held_out_accuracy"] - 0.005
     )
+
+
+@pytest.mark.unit
+def test_the_held_out_split_keeps_each_item_on_its_side_as_the_catalog_grows():
+    rng = np.random.default_rng(0)
+    ids = [f"item{k:05d}" for k in range(3000)]
+    labels = rng.integers(0, 20, len(ids))
+    labels[:3] = 20  # a category of three images
+    train, held = held_out_split(ids[:2000], labels[:2000], 0.2, seed=42)
+    assert 0.17 < len(held) / 2000 < 0.23 and len(np.intersect1d(train, held)) == 0
+    grown_train, grown_held = held_out_split(ids, labels, 0.2, seed=42)
+    # Yesterday's held-out images are held out today: a fine-tuned champion never trained on them.
+    assert set(held) == set(grown_held[grown_held < 2000]) and set(train) == set(
+        grown_train[grown_train < 2000]
+    )
+    assert len(set(held_out_split(ids, labels, 0.2, seed=7)[1]) ^ set(grown_held)) > 100  # seed matters
+    # Every category keeps a training image, even one whose every image hashed to the held-out side.
+    for label in np.unique(labels):
+        assert (labels[grown_train] == label).any()
+    all_held = held_out_split(["a", "b"], np.array([0, 1]), 0.99, seed=1)
+    assert sorted(all_held[0]) == [0, 1] and len(all_held[1]) == 0
+
+
+@pytest.mark.unit
+def test_warm_start_only_on_a_mostly_unchanged_catalog_and_not_forever():
+    config = CNNConfig(epochs=3, max_minutes=None, max_catalog_change=0.1, scratch_every=3)
+    items = [f"i{k}" for k in range(100)]
+    known = set(items[:95])
+    warm, why = warm_start(config, True, items, known, 0)
+    assert warm and why == "warm start: 5.0% of the images are new, warm start 1"
+    assert warm_start(config, True, items, known, 1)[0]
+    warm, why = warm_start(config, True, items, known, 2)  # the third in a row: a fresh start
+    assert not warm and "2 warm starts in a row" in why
+    warm, why = warm_start(config, True, items, set(items[:85]), 0)
+    assert not warm and "15.0% of the images are new" in why
+    assert not warm_start(config, False, items, known, 0)[0]  # other categories or heads
+    assert "not recorded" in warm_start(config, True, items, None, 0)[1]
+    off = CNNConfig(epochs=3, max_minutes=None, fine_tune=False)
+    assert warm_start(off, True, items, set(items), 0) == (False, "from scratch: fine-tuning is off")
+
+
+def test_bfloat16_compute_stays_inside_the_image_models_training(tmp_path):
+    from visrec.store.tables import StagedImages
+
+    rng = np.random.default_rng(0)
+    images = StagedImages(
+        [f"i{k}" for k in range(24)], ["a", "b"] * 12, rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8)
+    )
+    settings = Settings(home=tmp_path)
+    config = CNNConfig(
+        epochs=1, max_minutes=None, width=8, retrieval_dim=0, register=False, precision="bfloat16"
+    )
+    result = train_cnn(settings, DS, lake=Lake.from_settings(settings), config=config, images=images)
+    assert result.model.backbone.layers[1].compute_dtype == "bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"  # what the process builds next
+    assert np.isfinite(result.metrics["held_out_accuracy"])
+    with pytest.raises(ValueError, match="precision must be one of"):
+        train_cnn(
+            settings,
+            DS,
+            lake=Lake.from_settings(settings),
+            config=config.__class__(1, None, precision="int8"),
+            images=images,
+        )
 
 
 @pytest.mark.backend

@@ -134,12 +134,28 @@ class Settings(BaseSettings):
     cnn_epochs: int = Field(
         30, ge=1, le=10_000, description="the image model's most epochs (its budget may stop it sooner)"
     )
+    cnn_precision: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="the image model's training compute: bfloat16 or float16 mixed precision, float32 weights",
+    )
+    cnn_warm_start_max_change: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="fine-tune the image model's champion when at most this share of the images is new to it",
+    )
+    cnn_scratch_every: int = Field(
+        7, ge=1, le=1000, description="train the image model from scratch at least every this many trainings"
+    )
     report_users: int = Field(6, ge=1, description="sample users shown in each run's HTML report")
     photo_retention_days: int = Field(30, ge=1, description="user photos older than this are deleted")
     photo_weight: float = Field(0.5, ge=0.0, description="photo evidence beside behaviour when scoring")
     gan_every_days: int = Field(7, ge=1, description="train the GAN when its last training is this old...")
     gan_catalog_change: float = Field(
         0.2, ge=0.0, le=1.0, description="...or this share of the catalog is new"
+    )
+    gan_ema_decay: float = Field(
+        0.999, ge=0.0, lt=1.0, description="the GAN draws with this moving average of its generator (0: none)"
     )
     gan_max_minutes: float = Field(
         10.0,

@@ -46,7 +46,8 @@ def run() -> Figures:
         m = result.metrics
         note = (
             f"{source}: {len(images.item_ids)} images at {settings.image_size}px, {len(result.class_names)} "
-            f"classes, 20% held out, default CNNConfig (max {config.max_minutes} min), {os.cpu_count()} CPU cores"
+            f"classes, 20% held out, default CNNConfig (max {config.max_minutes} min, {config.precision}), "
+            f"{os.cpu_count()} CPU cores"
         )
         out[f"{prefix}.product_type_top1"] = figure(round(m["held_out_accuracy"], 4), "accuracy", note)
         out[f"{prefix}.product_type_top5"] = figure(round(m["held_out_top5_accuracy"], 4), "accuracy", note)

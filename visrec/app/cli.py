@@ -155,7 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--from-scratch", action="store_true", help="cnn: do not fine-tune the champion")
     train.add_argument("--backbone", help="cnn: compact (default) or a keras.applications name")
     train.add_argument("--backbone-weights", help="cnn: local weights file for --backbone")
-    train.add_argument("--mixed-precision", action="store_true", help="cnn: float16 compute (for GPUs)")
+    train.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16", "float16"],
+        help="cnn: compute precision (default VISREC_CNN_PRECISION, float32; float16 is for GPUs)",
+    )
+    train.add_argument(
+        "--mixed-precision", action="store_true", help="cnn: float16 compute (--precision float16)"
+    )
     train.add_argument(
         "--retrieval-dim",
         type=int,

@@ -177,7 +177,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         print(f"registered {summary['version']}: {summary['reason']}")
         return 0
     config.update({"fine_tune": False} if args.from_scratch else {})
-    config.update({"mixed_precision": True} if args.mixed_precision else {})
+    config.update({"precision": "float16"} if args.mixed_precision else _given(args, "precision"))
     config.update(_given(args, "retrieval_dim"))
     if not args.force:  # training ends by re-embedding the date's catalog: refuse before hours of work
         steps.check_unpublished(_lake(None, settings), "train cnn", ds)
@@ -189,6 +189,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         f"{m['train_seconds']:.0f}s"
         + (f", fine-tuned from {cnn['fine_tuned_from']}" if cnn["fine_tuned_from"] else "")
     )
+    print(f"cnn {ds}: {cnn['start']}")
     print(f"registered {cnn['version']}: {cnn['reason']}")
     embedded = steps.embed_items(ds, settings, cnn=cnn, force=args.force)
     print(

@@ -57,13 +57,21 @@ class GANConfig:
     class_weight: float = 1.0  # the auxiliary classifier's loss beside the adversarial one
     augment: bool = True  # DiffAugment (translation, cutout) before the discriminator
     minibatch_kernels: int = 16  # same-category minibatch discrimination; 0 turns it off
+    ema_decay: float = 0.999  # the generator that draws is this moving average of its weights; 0: none
     quality_samples: int = 512
     register: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> GANConfig:
         """The nightly run's config: epochs and budget from ``settings``, ``overrides`` on top."""
-        return cls(**{"epochs": settings.gan_epochs, "max_minutes": settings.gan_max_minutes, **overrides})
+        return cls(
+            **{
+                "epochs": settings.gan_epochs,
+                "max_minutes": settings.gan_max_minutes,
+                "ema_decay": settings.gan_ema_decay,
+                **overrides,
+            }
+        )
 
 
 @dataclass
@@ -222,6 +230,7 @@ def train_gan(
         augment=config.augment,
         seed=settings.seed,
         minibatch_kernels=config.minibatch_kernels,
+        ema_decay=config.ema_decay,
     )
     gan.build()
     gan.compile()

@@ -10,7 +10,10 @@ vector of a category to the one image it finds most typical; minibatch discrimin
 the same category (Salimans et al. 2016) lets the discriminator see that, and keeps the generator's
 images apart. :class:`ConditionalGAN` trains both in its own
 ``train_step`` with the non-saturating loss and one-sided label smoothing, as the keras-io
-conditional GAN example does, and tracks the losses.
+conditional GAN example does, and tracks the losses. With ``ema_decay`` it also keeps an exponential
+moving average of the generator's weights (Karras et al. 2018; Yazici et al. 2019), which is what
+generates: the average of many nearby generators draws steadier images than the last one, at the cost
+of one weighted sum per step.
 """
 
 from __future__ import annotations
@@ -231,16 +234,24 @@ class ConditionalGAN(keras.Model):
         augment: bool = True,
         seed: int = 42,
         minibatch_kernels: int = 0,
+        ema_decay: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no average), got {ema_decay}")
         self.class_names = list(class_names)
+        self.ema_decay = ema_decay
         self.latent_dim, self.resolution, self.width = latent_dim, resolution, width
         self.label_smoothing, self.class_weight, self.seed = label_smoothing, class_weight, seed
         self.augment, self.minibatch_kernels = augment, minibatch_kernels
         n = len(self.class_names)
         self.generator = Generator(n, latent_dim, resolution, width, name="generator")
         self.discriminator = Discriminator(n, resolution, width, minibatch_kernels, name="discriminator")
+        self.ema_generator = None
+        if ema_decay:
+            self.ema_generator = Generator(n, latent_dim, resolution, width, name="ema_generator")
+            self.ema_generator.trainable = False  # moved by the average, never by gradients
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
@@ -249,7 +260,23 @@ class ConditionalGAN(keras.Model):
         z = ops.zeros((1, self.latent_dim))
         y = ops.zeros((1,), dtype="int32")
         self.discriminator((self.generator((z, y)), y))
+        if self.ema_generator is not None:
+            self.ema_generator((z, y))
+            for average, weight in zip(self.ema_generator.weights, self.generator.weights, strict=True):
+                average.assign(ops.copy(weight))  # starts where the generator does (a buffer of its own)
         self.built = True
+
+    @property
+    def sampler(self) -> Generator:
+        """The generator that draws images: the weights' moving average when there is one."""
+        return self.ema_generator if self.ema_generator is not None else self.generator
+
+    def _ema_decay_at(self, step):
+        """The average's decay at generator step ``step``: ramped up from 0.1 (as TensorFlow's
+        ExponentialMovingAverage with ``num_updates``) so that a short night's average does not keep
+        the random initial weights."""
+        step = ops.cast(step, "float32")
+        return ops.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
 
     @property
     def metrics(self):
@@ -270,14 +297,14 @@ class ConditionalGAN(keras.Model):
             self.optimizer = _OptimizerPair(self.d_optimizer, self.g_optimizer)
 
     def call(self, inputs, training=False):
-        return self.generator(inputs, training=training)
+        return (self.generator if training else self.sampler)(inputs, training=training)
 
     def generate(self, labels, seed: int | None = None):
         """Images in [-1, 1] for integer ``labels`` (one per label)."""
         labels = ops.convert_to_tensor(labels, dtype="int32")
         generator = keras.random.SeedGenerator(seed) if seed is not None else self.seed_generator
         z = keras.random.normal((ops.shape(labels)[0], self.latent_dim), seed=generator)
-        return self.generator((z, labels), training=False)
+        return self.sampler((z, labels), training=False)
 
     def _augment(self, images):
         return diff_augment(images, self.seed_generator) if self.augment else images
@@ -330,6 +357,10 @@ class ConditionalGAN(keras.Model):
             g_loss = self.generator_loss(labels, z)
         grads = tape.gradient(g_loss, self.generator.trainable_weights)
         self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_weights, strict=True))
+        if self.ema_generator is not None:
+            decay = self._ema_decay_at(self.g_optimizer.iterations)
+            for average, weight in zip(self.ema_generator.weights, self.generator.weights, strict=True):
+                average.assign(decay * average + (1.0 - decay) * weight)
         return self._logs(d_loss, g_loss)
 
     def _logs(self, d_loss, g_loss) -> dict:
@@ -388,6 +419,10 @@ class ConditionalGAN(keras.Model):
         )
         z = step(lambda: self._noise(images))
         g_loss = update(self.generator, self.g_optimizer, lambda: self.generator_loss(labels, z))
+        if self.ema_generator is not None:
+            decay = self._ema_decay_at(values[id(self.g_optimizer.iterations)])
+            for average, weight in zip(self.ema_generator.weights, self.generator.weights, strict=True):
+                values[id(average)] = decay * values[id(average)] + (1.0 - decay) * values[id(weight)]
         logs = step(lambda: self._logs(d_loss, g_loss))
         return logs, tuple([values[id(v)] for v in group] for group in groups)
 
@@ -403,4 +438,5 @@ class ConditionalGAN(keras.Model):
             "augment": self.augment,
             "seed": self.seed,
             "minibatch_kernels": self.minibatch_kernels,
+            "ema_decay": self.ema_decay,
         }

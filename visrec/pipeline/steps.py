@@ -314,6 +314,7 @@ def train_cnn(ds: str, settings: Settings, lake: Lake, config: dict | None = Non
         "reason": result.reason,
         "champion": _champion(embed.MODEL_NAME),
         "fine_tuned_from": result.fine_tuned_from,
+        "start": result.start,
         "metrics": result.metrics,
     }
 

@@ -3,15 +3,16 @@
 ``train_cnn`` trains with a stratified held-out split and early stopping, logs params, per-epoch
 metrics and a confusion matrix to MLflow, and registers the model as ``visrec-cnn`` (champion only if
 it is at least as accurate as the current champion on the same held-out images). When the category
-set is unchanged, it fine-tunes the champion instead of starting over.
+set is unchanged and few images are new to the champion, it fine-tunes the champion instead of
+starting over (:func:`warm_start` says when).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,17 +29,60 @@ from visrec.vision.embed import MODEL_NAME, load_cnn
 
 log = logging.getLogger(__name__)
 
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+CATALOG_ARTIFACT = "training_catalog.json"  # the item ids a training saw (train and held out)
 
-def stratified_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, held_out): ``share`` of each class held out; classes of one go to train."""
-    rng = np.random.default_rng(seed)
-    train, held = [], []
+
+def held_out_split(
+    item_ids: list[str], labels: np.ndarray, share: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, held_out): an item is held out when a hash of its id (and ``seed``) falls in
+    the first ``share`` of the hash range, so an item stays on its side as the catalog grows night
+    after night (a fine-tuned champion is never scored on images it trained on); each category keeps
+    at least one training image (its item with the highest hash)."""
+    if len(item_ids) != len(labels):
+        raise ValueError(f"{len(item_ids)} item ids for {len(labels)} labels")
+    if not 0 <= share < 1:
+        raise ValueError(f"the held-out share must be in [0, 1), got {share}")
+    import pandas as pd
+
+    key = f"visrec-split-{seed % 1000:03d}"  # pandas takes a 16-character key
+    unit = pd.util.hash_array(np.asarray(item_ids, dtype=object), hash_key=key) / 2.0**64
+    held = unit < share
     for label in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == label))
-        n_held = int(round(len(idx) * share)) if len(idx) > 1 else 0
-        held.append(idx[:n_held])
-        train.append(idx[n_held:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
+        members = np.flatnonzero(labels == label)
+        if held[members].all():
+            held[members[np.argmax(unit[members])]] = False
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+def warm_start(
+    config: CNNConfig,
+    same_model: bool,
+    item_ids: list[str],
+    champion_items: set[str] | None,
+    champion_warm_starts: int,
+) -> tuple[bool, str]:
+    """Whether to fine-tune the champion rather than train from scratch, and why: only when it has
+    the same categories and heads (``same_model``), fine-tuning is on, at most
+    ``config.max_catalog_change`` of today's images are new to it, and it is not the end of a chain
+    of ``config.scratch_every - 1`` warm starts (every so often a fresh start, so the weights do not
+    drift with the catalog forever)."""
+    if not config.fine_tune:
+        return False, "from scratch: fine-tuning is off"
+    if not same_model:
+        return False, "from scratch: the champion's categories or heads differ from today's"
+    if champion_items is None:
+        return False, "from scratch: the champion's catalog is not recorded"
+    new = sum(item not in champion_items for item in item_ids) / max(len(item_ids), 1)
+    if new > config.max_catalog_change:
+        return False, f"from scratch: {new:.1%} of the images are new (over {config.max_catalog_change:.0%})"
+    if champion_warm_starts + 1 >= config.scratch_every:
+        return False, (
+            f"from scratch: {champion_warm_starts} warm starts in a row (a fresh start every "
+            f"{config.scratch_every} trainings)"
+        )
+    return True, f"warm start: {new:.1%} of the images are new, warm start {champion_warm_starts + 1}"
 
 
 @dataclass
@@ -60,7 +104,9 @@ class CNNConfig:
     held_out_share: float = 0.2
     patience: int = 10  # scored epochs without a better held-out accuracy before stopping
     validate_from: float = 0.5  # score the held-out images once training is this far along
-    mixed_precision: bool = False  # float16 compute: worth it on a GPU only
+    # Compute precision: "bfloat16" or "float16" compute with float32 weights (Keras's mixed
+    # policies); float16 is for GPUs, bfloat16 for CPUs with AVX-512 BF16 or AMX.
+    precision: str = "float32"
     # The retrieval embedding (see visrec.models.cnn); 0: the classifier's embedding only.
     retrieval_dim: int = 64
     pair_share: float = 0.25  # share of each batch's images that get a second view for the contrastive loss
@@ -76,13 +122,24 @@ class CNNConfig:
     attribute_weight: float = 0.2
     backbone: str = "compact"
     backbone_weights: str | None = None
-    fine_tune: bool = True  # start from the champion when its categories are the same
+    fine_tune: bool = True  # start from the champion when its categories are the same (see warm_start)
+    max_catalog_change: float = 0.2  # most share of new images for a warm start
+    scratch_every: int = 7  # a from-scratch training at least every this many trainings
     register: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> CNNConfig:
         """The nightly run's config: epochs and budget from ``settings``, ``overrides`` on top."""
-        return cls(**{"epochs": settings.cnn_epochs, "max_minutes": settings.cnn_max_minutes, **overrides})
+        return cls(
+            **{
+                "epochs": settings.cnn_epochs,
+                "max_minutes": settings.cnn_max_minutes,
+                "max_catalog_change": settings.cnn_warm_start_max_change,
+                "precision": settings.cnn_precision,
+                "scratch_every": settings.cnn_scratch_every,
+                **overrides,
+            }
+        )
 
 
 @dataclass
@@ -100,6 +157,8 @@ class CNNResult:
     reason: str = ""
     fine_tuned_from: str | None = None
     history: dict = field(default_factory=dict)
+    start: str = ""  # how training started, and why (see warm_start)
+    warm_starts: int = 0  # fine-tunings in a row that led to this model
 
 
 def training_callbacks(config: CNNConfig, epochs: int, learning_rate: float, held_out, progress=None) -> list:
@@ -154,10 +213,6 @@ def train_cnn(
 ) -> CNNResult:
     """Train (or fine-tune) the image model on ``ds``'s staged images; track and register it."""
     import keras
-    import mlflow.keras
-
-    import mlflow
-    from visrec.models.cnn import ImageClassifier
 
     config = config or CNNConfig.from_settings(settings)
     lake = lake or Lake.from_settings(settings)
@@ -170,37 +225,67 @@ def train_cnn(
     index = {c: k for k, c in enumerate(class_names)}
     labels = np.array([index[c] for c in images.categories], np.int32)
     attributes = _attributes(lake, images.item_ids) if config.attributes and config.retrieval_dim else {}
-    attribute_values = {name: values for name, (values, _) in attributes.items()}
     if attributes:
         log.info(
             "cnn: attribute heads for the catalog's %s",
             ", ".join(f"{k} ({len(v[0])})" for k, v in attributes.items()),
         )
-    train_idx, held_idx = stratified_split(labels, config.held_out_share, settings.seed)
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {config.precision!r}")
+    split = held_out_split(images.item_ids, labels, config.held_out_share, settings.seed)
     keras.utils.set_random_seed(settings.seed)
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    with _dtype_policy(PRECISIONS[config.precision]):
+        return _train(settings, ds, config, images, class_names, labels, attributes, split, progress)
+
+
+def _train(
+    settings: Settings,
+    ds: str,
+    config: CNNConfig,
+    images: StagedImages,
+    class_names: list[str],
+    labels: np.ndarray,
+    attributes: dict[str, tuple[list[str], list[int]]],
+    split: tuple[np.ndarray, np.ndarray],
+    progress: Callable[[str, int, int], None] | None,
+) -> CNNResult:
+    """:func:`train_cnn` past its checks, under the config's dtype policy."""
+    import keras
+    import mlflow.keras
+
+    import mlflow
+    from visrec.models.cnn import ImageClassifier
+
+    train_idx, held_idx = split
+    attribute_values = {name: values for name, (values, _) in attributes.items()}
 
     model, base_version, champion_accuracy = None, None, None
+    start = "from scratch: no champion" if config.register else "from scratch: the registry is not used"
+    warm_starts = 0
     if config.register:
         use_tracking(settings)
         current = registry.champion(MODEL_NAME)
         if current is not None:
-            champion_model, base_version = load_cnn(f"{MODEL_NAME}/{current.version}")
-            base_version = f"{MODEL_NAME}/{current.version}"
+            champion_model, _ = load_cnn(f"{MODEL_NAME}/{current.version}")
+            same_categories = list(champion_model.class_names) == class_names
+            if same_categories:
+                probs = champion_model.predict(in_memory_batches(images.pixels[held_idx], 256), verbose=0)
+                champion_accuracy = float(np.mean(probs.argmax(1) == labels[held_idx]))
             same_heads = (champion_model.retrieval_dim, champion_model.attributes) == (
                 config.retrieval_dim,
                 attribute_values,
             )
-            if list(champion_model.class_names) == class_names:
-                probs = champion_model.predict(in_memory_batches(images.pixels[held_idx], 256), verbose=0)
-                champion_accuracy = float(np.mean(probs.argmax(1) == labels[held_idx]))
-                if config.fine_tune and same_heads:
-                    model = champion_model
+            champion_items, champion_chain = _champion_catalog(current.run_id)
+            warm, start = warm_start(
+                config, same_categories and same_heads, images.item_ids, champion_items, champion_chain
+            )
+            if warm:
+                model, base_version = champion_model, f"{MODEL_NAME}/{current.version}"
+                warm_starts = champion_chain + 1
+    log.info("cnn %s: %s", ds, start)
     epochs = config.epochs
     learning_rate = config.learning_rate
     if model is None:
-        base_version = None
         model = ImageClassifier(
             class_names,
             image_size=images.pixels.shape[1],
@@ -253,6 +338,8 @@ def train_cnn(
                     "n_classes": len(class_names),
                     "image_size": images.pixels.shape[1],
                     "fine_tuned_from": base_version or "",
+                    "warm_starts": warm_starts,
+                    "start": start[:500],
                     "effective_epochs": epochs,
                     "effective_learning_rate": learning_rate,
                 }
@@ -287,6 +374,8 @@ def train_cnn(
             held_labels,
             fine_tuned_from=base_version,
             history=history.history,
+            start=start,
+            warm_starts=warm_starts,
         )
         if config.register:
             mlflow.log_metrics(metrics)
@@ -297,6 +386,8 @@ def train_cnn(
             matrix = confusion_matrix(held_labels, predictions, labels=np.arange(len(class_names)))
             fig = _confusion_figure(matrix, class_names)
             mlflow.log_figure(fig, "confusion_matrix.png")
+            # What the next night's warm-start decision compares its catalog with.
+            mlflow.log_dict({"item_ids": list(images.item_ids)}, CATALOG_ARTIFACT)
             import matplotlib.pyplot as plt
 
             plt.close(fig)
@@ -319,6 +410,33 @@ def train_cnn(
             result.promoted, result.reason = registration.promoted, registration.reason
     log.info("cnn %s: %s", ds, {k: round(v, 4) for k, v in metrics.items()})
     return result
+
+
+@contextmanager
+def _dtype_policy(name: str) -> Iterator[None]:
+    """Keras's global dtype policy set to ``name`` for the block: a model built inside keeps it, and
+    whatever the process builds after (the GAN, in the same worker) gets the previous one back."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _champion_catalog(run_id: str) -> tuple[set[str] | None, int]:
+    """(the item ids the champion's run saw, its warm starts in a row); (None, 0) for a champion
+    trained before they were recorded."""
+    import mlflow
+
+    try:
+        items = mlflow.artifacts.load_dict(f"runs:/{run_id}/{CATALOG_ARTIFACT}")["item_ids"]
+    except Exception:  # noqa: BLE001  (an older run without the artifact: train from scratch)
+        return None, 0
+    chain = mlflow.MlflowClient().get_run(run_id).data.params.get("warm_starts", "0")
+    return set(items), int(chain)
 
 
 def _attributes(lake: Lake, item_ids: list[str]) -> dict[str, tuple[list[str], list[int]]]:
