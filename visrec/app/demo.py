@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             f"image model:  {cnn['version']} held-out accuracy {m['held_out_accuracy']:.3f} "
             f"(majority class {m['majority_class_accuracy']:.3f}); {cnn['reason']}"
         )
+        if cnn.get("start"):
+            print(f"              {cnn['start']}")
     mf = summaries.get(steps.train_mf.__name__, {})
     for name, m in mf.get("metrics", {}).items():
         print(
