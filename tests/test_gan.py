@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
@@ -111,6 +113,32 @@ def test_consistency_per_category_exposes_a_collapsed_category(trained):
     assert metrics["classes_mostly_missed"] == len(by_class) - 1
     assert metrics["class_consistency_lowest"] == min(by_class.values())
     assert metrics["class_consistency"] < 0.3
+
+
+def test_a_generator_that_draws_real_photos_scores_a_frechet_ratio_near_one(trained):
+    """The ratio's floor is measured at the generated set's size: real photos of the requested
+    categories, as many as the quality check draws, are about as far from the catalog as two real
+    sets of that size are (a floor from two halves of the catalog would put them well above 1)."""
+    from visrec.generation.train import gan_quality, to_unit
+    from visrec.store.tables import load_staged_images
+
+    _, lake, result, cnn = trained
+    images = load_staged_images(lake, DS)
+    categories = np.array(images.categories)
+    rng = np.random.default_rng(7)
+
+    class DrawsRealPhotos:
+        class_names = result.model.class_names
+
+        def generate(self, labels, seed=None):
+            picked = [rng.choice(np.flatnonzero(categories == self.class_names[k])) for k in labels]
+            return to_unit(images.pixels[picked])
+
+    n = 64
+    assert len(categories) >= 4 * n  # the catalog is far larger than the generated set
+    metrics, _ = gan_quality(DrawsRealPhotos(), cnn, images.pixels, images.categories, n)
+    assert 0.5 < metrics["frechet_ratio"] < 1.6
+    assert metrics["class_consistency"] == pytest.approx(metrics["cnn_accuracy_on_real"], abs=0.15)
 
 
 def test_cadence_trains_only_when_due(tmp_path):
@@ -267,3 +295,88 @@ def test_the_generator_that_draws_is_the_moving_average_of_the_trained_one():
     assert ConditionalGAN.from_config(gan.get_config()).ema_decay == 0.9
     with pytest.raises(ValueError, match="ema_decay"):
         ConditionalGAN(["a", "b"], ema_decay=1.0)
+
+
+def test_the_sample_grid_shows_real_photos_of_each_category_beside_generated_ones():
+    from PIL import Image
+
+    from visrec.generation.train import sample_grid
+    from visrec.models.gan import ConditionalGAN
+
+    gan = ConditionalGAN(["blue", "red"], latent_dim=8, resolution=32, width=8, seed=1)
+    gan.build()
+    red, blue = np.zeros((3, 16, 16, 3), np.uint8), np.zeros((1, 16, 16, 3), np.uint8)
+    red[..., 0], blue[..., 2] = 255, 255
+    real = (np.concatenate([red, blue]), ["red"] * 3 + ["blue"])
+    grid = np.asarray(
+        Image.open(io.BytesIO(sample_grid(gan, per_class=2, seed=5, real=real, real_per_class=2)))
+    )
+    generated = to_pixels(gan.generate(np.repeat([0, 1], 2), seed=5))
+    assert grid.shape[0] == 2 * 32
+    gen_width = 2 * 32
+    label_width = grid.shape[1] - gen_width - 2 * 32 - 32 // 4
+    assert label_width > 0  # the category's name is written on its row
+    first_real = grid[:, label_width : label_width + 32]
+    # Row 0 is "blue" (its one photo, resized, then a blank), row 1 "red" (two photos).
+    assert (first_real[:32] == [0, 0, 255]).all() and (first_real[32:] == [255, 0, 0]).all()
+    assert (grid[:32, label_width + 32 : label_width + 64] == 255).all()
+    assert (grid[32:, label_width + 32 : label_width + 64] == [255, 0, 0]).all()
+    # The generated images follow, row by row, as the generator draws them.
+    np.testing.assert_array_equal(grid[:32, -gen_width:-32], generated[0])
+    np.testing.assert_array_equal(grid[32:, -32:], generated[3])
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("loss", ["hinge", "non_saturating"])
+def test_the_losses_are_the_named_functions_of_the_discriminators_outputs(loss, monkeypatch):
+    import keras
+
+    from visrec.models.gan import ConditionalGAN
+
+    gan = ConditionalGAN(["a", "b"], latent_dim=8, resolution=32, width=8, seed=1, augment=False, loss=loss)
+    gan.build()
+    outputs = []
+    call = gan.discriminator.call
+    monkeypatch.setattr(
+        gan.discriminator, "call", lambda *a, **k: outputs.append(call(*a, **k)) or outputs[-1]
+    )
+    rng = np.random.default_rng(0)
+    images, labels = rng.uniform(-1, 1, (4, 32, 32, 3)).astype("float32"), np.array([0, 1, 1, 0])
+    z = rng.normal(size=(4, 8)).astype("float32")
+    d_loss = float(gan.discriminator_loss(images, labels, z))
+    g_loss = float(gan.generator_loss(labels, z))
+    (real, real_classes), (fake, _), (fake_for_g, fake_classes) = [
+        [keras.ops.convert_to_numpy(t) for t in out] for out in outputs
+    ]
+    cce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    real_class_loss, fake_class_loss = float(cce(labels, real_classes)), float(cce(labels, fake_classes))
+    if loss == "hinge":
+        expected_d = np.maximum(1 - real, 0).mean() + np.maximum(1 + fake, 0).mean()
+        expected_g = -fake_for_g.mean()
+    else:
+        bce = keras.losses.BinaryCrossentropy(from_logits=True)
+        expected_d = float(bce(np.full_like(real, 0.9), real)) + float(bce(np.zeros_like(fake), fake))
+        expected_g = float(bce(np.ones_like(fake_for_g), fake_for_g))
+    assert d_loss == pytest.approx(expected_d + real_class_loss, rel=1e-4)
+    assert g_loss == pytest.approx(expected_g + fake_class_loss, rel=1e-4)
+
+
+@pytest.mark.backend
+def test_a_hinge_gan_with_its_own_learning_rates_trains():
+    import keras
+
+    from visrec.models.gan import ConditionalGAN
+
+    gan = ConditionalGAN(["a", "b"], latent_dim=8, resolution=32, width=8, seed=1, loss="hinge")
+    gan.build()
+    gan.compile(d_learning_rate=1e-4, g_learning_rate=4e-4)
+    assert float(gan.d_optimizer.learning_rate) == pytest.approx(1e-4)
+    assert float(gan.g_optimizer.learning_rate) == pytest.approx(4e-4)
+    before = keras.ops.convert_to_numpy(gan.generator.weights[0])
+    images = np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)).astype("float32")
+    history = gan.fit(images, np.arange(16) % 2, batch_size=8, epochs=2, verbose=0).history
+    assert np.isfinite(history["d_loss"]).all() and np.isfinite(history["g_loss"]).all()
+    assert np.abs(keras.ops.convert_to_numpy(gan.generator.weights[0]) - before).max() > 0
+    assert ConditionalGAN.from_config(gan.get_config()).loss == "hinge"
+    with pytest.raises(ValueError, match="loss must be one of"):
+        ConditionalGAN(["a", "b"], loss="wasserstein")

@@ -20,7 +20,7 @@ def run() -> Figures:
     kept as bench/gan_synthetic.png."""
     from visrec.devdata.synth import ShopConfig, generate_shop
     from visrec.devdata.trial import DEMO
-    from visrec.generation.train import GANConfig, sample_grid, train_gan
+    from visrec.generation.train import GANConfig, train_gan
     from visrec.ingest.catalog_images import ingest_images
     from visrec.settings import Settings
     from visrec.store.lake import Lake
@@ -48,7 +48,7 @@ def run() -> Figures:
                 config=GANConfig.from_settings(settings, max_minutes=DEMO["gan_max_minutes"], register=False),
             )
             if not runs:
-                (Path(__file__).parent / "gan_synthetic.png").write_bytes(sample_grid(gan.model))
+                (Path(__file__).parent / "gan_synthetic.png").write_bytes(gan.samples)
             runs.append(gan.metrics)
             print(
                 f"gan seed {seed}: " + " ".join(f"{k}={v:.4g}" for k, v in gan.metrics.items()),

@@ -3,7 +3,8 @@
 Quality is measured every training, in the image model's embedding space:
 
 - Frechet distance between generated and real embeddings, beside the real-vs-real floor (two disjoint
-  halves of the real images): their ratio is 1 for a perfect generator and grows as it falls short;
+  sets of real images, each the size of the generated set): their ratio is about 1 for a perfect
+  generator and grows as it falls short;
 - class consistency: how often the image model recognises the requested category in generated
   images, beside its accuracy on real images.
 """
@@ -58,6 +59,9 @@ class GANConfig:
     augment: bool = True  # DiffAugment (translation, cutout) before the discriminator
     minibatch_kernels: int = 16  # same-category minibatch discrimination; 0 turns it off
     ema_decay: float = 0.999  # the generator that draws is this moving average of its weights; 0: none
+    loss: str = "non_saturating"  # or "hinge"
+    d_learning_rate: float = 2e-4
+    g_learning_rate: float = 2e-4
     quality_samples: int = 512
     register: bool = True
 
@@ -83,6 +87,7 @@ class GANResult:
     promoted: bool | None = None
     reason: str = ""
     consistency_by_class: dict[str, float] = field(default_factory=dict)
+    samples: bytes = b""  # PNG: per category, real photos beside generated images (see sample_grid)
 
 
 def to_unit(pixels: np.ndarray) -> np.ndarray:
@@ -142,8 +147,13 @@ def gan_quality(
     for kind in ("classifier", "retrieval"):
         if kind in real_by_kind:
             real_emb, fake_emb = real_by_kind[kind], fake_by_kind[kind]
-            real_floor = frechet_distance(real_emb[order[:half]], real_emb[order[half:]])
-            ratios[kind] = (frechet_distance(fake_emb, real_emb[order[: len(fake_emb)]]), real_floor)
+            # Both distances at one sample size: an estimate's bias grows as its samples shrink, and
+            # a floor from two halves of a large catalog sits far below what even real images score
+            # at the generated set's size (a perfect generator's ratio would not be 1).
+            compared = min(len(fake_emb), half)
+            sample = real_emb[order[:compared]]
+            real_floor = frechet_distance(sample, real_emb[order[half : half + compared]])
+            ratios[kind] = (frechet_distance(fake_emb[:compared], sample), real_floor)
     distance, floor = ratios["classifier"]
     fake_pred = np.asarray(cnn.predict(generated, verbose=0)).argmax(1)
     real_pred = np.asarray(cnn.predict(real_pixels, verbose=0)).argmax(1)
@@ -173,18 +183,53 @@ def gan_quality(
     return metrics, by_class
 
 
-def sample_grid(gan, per_class: int = 8, seed: int = 0, classes: list[int] | None = None) -> bytes:
-    """A PNG with one row per category (every category, or the label indices in ``classes``)."""
-    from PIL import Image
+def sample_grid(
+    gan,
+    per_class: int = 8,
+    seed: int = 0,
+    classes: list[int] | None = None,
+    real: tuple[np.ndarray, list[str]] | None = None,
+    real_per_class: int = 4,
+) -> bytes:
+    """A PNG with one row per category (every category, or the label indices in ``classes``): its
+    name, then with ``real`` (uint8 photos and their categories) ``real_per_class`` real photos of it,
+    a gap, and ``per_class`` generated images, so a reader judges the generator against the catalog."""
+    from PIL import Image, ImageDraw
 
     rows = np.arange(len(gan.class_names)) if classes is None else np.asarray(classes)
     n = len(rows)
-    labels = np.repeat(rows, per_class)
-    images = to_pixels(gan.generate(labels, seed=seed))
-    r = images.shape[1]
-    grid = images.reshape(n, per_class, r, r, 3).transpose(0, 2, 1, 3, 4).reshape(n * r, per_class * r, 3)
+    generated = to_pixels(gan.generate(np.repeat(rows, per_class), seed=seed))
+    r = generated.shape[1]
+    blocks = [generated.reshape(n, per_class, r, r, 3)]
+    if real is not None:
+        pixels, categories = real
+        categories = np.asarray(categories)
+        rng = np.random.default_rng(seed)
+        shown = np.full((n, real_per_class, r, r, 3), 255, np.uint8)  # white where a category has fewer
+        for row, label in enumerate(rows):
+            found = np.flatnonzero(categories == gan.class_names[label])
+            picked = rng.choice(found, size=min(real_per_class, len(found)), replace=False)
+            if len(picked):
+                shown[row, : len(picked)] = resize(pixels[np.sort(picked)], r)
+        gap = np.full((n, 1, r, r // 4, 3), 255, np.uint8)
+        blocks = [shown, gap, blocks[0]]
+    names = [gan.class_names[k] for k in rows]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = int(max(measure.textlength(name) for name in names)) + 8 if real is not None else 0
+    width = label_width + sum(b.shape[1] * b.shape[3] for b in blocks)
+    grid = np.full((n * r, width, 3), 255, np.uint8)
+    x = label_width
+    for block in blocks:
+        w = block.shape[1] * block.shape[3]
+        grid[:, x : x + w] = block.transpose(0, 2, 1, 3, 4).reshape(n * r, w, 3)
+        x += w
+    image = Image.fromarray(grid)
+    if label_width:
+        draw = ImageDraw.Draw(image)
+        for row, name in enumerate(names):
+            draw.text((4, row * r + r // 2 - 5), name, fill=(0, 0, 0))
     buf = io.BytesIO()
-    Image.fromarray(grid).save(buf, "PNG")
+    image.save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -231,9 +276,10 @@ def train_gan(
         seed=settings.seed,
         minibatch_kernels=config.minibatch_kernels,
         ema_decay=config.ema_decay,
+        loss=config.loss,
     )
     gan.build()
-    gan.compile()
+    gan.compile(d_learning_rate=config.d_learning_rate, g_learning_rate=config.g_learning_rate)
     data = in_memory_batches(
         (to_unit(pixels), labels), config.batch_size, shuffle_seed=settings.seed, drop_remainder=True
     )
@@ -255,13 +301,14 @@ def train_gan(
             gan, cnn, images.pixels, images.categories, config.quality_samples, settings.seed
         )
         metrics.update(train_seconds=train_seconds, epochs_run=len(report.history))
-        result = GANResult(gan, metrics, class_names, consistency_by_class=by_class)
+        samples = sample_grid(gan, seed=settings.seed, real=(images.pixels, images.categories))
+        result = GANResult(gan, metrics, class_names, consistency_by_class=by_class, samples=samples)
         if config.register:
             import mlflow.keras
 
             mlflow.log_metrics({k: v for k, v in metrics.items()})
             mlflow.log_dict(by_class, "class_consistency.json")
-            mlflow.log_image(_png_array(sample_grid(gan)), "samples.png")
+            mlflow.log_image(_png_array(samples), "samples.png")
             example = {"z": np.zeros((1, config.latent_dim), np.float32), "labels": np.array([0], np.int32)}
             model_uri = registry.log_keras_model(
                 gan,

@@ -200,6 +200,9 @@ def diff_augment(images, seed_generator, shift: float = 0.125, cutout: float = 0
     return images * ops.cast(keep, images.dtype)[..., None]
 
 
+LOSSES = ("non_saturating", "hinge")
+
+
 class _OptimizerPair:
     """The discriminator's and the generator's optimizers, seen by Keras's JAX trainer as one: it
     carries ``variables`` through each step and builds nothing (both are built by ``compile``)."""
@@ -235,13 +238,16 @@ class ConditionalGAN(keras.Model):
         seed: int = 42,
         minibatch_kernels: int = 0,
         ema_decay: float = 0.0,
+        loss: str = "non_saturating",
         **kwargs,
     ):
         super().__init__(**kwargs)
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: no average), got {ema_decay}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         self.class_names = list(class_names)
-        self.ema_decay = ema_decay
+        self.ema_decay, self.loss = ema_decay, loss
         self.latent_dim, self.resolution, self.width = latent_dim, resolution, width
         self.label_smoothing, self.class_weight, self.seed = label_smoothing, class_weight, seed
         self.augment, self.minibatch_kernels = augment, minibatch_kernels
@@ -282,11 +288,20 @@ class ConditionalGAN(keras.Model):
     def metrics(self):
         return [self.d_loss_tracker, self.g_loss_tracker]
 
-    def compile(self, d_optimizer=None, g_optimizer=None, **kwargs):
+    def compile(
+        self,
+        d_optimizer=None,
+        g_optimizer=None,
+        d_learning_rate: float = 2e-4,
+        g_learning_rate: float = 2e-4,
+        **kwargs,
+    ):
+        """Adam with beta_1 0.5 for both networks (the DCGAN settings, Radford et al. 2016) at their
+        own learning rates (unequal ones: the two time-scale rule, Heusel et al. 2017), unless
+        optimizers are given."""
         super().compile(**kwargs)
-        # The DCGAN settings (Radford et al. 2016): Adam, lr 2e-4, beta_1 0.5.
-        self.d_optimizer = d_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)
-        self.g_optimizer = g_optimizer or keras.optimizers.Adam(2e-4, beta_1=0.5)
+        self.d_optimizer = d_optimizer or keras.optimizers.Adam(d_learning_rate, beta_1=0.5)
+        self.g_optimizer = g_optimizer or keras.optimizers.Adam(g_learning_rate, beta_1=0.5)
         if keras.backend.backend() == "jax":
             # JAX's trainer threads `self.optimizer.variables` through each (stateless) step: make
             # them both optimizers' variables, built now on the weights each one updates.
@@ -314,27 +329,36 @@ class ConditionalGAN(keras.Model):
 
     # The losses, shared by every backend's step.
     def discriminator_loss(self, images, labels, z):
-        """Real vs generated, with one-sided label smoothing (real targets 1 - s, fake 0), plus the
-        auxiliary classifier's loss on real images only."""
-        bce = keras.losses.BinaryCrossentropy(from_logits=True)
+        """Real vs generated, plus the auxiliary classifier's loss on real images only. Non-saturating:
+        cross-entropy with one-sided label smoothing (real targets 1 - s, fake 0); hinge (Lim & Ye
+        2017, as SNGAN and BigGAN): real logits pushed above 1, generated ones below -1."""
         cce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         fake = self.generator((z, labels), training=True)
         real_logits, real_classes = self.discriminator((self._augment(images), labels), training=True)
         fake_logits, _ = self.discriminator((self._augment(fake), labels), training=True)
-        return (
-            bce(ops.ones_like(real_logits) * (1.0 - self.label_smoothing), real_logits)
-            + bce(ops.zeros_like(fake_logits), fake_logits)
-            + self.class_weight * cce(labels, real_classes)
-        )
+        if self.loss == "hinge":
+            adversarial = ops.mean(ops.relu(1.0 - real_logits)) + ops.mean(ops.relu(1.0 + fake_logits))
+        else:
+            bce = keras.losses.BinaryCrossentropy(from_logits=True)
+            adversarial = bce(ops.ones_like(real_logits) * (1.0 - self.label_smoothing), real_logits) + bce(
+                ops.zeros_like(fake_logits), fake_logits
+            )
+        return adversarial + self.class_weight * cce(labels, real_classes)
 
     def generator_loss(self, labels, z):
-        """Non-saturating, plus: be recognised as the requested category."""
-        bce = keras.losses.BinaryCrossentropy(from_logits=True)
+        """Fool the discriminator (non-saturating cross-entropy, or the hinge generator's -logit),
+        plus: be recognised as the requested category."""
         cce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         fake_logits, fake_classes = self.discriminator(
             (self._augment(self.generator((z, labels), training=True)), labels), training=True
         )
-        return bce(ops.ones_like(fake_logits), fake_logits) + self.class_weight * cce(labels, fake_classes)
+        if self.loss == "hinge":
+            adversarial = -ops.mean(fake_logits)
+        else:
+            adversarial = keras.losses.BinaryCrossentropy(from_logits=True)(
+                ops.ones_like(fake_logits), fake_logits
+            )
+        return adversarial + self.class_weight * cce(labels, fake_classes)
 
     def train_step(self, *args):
         """One discriminator update, then one generator update (Keras's per-backend pattern: JAX's
@@ -439,4 +463,5 @@ class ConditionalGAN(keras.Model):
             "seed": self.seed,
             "minibatch_kernels": self.minibatch_kernels,
             "ema_decay": self.ema_decay,
+            "loss": self.loss,
         }

@@ -436,7 +436,7 @@ def train_gan(
         "champion": _champion(gan_training.MODEL_NAME),
         "metrics": result.metrics,
         "items": items,
-        "samples": runs.put_file(ds, "gan_samples.png", gan_training.sample_grid(result.model)),
+        "samples": runs.put_file(ds, "gan_samples.png", result.samples),
     }
 
 
