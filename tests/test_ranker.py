@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from visrec.recsys.baselines import ItemCF, Popularity, RP3Beta
 from visrec.recsys.data import TrainData, holdout_per_user
 from visrec.recsys.metrics import ndcg_per_user, users_with
-from visrec.recsys.ranker import CandidateRanker, Generator
+from visrec.recsys.ranker import CandidateRanker, Generator, top_by_score
 
 pytestmark = pytest.mark.unit
 
@@ -137,6 +137,7 @@ def test_serving_uses_generators_refitted_on_all_the_data(split, fitted):
         ([Generator("a", Popularity(), 5), Generator("a", ItemCF(), 5)], {}, "unique"),
         ([Generator("a", Popularity(), 5)], {"eval_share": 1.0}, "eval_share"),
         ([Generator("a", Popularity(), 5)], {"generator_features": ("rank", "colour")}, "generator_features"),
+        ([Generator("a", Popularity(), 50)], {"rank_depth": 20}, "rank_depth"),
     ],
 )
 def test_bad_settings_are_refused_early(generators, kwargs, message):
@@ -171,3 +172,37 @@ def test_rp3beta_ranks_items_co_bought_with_the_users_items(split):
     with pytest.raises(ValueError, match="beta"):
         RP3Beta(beta=-1)
     assert _ndcg(model, split) > _ndcg(Popularity().fit(split.train), split)
+
+
+def test_top_by_score_is_the_head_of_a_stable_sort_ties_and_blocked_items_included():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        rows, n = rng.integers(1, 6), rng.integers(1, 80)
+        scores = rng.integers(0, 4, size=(rows, n)).astype(np.float32)  # many ties
+        scores[rng.random((rows, n)) < 0.3] = -np.inf
+        k = int(rng.integers(1, n + 1))
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        assert np.array_equal(top_by_score(scores, k), expected)
+    with pytest.raises(ValueError, match="k must be between 1 and 3"):
+        top_by_score(np.zeros((2, 3)), 4)
+
+
+def test_ranks_are_exact_to_the_rank_depth_and_shared_below_it(split):
+    ranker = CandidateRanker([Generator("item_cf", ItemCF(), 5)], rank_depth=10)
+    ranker.generators[0].model.fit(split.train)
+    users = np.arange(6)
+    table = next(ranker._candidate_chunks(ranker.generators, split.train, users, every_item=True))
+    scores = ItemCF().fit(split.train).score(users)
+    for row, u in enumerate(users):
+        mine = table.users == u
+        liked = split.train.user_items[u].indices
+        order = [i for i in np.argsort(-scores[row], kind="stable").tolist() if i not in set(liked)]
+        expected = {item: min(rank, 10) for rank, item in enumerate(order)}
+        got = dict(
+            zip(table.items[mine].tolist(), table.features["item_cf_rank"][mine].tolist(), strict=True)
+        )
+        assert got == expected
+    # A ranker pickled before the depth existed (no attribute) ranks every item, as it learned to.
+    del ranker.rank_depth
+    deep = next(ranker._candidate_chunks(ranker.generators, split.train, users, every_item=True))
+    assert deep.features["item_cf_rank"].max() > 10

@@ -37,7 +37,8 @@ def run() -> Figures:
     """The nightly ranker's serving cost at the scale bench's sizes (1x: 6,000 users x 300 items, 4x,
     16x: 96,000 x 4,800; 20 items per user), beside the factor model's top-K that scoring runs today,
     on the same users: milliseconds per user of ``recommend`` (top-20) on 2,048 users (the ranker:
-    every generator's dense scores, the candidates' features, LightGBM's prediction), the peak memory
+    every generator's dense scores, the candidates' features, LightGBM's prediction; the generators'
+    scores alone, the floor under it), the peak memory
     one chunk of users allocates (tracemalloc), and the projection to a million users on one core
     pair. The generators are the nightly ones (EASE, item-CF, popularity, visual profile, visual
     neighbours); the ranker learns (50 rounds at most) from 4,096 users' candidates at every size."""
@@ -63,6 +64,11 @@ def run() -> Figures:
         started = time.perf_counter()
         ranker.recommend(sample, data.user_items, N=20)
         ranker_ms = (time.perf_counter() - started) * 1000 / len(sample)
+        started = time.perf_counter()
+        for start in range(0, len(sample), ranker.chunk_size):
+            for g in ranker.generators:
+                g.model.score(sample[start : start + ranker.chunk_size])
+        generators_ms = (time.perf_counter() - started) * 1000 / len(sample)
         tracemalloc.start()
         ranker.recommend(sample[: ranker.chunk_size], data.user_items, N=20)
         _, peak = tracemalloc.get_traced_memory()
@@ -78,13 +84,22 @@ def run() -> Figures:
         factor_ms = (time.perf_counter() - started) * 1000 / len(sample)
         shape = f"{size}x: {users} users x {items} items, {ITEMS_PER_USER} items per user; {len(sample)} users timed"
         print(
-            f"  {size}x: ranker {ranker_ms:.3f} ms/user, factor model {factor_ms:.4f} ms/user, "
+            f"  {size}x: ranker {ranker_ms:.3f} ms/user (generators' scores {generators_ms:.3f}), "
+            f"factor model {factor_ms:.4f} ms/user, "
             f"peak {peak / 2**20:.0f} MiB per chunk, fit {fit_seconds:.0f} s",
             file=sys.stderr,
         )
         key = f"mf.scale.ranker.{size}x"
         out[f"{key}.ms_per_user"] = figure(round(ranker_ms, 3), "ms/user", shape)
         out[f"{key}.factor_ms_per_user"] = figure(round(factor_ms, 4), "ms/user", shape + "; today's top-K")
+        out[f"{key}.generators_ms_per_user"] = figure(
+            round(generators_ms, 3),
+            "ms/user",
+            shape + "; the generators' scores of every item alone (the floor under the ranker's time)",
+        )
+        out[f"{key}.rounds"] = figure(
+            ranker.best_iteration, "rounds", "LightGBM's trees after early stopping"
+        )
         out[f"{key}.over_factor"] = figure(round(ranker_ms / factor_ms, 1), "ratio", shape)
         out[f"{key}.chunk_peak_mib"] = figure(
             round(peak / 2**20, 1), "MiB", f"{ranker.chunk_size} users per chunk; " + shape

@@ -8,12 +8,12 @@ Odena et al. 2017), which pushes the generator to make the requested category re
 catalogs where the projection alone learns it slowly. The auxiliary classifier alone pulls every latent
 vector of a category to the one image it finds most typical; minibatch discrimination among images of
 the same category (Salimans et al. 2016) lets the discriminator see that, and keeps the generator's
-images apart. :class:`ConditionalGAN` trains both in its own
-``train_step`` with the non-saturating loss and one-sided label smoothing, as the keras-io
-conditional GAN example does (or the hinge loss of SNGAN and BigGAN), and tracks the losses. With ``ema_decay`` it also keeps an exponential
-moving average of the generator's weights (Karras et al. 2018; Yazici et al. 2019), which is what
-generates: the average of many nearby generators draws steadier images than the last one, at the cost
-of one weighted sum per step.
+images apart. :class:`ConditionalGAN` trains both in its own ``train_step`` with the non-saturating
+loss and one-sided label smoothing, as the keras-io conditional GAN example does (or the hinge loss of
+SNGAN and BigGAN), and tracks the losses. With ``ema_decay`` it also keeps an exponential moving
+average of the generator's weights (Karras et al. 2018; Yazici et al. 2019), which is what generates:
+the average of many nearby generators draws steadier images than the last one, at the cost of one
+weighted sum per step.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ LightGBM trains faster on CPUs with histogram bins and few threads, is what the 
 published solutions ranked with, and ships a single wheel with no GPU build to choose.
 
 Features per (user, candidate), all relative so that a model trained on the validation part (fewer
-interactions) transfers to the refit on everything: each generator's score, its rank for the user and
-its score's gap to the user's best; how many generators proposed the item; the item's popularity
+interactions) transfers to the refit on everything: each generator's score, its rank for the user (exact
+down to ``rank_depth``, 200: deeper items share that rank) and its score's gap to the user's best; how many generators proposed the item; the item's popularity
 (share of users), whether nobody has it yet (cold) and its log-popularity against the user's usual;
 the user's activity (log of their items); the share of the user's items in the candidate's category;
 and for each numeric item value the catalog has (``item_values``, e.g. price) the item's value and its
@@ -49,6 +49,35 @@ GENERATOR_FEATURES = ("score", "rank", "gap", "z")
 # The item's popularity, whether nobody has it yet, and its log-popularity minus the mean of the user's
 # items' (a user of niche items against a blockbuster).
 ITEM_FEATURES = ("item_popularity", "item_cold", "popularity_vs_user")
+# How deep a generator's ranks are exact; items below share this rank (its score, gap and z still
+# tell them apart).
+RANK_DEPTH = 200
+
+
+def top_by_score(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the indices of the ``k`` highest scores, best first, equal scores by lower index: the
+    first ``k`` of a stable ``argsort(-scores)``, in time linear in the row's length (a partition finds
+    the k-th score; only the ``k`` chosen are sorted)."""
+    rows, n = scores.shape
+    if not 0 < k <= n:
+        raise ValueError(f"k must be between 1 and {n}, got {k}")
+    items = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(scores, items, axis=1)
+    kth = values.min(axis=1, keepdims=True)
+    # The partition chose among scores equal to the k-th arbitrarily; where more are equal than it
+    # took, the lowest indices must be the ones chosen.
+    ambiguous = np.nonzero(np.count_nonzero(scores >= kth, axis=1) > k)[0]
+    if len(ambiguous):
+        part, part_kth = scores[ambiguous], kth[ambiguous]
+        above, tied = part > part_kth, part == part_kth
+        chosen = above | (tied & (np.cumsum(tied, axis=1) <= k - above.sum(axis=1, keepdims=True)))
+        items[ambiguous] = np.nonzero(chosen)[1].reshape(len(ambiguous), k)
+    order = np.argsort(items, axis=1)
+    items, values = np.take_along_axis(items, order, axis=1), np.take_along_axis(values, order, axis=1)
+    if len(ambiguous):
+        values[ambiguous] = np.take_along_axis(scores[ambiguous], items[ambiguous], axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    return np.take_along_axis(items, order, axis=1)
 
 
 @dataclass
@@ -92,6 +121,7 @@ class CandidateRanker(Recommender):
     """LightGBM LambdaRank over the union of several generators' candidates (see the module doc)."""
 
     chunk_size = 512  # users per batch: several dense (users x items) arrays live at once
+    rank_depth: int | None = None  # rankers pickled before ``rank_depth`` existed ranked every item
 
     def __init__(
         self,
@@ -99,6 +129,7 @@ class CandidateRanker(Recommender):
         num_leaves: int = 31,
         learning_rate: float = 0.05,
         max_rounds: int = 500,
+        rank_depth: int | None = RANK_DEPTH,
         early_stopping_rounds: int = 50,
         eval_share: float = 0.2,
         min_child_samples: int = 50,
@@ -119,12 +150,17 @@ class CandidateRanker(Recommender):
             raise ValueError(
                 f"generator_features must be some of {GENERATOR_FEATURES}, got {generator_features}"
             )
+        if rank_depth is not None and rank_depth < max(g.n for g in generators):
+            raise ValueError(
+                f"rank_depth ({rank_depth}) must reach the deepest generator's n ({max(g.n for g in generators)})"
+            )
         if not 0 < eval_share < 1:
             raise ValueError(f"eval_share must be between 0 and 1, got {eval_share}")
         self.generators = generators
         self.num_leaves = num_leaves
         self.learning_rate = learning_rate
         self.max_rounds = max_rounds
+        self.rank_depth = rank_depth
         self.early_stopping_rounds = early_stopping_rounds
         self.eval_share = eval_share
         self.min_child_samples = min_child_samples
@@ -400,20 +436,29 @@ class CandidateRanker(Recommender):
             dense = {}
             proposed = np.zeros((len(batch), data.n_items), np.int16)
             first = np.full((len(batch), data.n_items), -1, np.int16)
+            row_index = np.arange(len(batch))[:, None]
             for index, g in enumerate(generators):
                 s = np.asarray(g.model.score(batch), np.float32)
-                s = np.where(blocked, -np.inf, s)
-                order = np.argsort(-s, axis=1, kind="stable")
-                rank = np.empty_like(order)
-                np.put_along_axis(rank, order, np.arange(data.n_items)[None, :], axis=1)
-                best = np.take_along_axis(s, order[:, :1], axis=1)
-                finite = np.where(np.isfinite(s), s, np.nan)
-                mean, std = np.nanmean(finite, axis=1), np.nanstd(finite, axis=1)
+                s = np.where(blocked | np.isnan(s), -np.inf, s)
+                # Ranks are exact down to ``depth`` and ``depth`` beyond: a full sort of every user's
+                # catalog per generator was most of serving's time, and ranks that deep carry no order.
+                depth = min(self.rank_depth or data.n_items, data.n_items)
+                top = top_by_score(s, depth)
+                rank = np.full(s.shape, depth, np.int32)
+                rank[row_index, top] = np.arange(depth, dtype=np.int32)
+                best = s[row_index[:, 0], top[:, 0]][:, None]
+                # The mean and spread of the user's finite scores (blocked items are -inf).
+                finite = np.isfinite(s)
+                count = np.count_nonzero(finite, axis=1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean = (np.where(finite, s, 0.0).sum(axis=1, dtype=np.float64) / count).astype(np.float32)
+                    centered = np.where(finite, s - mean[:, None], 0.0)
+                    std = np.sqrt(np.einsum("ij,ij->i", centered, centered) / count)
                 dense[g.name] = (s, rank, best, mean, np.where(std > 0, std, 1.0))
                 if g.n:
-                    top = rank < g.n
-                    proposed += top
-                    first = np.where((first < 0) & top, index, first)
+                    proposed[row_index, top[:, : g.n]] += 1
+                    mine = first[row_index, top[:, : g.n]]
+                    first[row_index, top[:, : g.n]] = np.where(mine < 0, index, mine)
             rows, cols = np.nonzero(((first >= 0) | every_item) & ~blocked)
             columns = {}
             for g in generators:
