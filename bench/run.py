@@ -64,10 +64,11 @@ def main() -> int:
         print(f"bench {name} ...", file=sys.stderr, flush=True)
         at = datetime.now(UTC).strftime("%Y-%m-%d")
         figures = importlib.import_module(f"benches.{name}").run()
-        # A bench run replaces every figure that bench wrote before (a renamed figure does not linger).
+        # A bench run replaces every figure that bench wrote before (a renamed figure does not linger);
+        # a figure it hands back from an earlier run (a partial run) keeps its date.
         results = {k: v for k, v in results.items() if v.get("bench") != name}
         for key, fig in figures.items():
-            results[key] = {**fig, "bench": name, "at": at}
+            results[key] = {"at": at, **fig, "bench": name}
             print(f"  {key} = {fig['value']} {fig['unit']}", file=sys.stderr)
     FIGURES.write_text(json.dumps(results, indent=1) + "\n")
     write_results(results)

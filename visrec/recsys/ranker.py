@@ -15,12 +15,13 @@ LightGBM trains faster on CPUs with histogram bins and few threads, is what the 
 published solutions ranked with, and ships a single wheel with no GPU build to choose.
 
 Features per (user, candidate), all relative so that a model trained on the validation part (fewer
-interactions) transfers to the refit on everything: each generator's score, its rank for the user (exact
-down to ``rank_depth``, 200: deeper items share that rank) and its score's gap to the user's best; how many generators proposed the item; the item's popularity
-(share of users), whether nobody has it yet (cold) and its log-popularity against the user's usual;
-the user's activity (log of their items); the share of the user's items in the candidate's category;
-and for each numeric item value the catalog has (``item_values``, e.g. price) the item's value and its
-difference from the mean over the user's items (NaN where unknown: LightGBM learns a side for it).
+interactions) transfers to the refit on everything: each generator's score, its rank for the user
+(exact down to ``rank_depth``, 200; deeper items share that rank) and its score's gap to the user's
+best; how many generators proposed the item; the item's popularity (share of users), whether nobody
+has it yet (cold) and its log-popularity against the user's usual; the user's activity (log of their
+items); the share of the user's items in the candidate's category; and for each numeric item value the
+catalog has (``item_values``, e.g. price) the item's value and its difference from the mean over the
+user's items (NaN where unknown: LightGBM learns a side for it).
 A generator with ``n=0`` proposes nothing and contributes features only (e.g. the visual profile's
 cosine between the item's photo embedding and the user's mean).
 """
@@ -150,10 +151,9 @@ class CandidateRanker(Recommender):
             raise ValueError(
                 f"generator_features must be some of {GENERATOR_FEATURES}, got {generator_features}"
             )
-        if rank_depth is not None and rank_depth < max(g.n for g in generators):
-            raise ValueError(
-                f"rank_depth ({rank_depth}) must reach the deepest generator's n ({max(g.n for g in generators)})"
-            )
+        deepest = max(g.n for g in generators)
+        if rank_depth is not None and rank_depth < deepest:
+            raise ValueError(f"rank_depth ({rank_depth}) must reach the deepest generator's n ({deepest})")
         if not 0 < eval_share < 1:
             raise ValueError(f"eval_share must be between 0 and 1, got {eval_share}")
         self.generators = generators
