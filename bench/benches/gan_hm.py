@@ -45,14 +45,12 @@ def _chosen() -> tuple[bool, dict[str, dict]]:
 
 def run() -> Figures:
     """The conditional GAN on hm-sample's product photos (64x64) at the reference 10-minute budget
-    and the defaults otherwise, judged by the cnn bench's image model (run it
-    first): the Frechet ratio, class consistency over the product types beside the image model's
-    accuracy on the real photos, wall time. Then the same training with one remedy changed
-    (``gan.hm.<variant>.*``, see ``VARIANTS``: ``budget_30`` is the nightly default since 12-06;
-    ``VISREC_BENCH_GAN_VARIANTS`` runs some of them and,
-    unless it names ``defaults``, not the defaults).
-    Real photos and samples of the 12 most common product types (the defaults') are kept as
-    bench/gan_hm.png."""
+    and the defaults otherwise, judged by the cnn bench's image model (run it first): the Frechet
+    ratio, class consistency over the product types beside the image model's accuracy on the real
+    photos, wall time. Then the same training with one remedy changed (``gan.hm.<variant>.*``, see
+    ``VARIANTS``: ``budget_30`` is the nightly default since 12-06; ``VISREC_BENCH_GAN_VARIANTS`` runs
+    some of them and, unless it names ``defaults``, not the reference). Real photos and the
+    reference's samples of the 12 most common product types are kept as bench/gan_hm.png."""
     from collections import Counter
 
     import keras
