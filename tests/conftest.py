@@ -18,7 +18,7 @@ Under pytest-xdist (``make test`` runs three workers on two cores: the Python-bo
 subprocess waits leave a core idle that a third worker fills; measured 425 s against 471 s with two),
 each module is one unit of work, so a module's fixtures are built once, and the image-model modules
 are one unit with the session's trained model (:func:`vision_shop`); units start costliest first
-(``COSTLIEST_FIRST``). The grouping is this file's own scheduler, not ``--dist loadgroup``: with
+(``COSTLIEST_FIRST``), and a worker gets its next unit only when it is on its last test. The grouping is this file's own scheduler, not ``--dist loadgroup``: with
 pytest 9.2, loadgroup silently distributes grouped tests one by one (pytest-dev/pytest-xdist#1386).
 """
 
@@ -59,6 +59,7 @@ COSTLIEST_FIRST = [
     "vision",
     "test_ingest",
     "test_recommenders",
+    "test_docs",
     "test_backends",
 ]
 FIXTURE_TIERS = {
@@ -103,6 +104,15 @@ def pytest_xdist_make_scheduler(config, log):
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return work_unit(nodeid)
+
+        def _reschedule(self, node) -> None:
+            # The next unit goes to a worker on its last test (which it holds until more work or the
+            # end arrives: the next test decides its fixtures' teardown), not to one with two left
+            # (xdist's default): a unit queued behind a long test waited while other workers idled
+            # (the docs tutorial behind the DAG's last tests: 3 minutes on the critical path).
+            if not node.shutting_down and self.workqueue and self._pending_of(self.assigned_work[node]) > 1:
+                return
+            super()._reschedule(node)
 
     config.option.loadscopereorder = False  # keep COSTLIEST_FIRST's order
     return ModuleScheduling(config, log)
