@@ -30,6 +30,31 @@ def figure(value: float | int, unit: str, note: str = "") -> dict:
     return {"value": value, "unit": unit, "note": note}
 
 
+def kept() -> dict:
+    """What a bench returns under a key prefix it did not measure this time (a partial run): the
+    earlier figures under that prefix stay as last measured, with their dates (see bench/run.py)."""
+    return {"kept": True}
+
+
+def merge_figures(results: dict, bench: str, figures: Figures, at: str) -> dict:
+    """``results`` with ``bench``'s figures of this run: they replace every figure the bench wrote
+    before (a renamed figure does not linger), except under the prefixes it returned as
+    :func:`kept`, and except when it returned nothing at all (skipped: its data is absent here), so a
+    clone without shared/ does not wipe the figures measured where the data is."""
+    if not figures:
+        return results
+    prefixes = tuple(key for key, fig in figures.items() if fig.get("kept"))
+    merged = {
+        key: fig
+        for key, fig in results.items()
+        if fig.get("bench") != bench or any(key == p or key.startswith(p + ".") for p in prefixes)
+    }
+    for key, fig in figures.items():
+        if not fig.get("kept"):
+            merged[key] = {"at": at, **fig, "bench": bench}
+    return merged
+
+
 def raw_event_days(lake) -> list[str]:
     """The days of the raw zone's event logs (``raw/events/dt=<day>/...``), sorted."""
     return sorted({k.split("dt=")[1].split("/")[0] for k in lake.list_keys("raw/events")})

@@ -1,7 +1,8 @@
 """Benchmarks. ``python bench/run.py [NAME ...]`` runs some or all of them (one module per bench in
 bench/benches/, each with ``run() -> Figures``); every figure goes to bench/results.json (flat keys)
 and bench/RESULTS.md (for people, with the command that made it). Figures of benchmarks not run this
-time are kept from the previous results."""
+time, of a bench skipped for want of its data, and under the prefixes a partial run returns as
+``benchkit.kept()`` stay as last measured, with their dates."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 # `python bench/run.py` puts bench/ on the path; spawned bench workers inherit it.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import FIGURES, write_results  # noqa: E402
+from benchkit import FIGURES, merge_figures, write_results  # noqa: E402
 
 from visrec.logs import setup_logging  # noqa: E402
 
@@ -64,12 +65,14 @@ def main() -> int:
         print(f"bench {name} ...", file=sys.stderr, flush=True)
         at = datetime.now(UTC).strftime("%Y-%m-%d")
         figures = importlib.import_module(f"benches.{name}").run()
-        # A bench run replaces every figure that bench wrote before (a renamed figure does not linger);
-        # a figure it hands back from an earlier run (a partial run) keeps its date.
-        results = {k: v for k, v in results.items() if v.get("bench") != name}
+        results = merge_figures(results, name, figures, at)
+        if not figures:
+            print(f"  {name}: no figures (skipped); its earlier figures stay", file=sys.stderr)
         for key, fig in figures.items():
-            results[key] = {"at": at, **fig, "bench": name}
-            print(f"  {key} = {fig['value']} {fig['unit']}", file=sys.stderr)
+            if fig.get("kept"):
+                print(f"  {key}.*: not measured this time; kept as last measured", file=sys.stderr)
+            else:
+                print(f"  {key} = {fig['value']} {fig['unit']}", file=sys.stderr)
     FIGURES.write_text(json.dumps(results, indent=1) + "\n")
     write_results(results)
     return 0
