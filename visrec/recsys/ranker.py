@@ -426,6 +426,9 @@ class CandidateRanker(Recommender):
             )
             per_user = (binary @ one_hot).toarray()
             affinity = (per_user / np.maximum(per_user.sum(axis=1, keepdims=True), 1.0), codes)
+        # Ranks are exact down to ``depth`` and ``depth`` beyond: a full sort of every user's catalog
+        # per generator was most of serving's time, and ranks that deep carry no order.
+        depth = min(self.rank_depth or data.n_items, data.n_items)
         for start in range(0, len(userids), self.chunk_size):
             batch = userids[start : start + self.chunk_size]
             blocked = np.zeros((len(batch), data.n_items), bool)
@@ -440,9 +443,6 @@ class CandidateRanker(Recommender):
             for index, g in enumerate(generators):
                 s = np.asarray(g.model.score(batch), np.float32)
                 s = np.where(blocked | np.isnan(s), -np.inf, s)
-                # Ranks are exact down to ``depth`` and ``depth`` beyond: a full sort of every user's
-                # catalog per generator was most of serving's time, and ranks that deep carry no order.
-                depth = min(self.rank_depth or data.n_items, data.n_items)
                 top = top_by_score(s, depth)
                 rank = np.full(s.shape, depth, np.int32)
                 rank[row_index, top] = np.arange(depth, dtype=np.int32)
