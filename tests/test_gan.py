@@ -104,7 +104,7 @@ def test_consistency_per_category_exposes_a_collapsed_category(trained):
     class DrawsOneCategory:
         class_names = result.model.class_names
 
-        def generate(self, labels, seed=None):
+        def generate(self, labels, seed=None, temperature=None):
             return same[np.arange(len(labels)) % len(same)]
 
     metrics, by_class = gan_quality(DrawsOneCategory(), cnn, images.pixels, images.categories, 256)
@@ -130,7 +130,7 @@ def test_a_generator_that_draws_real_photos_scores_a_frechet_ratio_near_one(trai
     class DrawsRealPhotos:
         class_names = result.model.class_names
 
-        def generate(self, labels, seed=None):
+        def generate(self, labels, seed=None, temperature=None):
             picked = [rng.choice(np.flatnonzero(categories == self.class_names[k])) for k in labels]
             return to_unit(images.pixels[picked])
 
@@ -380,3 +380,33 @@ def test_a_hinge_gan_with_its_own_learning_rates_trains():
     assert ConditionalGAN.from_config(gan.get_config()).loss == "hinge"
     with pytest.raises(ValueError, match="loss must be one of"):
         ConditionalGAN(["a", "b"], loss="wasserstein")
+
+
+def test_a_lower_temperature_draws_less_varied_images_of_a_category(trained):
+    _, _, result, _ = trained
+    labels = np.zeros(32, np.int32)
+
+    def spread(temperature: float) -> float:
+        images = np.asarray(result.model.generate(labels, seed=2, temperature=temperature))
+        return float(images.std(axis=0).mean())
+
+    assert spread(0.001) < 0.05 * spread(1.0)
+    assert spread(0.5) < spread(1.0)
+    # The model's own temperature is the default, and travels with its config.
+    result.model.temperature = 0.5
+    try:
+        assert np.allclose(
+            result.model.generate(labels, seed=2), result.model.generate(labels, seed=2, temperature=0.5)
+        )
+        restored = type(result.model).from_config(result.model.get_config())
+        assert restored.temperature == 0.5
+    finally:
+        result.model.temperature = 1.0
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.5])
+def test_a_temperature_outside_zero_to_one_is_refused(temperature):
+    from visrec.models.gan import ConditionalGAN
+
+    with pytest.raises(ValueError, match="temperature must be in"):
+        ConditionalGAN(["a", "b"], temperature=temperature)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-from benchkit import CACHE, FIGURES, HERE, HM_SAMPLE, Figures, figure
+from benchkit import CACHE, HERE, HM_SAMPLE, Figures, figure, kept
 
 # Each remedy's effect at the same budget: the defaults with one thing changed. The hinge loss with
 # two time-scale learning rates is SAGAN's and BigGAN's recipe (discriminator 4e-4, generator 1e-4).
@@ -22,6 +21,9 @@ VARIANTS = {
     # Three times the reference budget: the nightly default since 12-06 (the GAN trains weekly).
     "budget_30": {"max_minutes": 30.0},
 }
+# Each training's samples are also judged drawn at these temperatures (the truncation trick: latents
+# from N(0, t^2); no training of its own).
+TEMPERATURES = (0.7, 0.5)
 # The budget of the reference training (``gan.hm.*``) and of each variant unless it changes it: the
 # nightly default until 12-06, kept so the figures compare across days.
 REFERENCE_MINUTES = 10.0
@@ -49,15 +51,16 @@ def run() -> Figures:
     ratio, class consistency over the product types beside the image model's accuracy on the real
     photos, wall time. Then the same training with one remedy changed (``gan.hm.<variant>.*``, see
     ``VARIANTS``: ``budget_30`` is the nightly default since 12-06; ``VISREC_BENCH_GAN_VARIANTS`` runs
-    some of them and, unless it names ``defaults``, not the reference). Real photos and the
-    reference's samples of the 12 most common product types are kept as bench/gan_hm.png."""
+    some of them and, unless it names ``defaults``, not the reference). Each training's samples are
+    judged again drawn at the ``TEMPERATURES`` (``<prefix>.temperature_<t x 100>.*``). Real photos and
+    the reference's samples of the 12 most common product types are kept as bench/gan_hm.png."""
     from collections import Counter
 
     import keras
 
     import visrec.models.cnn  # noqa: F401  (registers the image model's classes with Keras)
     from visrec.devdata.importer import import_hm
-    from visrec.generation.train import GANConfig, sample_grid, train_gan
+    from visrec.generation.train import GANConfig, gan_quality, sample_grid, train_gan
     from visrec.ingest.catalog_images import ingest_images
     from visrec.settings import Settings
     from visrec.store.lake import Lake
@@ -92,6 +95,19 @@ def run() -> Figures:
         for name, change in variants.items():
             variant = dataclasses.replace(config, **change)
             results[f"gan.hm.{name}"] = (train_gan(settings, ds, lake=lake, cnn=cnn, config=variant), change)
+        cooler = {}
+        for prefix, (result, _) in results.items():
+            for t in TEMPERATURES:
+                metrics, _ = gan_quality(
+                    result.model,
+                    cnn,
+                    staged.pixels,
+                    staged.categories,
+                    config.quality_samples,
+                    settings.seed,
+                    temperature=t,
+                )
+                cooler[f"{prefix}.temperature_{round(t * 100)}"] = metrics
     keys = (
         "frechet_ratio",
         "frechet_distance",
@@ -102,11 +118,9 @@ def run() -> Figures:
         "classes_mostly_missed",
         "train_seconds",
     )
-    # A partial run hands back the figures of the trainings it skipped, as last measured.
-    for key, fig in json.loads(FIGURES.read_text()).items() if FIGURES.exists() else ():
-        skipped = key.startswith("gan.hm.") and key.rsplit(".", 1)[0] not in results
-        if skipped and fig.get("bench") == "gan_hm":
-            out[key] = fig
+    # A partial run: the trainings it skipped keep their figures as last measured.
+    for prefix in ({"gan.hm"} | {f"gan.hm.{n}" for n in VARIANTS}) - set(results):
+        out[prefix] = kept()
     for prefix, (result, change) in results.items():
         note = (
             f"hm-sample, {len(result.class_names)} product types, 64x64, "
@@ -117,4 +131,11 @@ def run() -> Figures:
         )
         for key in keys:
             out[f"{prefix}.{key}"] = figure(round(result.metrics[key], 4), key, note)
+        for t in TEMPERATURES:
+            cool = f"{prefix}.temperature_{round(t * 100)}"
+            for key in ("frechet_ratio", "consistency_over_real_accuracy", "classes_mostly_missed"):
+                value = round(cooler[cool][key], 4)
+                out[f"{cool}.{key}"] = figure(
+                    value, key, f"the same model's samples drawn at temperature {t}; {note}"
+                )
     return out

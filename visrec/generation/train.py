@@ -60,6 +60,7 @@ class GANConfig:
     minibatch_kernels: int = 16  # same-category minibatch discrimination; 0 turns it off
     ema_decay: float = 0.999  # the generator that draws is this moving average of its weights; 0: none
     loss: str = "non_saturating"  # or "hinge"
+    temperature: float = 1.0  # the latents' scale when it draws (below 1: the truncation trick)
     d_learning_rate: float = 2e-4
     g_learning_rate: float = 2e-4
     quality_samples: int = 512
@@ -122,11 +123,18 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def gan_quality(
-    gan, cnn, real_pixels: np.ndarray, real_labels: list[str], n: int = 512, seed: int = 0
+    gan,
+    cnn,
+    real_pixels: np.ndarray,
+    real_labels: list[str],
+    n: int = 512,
+    seed: int = 0,
+    temperature: float | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Frechet distances and class consistency of ``gan`` judged by the image model ``cnn``, and the
     consistency per category (categories requested at least ``MIN_PER_CLASS`` times): one overall
-    figure hides a category the generator draws as another one."""
+    figure hides a category the generator draws as another one. Samples are drawn at ``temperature``
+    (the model's own unless given)."""
 
     rng = np.random.default_rng(seed)
     size = cnn.image_size
@@ -138,7 +146,8 @@ def gan_quality(
     half = len(order) // 2
     # Generate in the real class mix, so the comparison is like for like.
     requested = rng.choice(labels, size=min(n, len(labels)), replace=True)
-    generated = to_pixels(gan.generate(np.array([names.index(c) for c in requested]), seed=seed))
+    asked = np.array([names.index(c) for c in requested])
+    generated = to_pixels(gan.generate(asked, seed=seed, temperature=temperature))
     generated = resize(generated, size)
     # The gate's distance is in the classifier's embedding (how like real images of their category the
     # generated ones look); the retrieval embedding's (instance-level) is logged beside it.
@@ -278,6 +287,7 @@ def train_gan(
         minibatch_kernels=config.minibatch_kernels,
         ema_decay=config.ema_decay,
         loss=config.loss,
+        temperature=config.temperature,
     )
     gan.build()
     gan.compile(d_learning_rate=config.d_learning_rate, g_learning_rate=config.g_learning_rate)
