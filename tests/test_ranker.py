@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from visrec.recsys.baselines import ItemCF, Popularity, RP3Beta
+from visrec.recsys.baselines import EASE, ItemCF, ItemCooccurrence, Popularity, RP3Beta
 from visrec.recsys.data import TrainData, holdout_per_user
 from visrec.recsys.metrics import ndcg_per_user, users_with
 from visrec.recsys.ranker import CandidateRanker, Generator, top_by_score
@@ -206,3 +206,46 @@ def test_ranks_are_exact_to_the_rank_depth_and_shared_below_it(split):
     del ranker.rank_depth
     deep = next(ranker._candidate_chunks(ranker.generators, split.train, users, every_item=True))
     assert deep.features["item_cf_rank"].max() > 10
+
+
+def _rows(data: TrainData, users: np.ndarray) -> TrainData:
+    return TrainData(data.user_items[users], None, None, [str(u) for u in users], data.item_ids)
+
+
+def test_a_shard_fitted_on_every_shards_sums_scores_as_the_whole(split):
+    """What Spark shards do with a ranker: each fits the item-item generators on the co-occurrence
+    summed over every shard, and scores its own users as a fit on everyone would."""
+    data = split.train
+    shards = [np.arange(data.n_users)[k::3] for k in range(3)]
+    parts = [ItemCooccurrence.of(_rows(data, users)) for users in shards]
+    total = parts[0] + parts[1] + parts[2]
+    whole = ItemCooccurrence.of(data)
+    assert (total.gram != whole.gram).nnz == 0 and (total.recent == whole.recent).all()
+    assert total.n_users == data.n_users
+    for model in (EASE(l2=50.0), ItemCF(), Popularity()):
+        everyone = type(model)(**({"l2": 50.0} if isinstance(model, EASE) else {})).fit(data)
+        shard = model.fit_shared(total, _rows(data, shards[1]))
+        alone = type(model)(**({"l2": 50.0} if isinstance(model, EASE) else {})).fit(_rows(data, shards[1]))
+        rows = np.arange(len(shards[1]))
+        np.testing.assert_allclose(shard.score(rows), everyone.score(shards[1]), rtol=1e-6, atol=1e-7)
+        # (and a shard fitted on its own users alone would not: the sums are what the test is about)
+        assert not np.allclose(alone.score(rows), everyone.score(shards[1]), rtol=1e-6, atol=1e-7)
+
+
+def test_the_ranker_serves_a_shard_with_the_lists_of_the_whole(split, fitted):
+    import copy
+
+    data = split.train
+    users = np.arange(data.n_users)[1::3]
+    whole = copy.deepcopy(fitted).serve_on(data, CATEGORIES)
+    shard = copy.deepcopy(fitted).serve_on(_rows(data, users), CATEGORIES, shared=ItemCooccurrence.of(data))
+    ids, scores = shard.recommend(np.arange(len(users)), data.user_items[users], N=10)
+    want_ids, want_scores = whole.recommend(users, data.user_items, N=10)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
+    # A generator with no way to fit from the sums is refused, not fitted on the shard alone.
+    rp3 = CandidateRanker([Generator("rp3", RP3Beta(), 10)])
+    assert not rp3.fits_shared and fitted.fits_shared
+    rp3.booster = fitted.booster
+    with pytest.raises(ValueError, match="cannot be fitted from statistics summed over shards"):
+        rp3.serve_on(_rows(data, users), shared=ItemCooccurrence.of(data))

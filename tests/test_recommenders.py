@@ -733,3 +733,23 @@ def test_a_ranker_champion_serves_everyone_with_history_and_says_why(shop, tmp_p
     ranker, version = champion_ranker(settings)
     assert version == result.version and not hasattr(ranker, "data")
     assert ranker.booster.model_to_string() == result.ranker.booster.model_to_string()
+
+
+def test_spark_shards_serve_the_ranker_champion_with_the_lists_of_one_process(shop, spark, tmp_path):
+    """Sharded scoring serves the ranker: each shard fits the item-item generators and the catalog's
+    features on every shard's summed co-occurrence (the first job's counts), its per-user generators
+    on its own rows, so the table is the one a single process writes."""
+    settings, lake, _ = shop
+    settings = settings.with_overrides(
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", ranker_promotion="always"
+    )
+    result = train_ranker(settings, LAST, lake=lake)
+    single = score_users(settings, LAST, lake=lake)
+    one = lake.read_table("recommendations", LAST)
+    sharded = score_users(settings, LAST, lake=lake, spark=spark, shards=3)
+    parts = lake.read_table("recommendations", LAST)
+    assert len(lake.manifest("recommendations", LAST).files) >= 3
+    assert sharded == single
+    assert result.version in set(parts.column("model_version").to_pylist())
+    keys = [("user_id", "ascending"), ("rank", "ascending")]
+    assert differing_tables({"r": parts.sort_by(keys)}, {"r": one.sort_by(keys)}) == []

@@ -35,12 +35,23 @@ if TYPE_CHECKING:
 
 
 class Recommender:
-    """Base class: subclasses implement ``fit`` and ``score`` (dense scores for some users)."""
+    """Base class: subclasses implement ``fit`` and ``score`` (dense scores for some users), and
+    ``fit_shared`` where the model can score one shard of the users as if fitted on all of them."""
 
     chunk_size = 2048
+    # Whether ``fit_shared`` is implemented (what lets Spark shards serve a ranker over this model).
+    fits_shared = False
 
     def fit(self, data: TrainData) -> Recommender:
         raise NotImplementedError
+
+    def fit_shared(self, shared: ItemCooccurrence, data: TrainData) -> Recommender:
+        """Fitted to score ``data``'s users (one shard of every user) as :meth:`fit` on every user
+        would: what spans users comes from ``shared``, summed over every shard
+        (:class:`ItemCooccurrence`), the rest from ``data``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be fitted from statistics summed over shards"
+        )
 
     def score(self, userids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -107,6 +118,11 @@ class VisualProfile(FactorRecommender):
     items, and an item scores its cosine with it. Knows nothing of other users, so it reaches items
     nobody has bought yet as easily as popular ones (the content baseline for VBPR)."""
 
+    fits_shared = True
+
+    def fit_shared(self, shared: ItemCooccurrence, data: TrainData) -> VisualProfile:
+        return self.fit(data)  # a user's scores are of their own rows and the catalog's embeddings
+
     def fit(self, data: TrainData) -> VisualProfile:
         if data.item_features is None:
             raise ValueError("VisualProfile needs TrainData.item_features (the image embeddings)")
@@ -124,6 +140,8 @@ class VisualNeighbours(Recommender):
     none recent). Where :class:`VisualProfile` averages a user's taste into one point, this follows
     each thing they looked at lately, so a user who browses two styles gets look-alikes of both; like
     it, it reaches items nobody has bought yet. A candidate generator for the ranker."""
+
+    fits_shared = True
 
     def __init__(self, recent_items: int = 10):
         if recent_items < 1:
@@ -146,6 +164,9 @@ class VisualNeighbours(Recommender):
             self.anchors.append(row.indices[keep])
         return self
 
+    def fit_shared(self, shared: ItemCooccurrence, data: TrainData) -> VisualNeighbours:
+        return self.fit(data)  # a user's scores are of their own rows and the catalog's embeddings
+
     def score(self, userids: np.ndarray) -> np.ndarray:
         scores = np.zeros((len(userids), len(self.item_features)), np.float32)
         for row, u in enumerate(np.asarray(userids)):
@@ -158,14 +179,18 @@ class VisualNeighbours(Recommender):
 class Popularity(Recommender):
     """What most users interacted with recently (the same list for everyone)."""
 
+    fits_shared = True
+
     def __init__(self):
         self.popularity: np.ndarray | None = None
 
     def fit(self, data: TrainData) -> Popularity:
         recent = data.recent_user_items if data.recent_user_items is not None else data.user_items
-        self.popularity = popularity_scores(
-            *(np.asarray((m > 0).sum(axis=0)).ravel() for m in (recent, data.user_items))
-        )
+        self.popularity = popularity_scores(users_per_item(recent), users_per_item(data.user_items))
+        return self
+
+    def fit_shared(self, shared: ItemCooccurrence, data: TrainData) -> Popularity:
+        self.popularity = popularity_scores(shared.recent, shared.users_per_item)
         return self
 
     def score(self, userids: np.ndarray) -> np.ndarray:
@@ -186,10 +211,6 @@ class PopularityCounts:
         if len(segments) != data.n_users:
             raise ValueError(f"{len(segments)} segments for {data.n_users} users")
         recent = data.recent_user_items if data.recent_user_items is not None else data.user_items
-
-        def users_per_item(matrix) -> np.ndarray:
-            return np.asarray((matrix > 0).sum(axis=0)).ravel().astype(np.int64)
-
         labels = np.array([s or "" for s in segments])
         by_segment = {}
         for segment in sorted(set(labels) - {""}):
@@ -203,6 +224,38 @@ class PopularityCounts:
             mine = segments.get(name, (0, np.zeros_like(counts)))
             segments[name] = (mine[0] + users, mine[1] + counts)
         return PopularityCounts(self.recent + other.recent, self.all_time + other.all_time, segments)
+
+
+def users_per_item(matrix: sp.spmatrix) -> np.ndarray:
+    """How many users (rows) have each item (column) non-zero."""
+    return np.asarray((matrix > 0).sum(axis=0)).ravel().astype(np.int64)
+
+
+@dataclass
+class ItemCooccurrence:
+    """What the item-item models, popularity and the ranker's catalog features are fitted from,
+    summable over disjoint sets of users (shards): how many users have each pair of items (the binary
+    user-item matrix's Gram; its diagonal, how many have each item), how many touched each item
+    recently, and how many users there are."""
+
+    gram: sp.csr_matrix  # (n_items, n_items) float64, exact counts
+    recent: np.ndarray  # (n_items,) int64
+    n_users: int
+
+    @classmethod
+    def of(cls, data: TrainData) -> ItemCooccurrence:
+        binary = (data.user_items > 0).astype(np.float64).tocsc()
+        recent = data.recent_user_items if data.recent_user_items is not None else data.user_items
+        return cls((binary.T @ binary).tocsr(), users_per_item(recent), data.n_users)
+
+    @property
+    def users_per_item(self) -> np.ndarray:
+        return self.gram.diagonal()
+
+    def __add__(self, other: ItemCooccurrence) -> ItemCooccurrence:
+        return ItemCooccurrence(
+            (self.gram + other.gram).tocsr(), self.recent + other.recent, self.n_users + other.n_users
+        )
 
 
 def popularity_scores(recent: np.ndarray, all_time: np.ndarray) -> np.ndarray:
@@ -253,10 +306,14 @@ class ItemCF(Recommender):
         self.similarity: sp.csr_matrix | None = None
         self.user_items: sp.csr_matrix | None = None
 
+    fits_shared = True
+
     def fit(self, data: TrainData) -> ItemCF:
-        binary = (data.user_items > 0).astype(np.float64).tocsc()
-        counts = np.asarray(binary.sum(axis=0)).ravel()
-        sim = (binary.T @ binary).tocsr()  # co-occurrence counts, exact
+        return self.fit_shared(ItemCooccurrence.of(data), data)
+
+    def fit_shared(self, shared: ItemCooccurrence, data: TrainData) -> ItemCF:
+        counts = shared.users_per_item
+        sim = shared.gram.copy()  # co-occurrence counts, exact
         sim.setdiag(0)
         sim.eliminate_zeros()
         sim.sort_indices()  # ties in the top-neighbours cut go to the lower index, as in the Spark job
@@ -324,20 +381,24 @@ class EASE(Recommender):
         self.weights: np.ndarray | None = None
         self.user_items: sp.csr_matrix | None = None
 
+    fits_shared = True
+
     def fit(self, data: TrainData) -> EASE:
+        return self.fit_shared(ItemCooccurrence.of(data), data)
+
+    def fit_shared(self, shared: ItemCooccurrence, data: TrainData) -> EASE:
         if data.n_items > self.max_items:
             raise ValueError(
                 f"EASE solves an items x items system: {data.n_items} items is over max_items={self.max_items}; "
                 "use ItemCF or a factor model for a catalog this large"
             )
-        binary = (data.user_items > 0).astype(np.float64)
-        gram = (binary.T @ binary).toarray()
+        gram = shared.gram.toarray()
         gram[np.diag_indices_from(gram)] += self.l2
         inverse = np.linalg.inv(gram)
         weights = inverse / -np.diag(inverse)[None, :]
         weights[np.diag_indices_from(weights)] = 0.0
         self.weights = weights.astype(np.float32)
-        self.user_items = binary.astype(np.float32).tocsr()
+        self.user_items = (data.user_items > 0).astype(np.float32).tocsr()
         return self
 
     def score(self, userids: np.ndarray) -> np.ndarray:

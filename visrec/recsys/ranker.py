@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from visrec.recsys.baselines import Recommender
+from visrec.recsys.baselines import ItemCooccurrence, Recommender
 from visrec.recsys.data import Split, TrainData
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ class CandidateRanker(Recommender):
 
     chunk_size = 512  # users per batch: several dense (users x items) arrays live at once
     rank_depth: int | None = None  # rankers pickled before ``rank_depth`` existed ranked every item
+    # Statistics of every user when this ranker serves one shard of them (see :meth:`serve_on`).
+    shared: ItemCooccurrence | None = None
 
     def __init__(
         self,
@@ -268,7 +270,7 @@ class CandidateRanker(Recommender):
         )
         for g in self.generators:
             g.model.fit(data)
-        self.data = data
+        self.data, self.shared = data, None
         return self
 
     def feature_importance(self) -> pd.Series:
@@ -312,7 +314,13 @@ class CandidateRanker(Recommender):
         reasons = np.full((len(userids), N), "", object)
         names = self.generator_names
         chunks = self._candidate_chunks(
-            self.generators, self.data, userids, user_items, filter_already_liked_items, filter_items
+            self.generators,
+            self.data,
+            userids,
+            user_items,
+            filter_already_liked_items,
+            filter_items,
+            shared=self.shared,
         )
         for start, table in zip(range(0, len(userids), self.chunk_size), chunks, strict=True):
             predicted = self.booster.predict(table.features, num_iteration=self.best_iteration)
@@ -335,22 +343,33 @@ class CandidateRanker(Recommender):
             raise RuntimeError("fit the ranker first")
         userids = np.asarray(userids, np.int64)
         out = np.full((len(userids), self.data.n_items), -np.inf, np.float32)
-        chunks = self._candidate_chunks(self.generators, self.data, userids, every_item=True)
+        chunks = self._candidate_chunks(
+            self.generators, self.data, userids, every_item=True, shared=self.shared
+        )
         for start, table in zip(range(0, len(userids), self.chunk_size), chunks, strict=True):
             rows = start + np.repeat(np.arange(len(table.group_sizes)), table.group_sizes)
             out[rows, table.items] = self.booster.predict(table.features, num_iteration=self.best_iteration)
         return out
+
+    @property
+    def fits_shared(self) -> bool:
+        """Whether :meth:`serve_on` can serve one shard of the users with ``shared`` statistics: every
+        generator can be fitted from them (:meth:`Recommender.fit_shared`)."""
+        return all(g.model.fits_shared for g in self.generators)
 
     def serve_on(
         self,
         data: TrainData,
         item_categories: list[str] | None = None,
         item_values: dict[str, np.ndarray] | None = None,
+        shared: ItemCooccurrence | None = None,
     ) -> CandidateRanker:
         """Ready to recommend for ``data``'s users: every generator refitted on ``data``, the learned
         ordering unchanged (what scoring does each night with the registered ranker, whose catalog may
         have grown since). ``item_categories`` and ``item_values`` describe ``data``'s items, for the
-        features the ranker learned with (the same value names)."""
+        features the ranker learned with (the same value names). With ``shared`` (summed over every
+        shard of the users, ``data`` one shard), the generators and the catalog's features come from
+        every user's statistics, so a shard's lists are those of a ranker served on everyone."""
         if self.booster is None:
             raise RuntimeError("fit the ranker first")
         if (self.item_categories is None) != (item_categories is None):
@@ -361,9 +380,15 @@ class CandidateRanker(Recommender):
             )
         self.item_categories = None if item_categories is None else list(item_categories)
         self.item_values = {k: np.asarray(v, np.float64) for k, v in (item_values or {}).items()}
+        if shared is not None and not self.fits_shared:
+            cannot = [g.name for g in self.generators if not g.model.fits_shared]
+            raise ValueError(f"generators {cannot} cannot be fitted from statistics summed over shards")
         for g in self.generators:
-            g.model.fit(data)
-        self.data = data
+            if shared is None:
+                g.model.fit(data)
+            else:
+                g.model.fit_shared(shared, data)
+        self.data, self.shared = data, shared
         return self
 
     def on(self, validation: Split) -> FixedValidation:
@@ -393,19 +418,27 @@ class CandidateRanker(Recommender):
         filter_already_liked_items: bool = True,
         filter_items: np.ndarray | None = None,
         every_item: bool = False,
+        shared: ItemCooccurrence | None = None,
     ) -> Iterator[Candidates]:
         """Candidates and their features for ``userids``, one chunk of ``chunk_size`` users at a time
-        (in order); the catalog's statistics are computed once, before the first. ``every_item``:
-        rows for every item not filtered, proposed or not (what :meth:`score` predicts on)."""
+        (in order); the catalog's statistics are computed once, before the first (from ``shared``,
+        every shard's, when given). ``every_item``: rows for every item not filtered, proposed or not
+        (what :meth:`score` predicts on)."""
         user_items = data.user_items if user_items is None else user_items
         binary = (data.user_items > 0).astype(np.float32)
-        item_popularity = np.asarray(binary.sum(axis=0)).ravel() / max(data.n_users, 1)
+        if shared is None:
+            n_users = data.n_users
+            item_popularity = np.asarray(binary.sum(axis=0)).ravel() / max(n_users, 1)
+        else:
+            n_users = shared.n_users
+            # float32 counts, as the line above divides: the same features to the last bit.
+            item_popularity = shared.users_per_item.astype(np.float32) / max(n_users, 1)
         # The user's own features come from the data the generators were fitted on (``user_items`` may
         # be a narrower filter, e.g. purchases only).
         user_binary = binary
         user_counts = np.asarray(user_binary.sum(axis=1)).ravel()
         user_log_items = np.log1p(user_counts)
-        log_popularity = np.log(item_popularity + 1.0 / max(data.n_users, 1))
+        log_popularity = np.log(item_popularity + 1.0 / max(n_users, 1))
         user_log_popularity = (user_binary @ log_popularity) / np.maximum(user_counts, 1)
         user_values = {}
         for name, values in self.item_values.items():

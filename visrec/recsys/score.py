@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from visrec.errors import VisrecError
 from visrec.ingest.features import interactions_current
 from visrec.mlops import registry
-from visrec.recsys.baselines import PopularityCounts, Recommender, SegmentPopularity
+from visrec.recsys.baselines import ItemCooccurrence, PopularityCounts, Recommender, SegmentPopularity
 from visrec.recsys.data import TrainData, full_data, item_categories, purchased_matrix, snapshot_data
 from visrec.recsys.ranker import CandidateRanker
 from visrec.recsys.rules import cap_per_category
@@ -284,6 +284,22 @@ class ScorerRef:
 
 
 @dataclass
+class ShardCounts:
+    """What one shard's users add to every shard's lists, summed over the shards on the driver: the
+    popularity counts, and where a ranker serves, the item co-occurrence its generators and catalog
+    features are fitted from (items x items: a catalog within EASE's limit keeps it small)."""
+
+    popularity: PopularityCounts
+    cooccurrence: ItemCooccurrence | None = None
+
+    def __add__(self, other: ShardCounts) -> ShardCounts:
+        both = self.cooccurrence is not None and other.cooccurrence is not None
+        return ShardCounts(
+            self.popularity + other.popularity, self.cooccurrence + other.cooccurrence if both else None
+        )
+
+
+@dataclass
 class _Scoring:
     """What every shard's scoring needs (small and picklable: a Spark task's whole input)."""
 
@@ -298,7 +314,8 @@ class _Scoring:
     # ``interactions_current``), not their whole event history.
     from_snapshot: bool = False
     # The champion ranker (generators unfitted: small) and its version, when it serves users with
-    # history instead of the factor model; each job fits its generators on the job's data.
+    # history instead of the factor model; each job fits its generators on the job's data, or on every
+    # shard's summed statistics (``ShardCounts.cooccurrence``) when it scores one shard.
     ranker: CandidateRanker | None = None
     ranker_version: str = ""
 
@@ -306,13 +323,13 @@ class _Scoring:
         self,
         lake: Lake,
         shard: tuple[int, int],
-        popularity: PopularityCounts | None = None,
+        totals: ShardCounts | None = None,
         counts_only: bool = False,
-    ) -> tuple[list[ScoreGroup], PopularityCounts]:
+    ) -> tuple[list[ScoreGroup], ShardCounts]:
         """The scoring groups of the users of ``shard`` (``(s, n)``), everything read from the lake for
-        those users only; popularity lists from ``popularity`` (every shard's counts summed), or from this
-        shard's own counts when None (one shard: everyone). Also returns this shard's counts (only
-        them, and no groups, with ``counts_only``)."""
+        those users only; popularity lists (and the ranker's generators) from ``totals`` (every shard's
+        counts summed), or from this shard's own data when None (one shard: everyone). Also returns
+        this shard's counts (only them, and no groups, with ``counts_only``: the first of two jobs)."""
         settings, ds = self.settings, self.ds
         if self.from_snapshot:
             data, bought = snapshot_data(lake, ds, shard)
@@ -371,11 +388,14 @@ class _Scoring:
             else {}
         )
         segments = [segment_of.get(u) for u in everyone.user_ids]
-        counts = PopularityCounts.of(everyone, segments)
+        counts = ShardCounts(
+            PopularityCounts.of(everyone, segments),
+            ItemCooccurrence.of(everyone) if counts_only and self.ranker is not None else None,
+        )
         if counts_only:
             return [], counts
         scorer = self.scorer.load(settings) if isinstance(self.scorer, ScorerRef) else self.scorer
-        popular = SegmentPopularity(segments).fit_counts(popularity or counts)
+        popular = SegmentPopularity(segments).fit_counts((totals or counts).popularity)
         aligned = scorer.aligned(everyone.user_ids, everyone.item_ids) if scorer is not None else None
         known = aligned.known_users if aligned is not None else np.zeros(everyone.n_users, bool)
         model_version = scorer.version if scorer is not None else "none"
@@ -392,7 +412,8 @@ class _Scoring:
         )
         ranked, list_version = None, model_version
         if self.ranker is not None:  # it ranks everyone with history (photos do not enter its lists)
-            ranked = ranker_on(copy.deepcopy(self.ranker), everyone, lake, ds, categories)
+            shared = totals.cooccurrence if totals is not None else None
+            ranked = ranker_on(copy.deepcopy(self.ranker), everyone, lake, ds, categories, shared)
             known = np.diff(everyone.user_items.indptr) > 0
             list_version = self.ranker_version
         groups = (
@@ -471,13 +492,13 @@ def score_in_shards(spark, lake: Lake, version: str, scoring: _Scoring, shards: 
     schema = T.StructType([T.StructField("counts", T.BinaryType())])
     pickled = [r["counts"] for r in frame.mapInArrow(counts_of, schema).collect()]
     totals = [pickle.loads(p) for p in pickled]
-    popularity = sum(totals[1:], totals[0])
+    summed = sum(totals[1:], totals[0])
 
     def write_shard(batches):
         here = Lake(uri, s3_endpoint=endpoint, s3_region=region)
         for batch in batches:
             for shard in batch.column("shard").to_pylist():
-                jobs, _ = scoring.jobs(here, (shard, shards), popularity)
+                jobs, _ = scoring.jobs(here, (shard, shards), summed)
                 if not jobs:
                     continue
                 part = pa.concat_tables([job.run() for job in jobs])
@@ -518,8 +539,9 @@ def score_users(
     model off the driver); the champion when None.
 
     Users the champion recommender knows: its scores, blended with their photos' visual evidence when
-    they uploaded any (``source='mf'``); where ``visrec-ranker`` has a champion (and ``serve_ranker``,
-    in one process: Spark shards serve the factor champion), every user with history gets the ranker's
+    they uploaded any (``source='mf'``); where ``visrec-ranker`` has a champion (and ``serve_ranker``;
+    in Spark shards too, its generators fitted on every shard's summed statistics, unless one of them
+    cannot be), every user with history gets the ranker's
     lists instead, each row's ``reason`` the generator that proposed the item; when the day has generated looks for them, real items nearest
     those looks take the last places (``source='generated'``, see ``add_generated_candidates``).
     Users whose only signal is uploads: ranked by how close items look to their photos
@@ -539,9 +561,10 @@ def score_users(
     if isinstance(scorer, ScorerRef) and spark is None:
         scorer = scorer.load(settings)
     ranker = champion_ranker(settings) if serve_ranker else None
-    if ranker is not None and spark is not None:
+    if ranker is not None and spark is not None and not ranker[0].fits_shared:
         log.warning(
-            "ranker %s is served by in-process scoring only: these Spark shards serve the factor champion",
+            "ranker %s has a generator that Spark shards cannot fit from summed statistics: "
+            "these shards serve the factor champion (score in one process to serve the ranker)",
             ranker[1],
         )
         ranker = None

@@ -23,7 +23,15 @@ import pyarrow as pa
 from visrec.mlops import registry
 from visrec.mlops.tracking import tracked_run, use_tracking
 from visrec.mlops.validation import TableValidator
-from visrec.recsys.baselines import EASE, EASE_MAX_ITEMS, ItemCF, Popularity, VisualNeighbours, VisualProfile
+from visrec.recsys.baselines import (
+    EASE,
+    EASE_MAX_ITEMS,
+    ItemCF,
+    ItemCooccurrence,
+    Popularity,
+    VisualNeighbours,
+    VisualProfile,
+)
 from visrec.recsys.candidates import merge, recall_at
 from visrec.recsys.data import TrainData, build_split, full_data, item_categories, item_prices
 from visrec.recsys.metrics import users_with
@@ -250,14 +258,20 @@ def champion_ranker(settings: Settings) -> tuple[CandidateRanker, str] | None:
 
 
 def ranker_on(
-    ranker: CandidateRanker, data: TrainData, lake: Lake, ds: str, categories: list[str] | None = None
+    ranker: CandidateRanker,
+    data: TrainData,
+    lake: Lake,
+    ds: str,
+    categories: list[str] | None = None,
+    shared: ItemCooccurrence | None = None,
 ) -> CandidateRanker:
-    """``ranker`` ready to recommend for ``data`` as of ``ds``: its generators fitted on ``data``, the
-    catalog's categories (``categories`` when the caller has read them) and prices of ``data``'s items
-    for its features."""
+    """``ranker`` ready to recommend for ``data`` as of ``ds``: its generators fitted on ``data`` (on
+    ``shared``, every shard's statistics, when ``data`` is one shard of the users: see
+    :meth:`CandidateRanker.serve_on`), the catalog's categories (``categories`` when the caller has
+    read them) and prices of ``data``'s items for its features."""
     if ranker.item_categories is None:
         categories = None
     elif categories is None:
         categories = item_categories(lake, ds, data.item_ids)
     values = {"price": item_prices(lake, ds, data.item_ids)} if ranker.item_values else None
-    return ranker.serve_on(data, categories, values)
+    return ranker.serve_on(data, categories, values, shared)
