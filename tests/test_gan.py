@@ -410,3 +410,12 @@ def test_a_temperature_outside_zero_to_one_is_refused(temperature):
 
     with pytest.raises(ValueError, match="temperature must be in"):
         ConditionalGAN(["a", "b"], temperature=temperature)
+
+
+def test_the_sampling_temperature_is_a_setting_the_trained_model_keeps(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISREC_GAN_TEMPERATURE", "0.6")
+    config = GANConfig.from_settings(Settings(home=tmp_path))
+    assert config.temperature == 0.6
+    monkeypatch.setenv("VISREC_GAN_TEMPERATURE", "1.2")
+    with pytest.raises(ValueError, match="gan_temperature"):
+        Settings(home=tmp_path)

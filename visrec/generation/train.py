@@ -74,6 +74,7 @@ class GANConfig:
                 "epochs": settings.gan_epochs,
                 "max_minutes": settings.gan_max_minutes,
                 "ema_decay": settings.gan_ema_decay,
+                "temperature": settings.gan_temperature,
                 **overrides,
             }
         )
