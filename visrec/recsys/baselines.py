@@ -384,14 +384,18 @@ class EASE(Recommender):
     fits_shared = True
 
     def fit(self, data: TrainData) -> EASE:
+        self._check(data.n_items)  # before the co-occurrence of a catalog too large is counted
         return self.fit_shared(ItemCooccurrence.of(data), data)
 
-    def fit_shared(self, shared: ItemCooccurrence, data: TrainData) -> EASE:
-        if data.n_items > self.max_items:
+    def _check(self, n_items: int) -> None:
+        if n_items > self.max_items:
             raise ValueError(
-                f"EASE solves an items x items system: {data.n_items} items is over max_items={self.max_items}; "
+                f"EASE solves an items x items system: {n_items} items is over max_items={self.max_items}; "
                 "use ItemCF or a factor model for a catalog this large"
             )
+
+    def fit_shared(self, shared: ItemCooccurrence, data: TrainData) -> EASE:
+        self._check(data.n_items)
         gram = shared.gram.toarray()
         gram[np.diag_indices_from(gram)] += self.l2
         inverse = np.linalg.inv(gram)
