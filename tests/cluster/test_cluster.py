@@ -44,7 +44,7 @@ POOLS = {"visrec_spark": 1, "visrec_training": 1}
 # The trial's settings, and a short wait for a day's raw events (the missing-day test).
 # A periodic schedule, as a deployment has (Airflow's backfills need one; its latest night runs at once
 # and fails at the sensor: no events for today).
-CLUSTER_SETTINGS = {**SETTINGS, "VISREC_EVENTS_WAIT_MINUTES": "0.5", "VISREC_DAG_SCHEDULE": "@daily"}
+CLUSTER_SETTINGS = {**SETTINGS, "VISREC_EVENTS_WAIT_MINUTES": "0.25", "VISREC_DAG_SCHEDULE": "@daily"}
 
 
 def _visrec(env: dict[str, str], *args: str) -> None:
