@@ -30,10 +30,28 @@ def figure(value: float | int, unit: str, note: str = "") -> dict:
     return {"value": value, "unit": unit, "note": note}
 
 
-def kept() -> dict:
+# The GAN benches' figures of one training (gan_quality's, and its training time).
+GAN_KEYS = (
+    "frechet_ratio",
+    "frechet_distance",
+    "frechet_real_vs_real",
+    "class_consistency",
+    "cnn_accuracy_on_real",
+    "consistency_over_real_accuracy",
+    "classes_mostly_missed",
+    "train_seconds",
+)
+
+
+def kept(*but: str) -> dict:
     """What a bench returns under a key prefix it did not measure this time (a partial run): the
-    earlier figures under that prefix stay as last measured, with their dates (see bench/run.py)."""
-    return {"kept": True}
+    earlier figures under that prefix stay as last measured, with their dates (see bench/run.py),
+    except under the sub-prefixes ``but`` (e.g. the variants this run measured again)."""
+    return {"kept": True, "but": list(but)}
+
+
+def _under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
 
 
 def merge_figures(results: dict, bench: str, figures: Figures, at: str) -> dict:
@@ -43,11 +61,12 @@ def merge_figures(results: dict, bench: str, figures: Figures, at: str) -> dict:
     clone without shared/ does not wipe the figures measured where the data is."""
     if not figures:
         return results
-    prefixes = tuple(key for key, fig in figures.items() if fig.get("kept"))
+    prefixes = [(key, fig.get("but", [])) for key, fig in figures.items() if fig.get("kept")]
     merged = {
         key: fig
         for key, fig in results.items()
-        if fig.get("bench") != bench or any(key == p or key.startswith(p + ".") for p in prefixes)
+        if fig.get("bench") != bench
+        or any(_under(key, p) and not any(_under(key, f"{p}.{b}") for b in but) for p, but in prefixes)
     }
     for key, fig in figures.items():
         if not fig.get("kept"):

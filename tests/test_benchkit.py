@@ -42,5 +42,14 @@ def test_a_partial_run_keeps_what_it_did_not_measure_with_its_date():
     assert not any(key.startswith("gan.hm.no_ema") for key in merged)
 
 
+def test_a_variants_only_run_keeps_the_reference_but_not_what_it_measured_again():
+    figures = {"gan.hm": kept("no_ema"), "gan.hm.no_ema.frechet_ratio": figure(9.0, "ratio")}
+    merged = merge_figures(_earlier(), "gan_hm", figures, "2026-12-06")
+    assert merged["gan.hm.frechet_ratio"] == _earlier()["gan.hm.frechet_ratio"]
+    assert merged["gan.hm.no_ema.frechet_ratio"]["value"] == 9.0
+    # The variant's figure this run no longer writes does not linger under the kept reference.
+    assert "gan.hm.no_ema.consistency" not in merged
+
+
 def test_a_skipped_bench_keeps_every_earlier_figure():
     assert merge_figures(_earlier(), "gan_hm", {}, "2026-12-06") == _earlier()

@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchkit import Figures, figure
+from benchkit import GAN_KEYS, Figures, figure
 
 GAN_SEEDS = (42, 1, 2, 3)
 
@@ -62,16 +62,7 @@ def run() -> Figures:
             f"in fewer than half their images per seed {[int(m['classes_mostly_missed']) for m in runs]}; "
             f"epochs {[int(m['epochs_run']) for m in runs]}; samples (first seed): bench/gan_synthetic.png"
         )
-        for key in (
-            "frechet_ratio",
-            "frechet_distance",
-            "frechet_real_vs_real",
-            "class_consistency",
-            "cnn_accuracy_on_real",
-            "consistency_over_real_accuracy",
-            "classes_mostly_missed",
-            "train_seconds",
-        ):
+        for key in GAN_KEYS:
             out[f"gan.synthetic.{key}"] = figure(round(sum(m[key] for m in runs) / len(runs), 4), key, note)
         out["gan.synthetic.consistency_over_real_accuracy_min"] = figure(
             round(min(ratios), 4), "lowest consistency_over_real_accuracy over the seeds", note

@@ -123,6 +123,27 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
 
 
+@dataclass
+class JudgedReal:
+    """The image model's view of the real images of the categories a GAN draws: what every
+    :func:`gan_quality` of one catalog, judge and GAN categories shares (a catalog is embedded once,
+    not once per sample set judged)."""
+
+    labels: np.ndarray  # each usable image's category
+    embeddings: dict[str, np.ndarray]  # embed_kinds of the images, at the judge's size
+    predicted: np.ndarray  # the judge's predicted class index of each
+
+
+def judge_real(cnn, real_pixels: np.ndarray, real_labels: list[str], class_names: list[str]) -> JudgedReal:
+    """:class:`JudgedReal` of the images whose category both the judge ``cnn`` and a GAN of
+    ``class_names`` know."""
+    known, drawn = set(cnn.class_names), set(class_names)
+    usable = np.array([c in known and c in drawn for c in real_labels], bool)
+    pixels = resize(real_pixels[usable], cnn.image_size)
+    predicted = np.asarray(cnn.predict(pixels, verbose=0)).argmax(1)
+    return JudgedReal(np.array(real_labels)[usable], embed_kinds(cnn, pixels), predicted)
+
+
 def gan_quality(
     gan,
     cnn,
@@ -131,19 +152,21 @@ def gan_quality(
     n: int = 512,
     seed: int = 0,
     temperature: float | None = None,
+    real: JudgedReal | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Frechet distances and class consistency of ``gan`` judged by the image model ``cnn``, and the
     consistency per category (categories requested at least ``MIN_PER_CLASS`` times): one overall
     figure hides a category the generator draws as another one. Samples are drawn at ``temperature``
-    (the model's own unless given)."""
+    (the model's own unless given). ``real``: the real images already judged (:func:`judge_real` of
+    ``real_pixels``), when several sample sets are judged against one catalog."""
 
+    real = real or judge_real(cnn, real_pixels, real_labels, list(gan.class_names))
     rng = np.random.default_rng(seed)
     size = cnn.image_size
     names = list(gan.class_names)
     cnn_index = {c: k for k, c in enumerate(cnn.class_names)}
-    usable = np.array([c in cnn_index and c in names for c in real_labels])
-    real_pixels, labels = real_pixels[usable], np.array(real_labels)[usable]
-    order = rng.permutation(len(real_pixels))
+    labels = real.labels
+    order = rng.permutation(len(labels))
     half = len(order) // 2
     # Generate in the real class mix, so the comparison is like for like.
     requested = rng.choice(labels, size=min(n, len(labels)), replace=True)
@@ -152,8 +175,7 @@ def gan_quality(
     generated = resize(generated, size)
     # The gate's distance is in the classifier's embedding (how like real images of their category the
     # generated ones look); the retrieval embedding's (instance-level) is logged beside it.
-    real_pixels = resize(real_pixels, size)
-    real_by_kind, fake_by_kind = embed_kinds(cnn, real_pixels), embed_kinds(cnn, generated)
+    real_by_kind, fake_by_kind = real.embeddings, embed_kinds(cnn, generated)
     ratios = {}
     for kind in ("classifier", "retrieval"):
         if kind in real_by_kind:
@@ -167,7 +189,7 @@ def gan_quality(
             ratios[kind] = (frechet_distance(fake_emb[:compared], sample), real_floor)
     distance, floor = ratios["classifier"]
     fake_pred = np.asarray(cnn.predict(generated, verbose=0)).argmax(1)
-    real_pred = np.asarray(cnn.predict(real_pixels, verbose=0)).argmax(1)
+    real_pred = real.predicted
     hits = fake_pred == np.array([cnn_index[c] for c in requested])
     consistency = float(np.mean(hits))
     real_accuracy = float(np.mean(real_pred == np.array([cnn_index[c] for c in labels])))
