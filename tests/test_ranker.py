@@ -4,14 +4,17 @@ generator knows (here: which category a user buys from)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from visrec.recsys.baselines import EASE, ItemCF, ItemCooccurrence, Popularity, RP3Beta
+from visrec.recsys.baselines import EASE, ItemCF, ItemCooccurrence, Popularity, RP3Beta, VisualProfile
 from visrec.recsys.data import TrainData, holdout_per_user
 from visrec.recsys.metrics import ndcg_per_user, users_with
-from visrec.recsys.ranker import CandidateRanker, Generator, top_by_score
+from visrec.recsys.ranker import CandidateRanker, Generator, as_if_new, top_by_score
 
 pytestmark = pytest.mark.unit
 
@@ -77,6 +80,41 @@ def test_the_ranker_learns_from_a_numeric_item_value_relative_to_the_users_usual
         [Generator("popularity", Popularity(), 40)], item_values={"price": rng.permutation(price)}
     )
     assert _ndcg(shuffled.fit(split.train, validation), split) < _ndcg(ranker, split) - 0.15
+
+
+def test_simulated_new_items_are_trained_on_as_new_and_never_as_the_users_own(split):
+    # Looks: each item's category, blurred; the visual profile proposes items nobody has had.
+    rng = np.random.default_rng(4)
+    looks = np.eye(GROUPS)[np.arange(GROUPS * PER_GROUP) // PER_GROUP] + 0.3 * rng.standard_normal(
+        (GROUPS * PER_GROUP, GROUPS)
+    )
+    looks = (looks / np.linalg.norm(looks, axis=1, keepdims=True)).astype(np.float32)
+    data = replace(split.train, item_features=looks, recent_user_items=split.train.user_items)
+    validation = holdout_per_user(data, 0.25, seed=2)
+
+    before = np.asarray((validation.train.user_items > 0).sum(axis=0)).ravel()
+    new = as_if_new(validation.train, 0.25, np.random.default_rng(0))
+    after = np.asarray((new.user_items > 0).sum(axis=0)).ravel()
+    gone = (before > 0) & (after == 0)
+    assert gone.sum() == round(0.25 * (before > 0).sum())
+    kept = ~gone
+    assert (validation.train.user_items[:, kept] != new.user_items[:, kept]).nnz == 0
+    assert new.user_items[:, gone].nnz == 0 and new.recent_user_items[:, gone].nnz == 0
+
+    def trained(cold_share: float) -> pd.DataFrame:
+        generators = [
+            Generator("visual_profile", VisualProfile(), 40),
+            Generator("popularity", Popularity(), 10),
+        ]
+        return CandidateRanker(generators, cold_share=cold_share).fit(data, validation).training_table
+
+    plain, simulated = trained(0.0), trained(0.25)
+    assert (plain["item_cold"] == 1).sum() == 0  # every item of this shop has buyers: nothing to learn from
+    cold = simulated[simulated["item_cold"] == 1]
+    assert len(cold) > 0 and cold["label"].sum() > 0
+    # An item the user had before the cut is never a candidate, new-looking or not.
+    had = validation.train.user_items[simulated["user"].to_numpy(), simulated["item"].to_numpy()]
+    assert np.count_nonzero(had) == 0
 
 
 def test_recommendations_are_new_candidates_best_first_with_their_reason(split):

@@ -24,6 +24,10 @@ catalog has (``item_values``, e.g. price) the item's value and its difference fr
 user's items (NaN where unknown: LightGBM learns a side for it).
 A generator with ``n=0`` proposes nothing and contributes features only (e.g. the visual profile's
 cosine between the item's photo embedding and the user's mean).
+
+``cold_share``: a share of the bought items made new for training only (:func:`as_if_new`), so the
+ranker sees more new items than the validation window brings; on the synthetic shop it measured no
+reliable gain in new items' recall (docs/explanation/models.md), so it is off by default.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -107,6 +111,30 @@ class Candidates:
     proposed_by: np.ndarray  # (rows,) the first generator (by list order) that proposed the item
 
 
+def as_if_new(data: TrainData, share: float, rng: np.random.Generator) -> TrainData:
+    """``data`` with a random ``share`` of its interacted items made new: their interactions removed,
+    so each generator and feature sees them as it sees an item nobody has had yet. The ranker learns
+    how to order new items from these (their held-out interactions are still the labels); without
+    them it learns from warm items only, where behaviour outranks looks (DropoutNet's idea, Volkovs
+    et al., NeurIPS 2017, applied to the ranker's training data)."""
+    seen = np.flatnonzero(np.asarray((data.user_items > 0).sum(axis=0)).ravel())
+    chosen = rng.choice(seen, size=int(round(share * len(seen))), replace=False)
+    keep = np.ones(data.n_items, np.float32)
+    keep[chosen] = 0.0
+    mask = sp.diags(keep)
+
+    def without(matrix: sp.csr_matrix | None) -> sp.csr_matrix | None:
+        if matrix is None:
+            return None
+        out = sp.csr_matrix(matrix @ mask, dtype=matrix.dtype)
+        out.eliminate_zeros()
+        return out
+
+    return replace(
+        data, user_items=without(data.user_items), recent_user_items=without(data.recent_user_items)
+    )
+
+
 class FixedValidation:
     """A :class:`CandidateRanker` whose ``fit(data)`` learns on a fixed validation split and returns
     the fitted ranker (see :meth:`CandidateRanker.on`)."""
@@ -123,6 +151,7 @@ class CandidateRanker(Recommender):
 
     chunk_size = 512  # users per batch: several dense (users x items) arrays live at once
     rank_depth: int | None = None  # rankers pickled before ``rank_depth`` existed ranked every item
+    cold_share = 0.0  # nor simulated new items
     # Statistics of every user when this ranker serves one shard of them (see :meth:`serve_on`).
     shared: ItemCooccurrence | None = None
 
@@ -141,6 +170,7 @@ class CandidateRanker(Recommender):
         item_categories: list[str] | None = None,
         generator_features: tuple[str, ...] = GENERATOR_FEATURES,
         item_values: dict[str, np.ndarray] | None = None,
+        cold_share: float = 0.0,
     ):
         if not generators:
             raise ValueError("the ranker needs at least one generator")
@@ -158,6 +188,8 @@ class CandidateRanker(Recommender):
             raise ValueError(f"rank_depth ({rank_depth}) must reach the deepest generator's n ({deepest})")
         if not 0 < eval_share < 1:
             raise ValueError(f"eval_share must be between 0 and 1, got {eval_share}")
+        if not 0 <= cold_share < 1:
+            raise ValueError(f"cold_share must be in [0, 1), got {cold_share}")
         self.generators = generators
         self.num_leaves = num_leaves
         self.learning_rate = learning_rate
@@ -171,6 +203,7 @@ class CandidateRanker(Recommender):
         self.item_categories = None if item_categories is None else list(item_categories)
         self.generator_features = tuple(generator_features)
         self.item_values = {k: np.asarray(v, np.float64) for k, v in (item_values or {}).items()}
+        self.cold_share = cold_share
         self.booster = None
         self.training_table: pd.DataFrame | None = None
         self.best_iteration = 0
@@ -203,13 +236,17 @@ class CandidateRanker(Recommender):
                 f"the validation split has {validation.train.n_items} items, data {data.n_items}: "
                 "both must index the same catalog"
             )
+        train = validation.train
+        if self.cold_share:
+            train = as_if_new(train, self.cold_share, np.random.default_rng([self.seed, 1]))
         inner = [Generator(g.name, copy.deepcopy(g.model), g.n) for g in self.generators]
         for g in inner:
-            g.model.fit(validation.train)
+            g.model.fit(train)
         users = np.array([u for u, r in enumerate(validation.relevant) if r], np.int64)
         if len(users) < 10:
             raise ValueError(f"the ranker needs held-out items for at least 10 users, got {len(users)}")
-        table = self._candidates(inner, validation.train, users)
+        # What a user had stays filtered out, including items that ``train`` pretends are new.
+        table = self._candidates(inner, train, users, validation.train.user_items)
         labels = np.array(
             [i in validation.relevant[u] for u, i in zip(table.users, table.items, strict=True)], np.float32
         )
@@ -398,9 +435,16 @@ class CandidateRanker(Recommender):
 
     # -- features ------------------------------------------------------------------------------------
 
-    def _candidates(self, generators: list[Generator], data: TrainData, userids: np.ndarray) -> Candidates:
-        """Candidates and their features for every one of ``userids`` (what the ranker trains on)."""
-        parts = list(self._candidate_chunks(generators, data, userids))
+    def _candidates(
+        self,
+        generators: list[Generator],
+        data: TrainData,
+        userids: np.ndarray,
+        user_items: sp.csr_matrix | None = None,
+    ) -> Candidates:
+        """Candidates and their features for every one of ``userids`` (what the ranker trains on),
+        without the items ``user_items`` (``data``'s by default) holds for each."""
+        parts = list(self._candidate_chunks(generators, data, userids, user_items))
         return Candidates(
             np.concatenate([p.users for p in parts]),
             np.concatenate([p.items for p in parts]),
