@@ -114,9 +114,9 @@ class Candidates:
 def as_if_new(data: TrainData, share: float, rng: np.random.Generator) -> TrainData:
     """``data`` with a random ``share`` of its interacted items made new: their interactions removed,
     so each generator and feature sees them as it sees an item nobody has had yet. The ranker learns
-    how to order new items from these (their held-out interactions are still the labels); without
-    them it learns from warm items only, where behaviour outranks looks (DropoutNet's idea, Volkovs
-    et al., NeurIPS 2017, applied to the ranker's training data)."""
+    how to order new items from these too (their held-out interactions are still the labels), not
+    only from the few the validation window's own arrivals give (DropoutNet's idea, Volkovs et al.,
+    NeurIPS 2017, applied to the ranker's training data)."""
     seen = np.flatnonzero(np.asarray((data.user_items > 0).sum(axis=0)).ravel())
     chosen = rng.choice(seen, size=int(round(share * len(seen))), replace=False)
     keep = np.ones(data.n_items, np.float32)
@@ -151,7 +151,7 @@ class CandidateRanker(Recommender):
 
     chunk_size = 512  # users per batch: several dense (users x items) arrays live at once
     rank_depth: int | None = None  # rankers pickled before ``rank_depth`` existed ranked every item
-    cold_share = 0.0  # nor simulated new items
+    cold_share = 0.0  # nor did they train on simulated new items
     # Statistics of every user when this ranker serves one shard of them (see :meth:`serve_on`).
     shared: ItemCooccurrence | None = None
 
