@@ -151,7 +151,7 @@ class CandidateRanker(Recommender):
 
     chunk_size = 512  # users per batch: several dense (users x items) arrays live at once
     rank_depth: int | None = None  # rankers pickled before ``rank_depth`` existed ranked every item
-    cold_share = 0.0  # nor did they train on simulated new items
+    cold_share = 0.0  # rankers pickled before ``cold_share`` existed simulated no new items
     # Statistics of every user when this ranker serves one shard of them (see :meth:`serve_on`).
     shared: ItemCooccurrence | None = None
 
