@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from visrec.app.cluster import LocalCluster, parse_env
+from visrec.app.cluster import ClusterError, LocalCluster, Ports, parse_env, port_free, port_open
 
 pytestmark = pytest.mark.unit
 
@@ -78,3 +79,34 @@ def test_down_ends_the_children_of_a_killed_leader(twin):
     assert status == {"redis": "stopped"}
     twin.down()
     assert twin.processes() == []
+
+
+def test_a_service_that_dies_at_start_says_why_in_its_error(tmp_path):
+    cluster = LocalCluster(tmp_path / "cluster")
+    cluster._start(
+        "s3", ["sh", "-c", "echo starting; echo 'OSError: [Errno 98] Address already in use'; exit 1"]
+    )  # noqa: SLF001
+    with pytest.raises(ClusterError) as failed:
+        cluster._wait_port("s3", cluster.ports.s3, timeout=30)  # noqa: SLF001
+    message = str(failed.value)
+    assert f"s3 did not start on 127.0.0.1:{cluster.ports.s3}" in message
+    assert "Address already in use" in message and "starting" in message  # the log's end, quoted
+
+
+def test_the_default_ports_lie_below_linuxs_ephemeral_range():
+    # An outgoing connection's local port comes from 32768-60999; a service must not need one of them.
+    assert Ports().base + Ports.count <= 32768
+
+
+def test_a_port_a_connection_holds_is_not_free_though_nothing_listens_there():
+    listener = socket.create_server(("127.0.0.1", 0))
+    with socket.socket() as client:
+        client.bind(("127.0.0.1", 0))
+        held = client.getsockname()[1]
+        client.connect(listener.getsockname())
+        assert not port_open(held) and not port_free(held)
+    listener.close()
+    with socket.socket() as probe:  # a port nobody holds is free
+        probe.bind(("127.0.0.1", 0))
+        unheld = probe.getsockname()[1]
+    assert port_free(unheld)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.browser import render
-from visrec.app.cluster import AIRFLOW_COMPONENTS, WORKERS, LocalCluster, Ports, port_open
+from visrec.app.cluster import AIRFLOW_COMPONENTS, WORKERS, LocalCluster, Ports, port_free, port_open
 from visrec.devdata.trial import (
     HISTORY,
     NIGHT,
@@ -60,10 +60,10 @@ def _session(pid: int) -> int | None:
 
 
 def _free_base() -> int:
-    for base in range(47300, 48000, 20):
-        if not any(port_open(base + n) for n in range(Ports.count)):
+    for base in range(27300, 28000, 20):
+        if all(port_free(base + n) for n in range(Ports.count)):
             return base
-    pytest.skip(f"no {Ports.count} free ports between 47300 and 48000")
+    pytest.skip(f"no {Ports.count} free ports between 27300 and 28000")
 
 
 @pytest.fixture(scope="module")

@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to do (spark: start the Spark standalone cluster alone, a master and two workers)",
     )
     clu.add_argument("--dir", help="the cluster's folder (default VISREC_CLUSTER_DIR: VISREC_HOME/cluster)")
-    clu.add_argument("--port-base", type=positive_int, help="first of the 13 ports it uses (default 47100)")
+    clu.add_argument("--port-base", type=positive_int, help="first of the 13 ports it uses (default 27100)")
     clu.add_argument("--ds", nargs="+", help="run: the date(s), YYYY-MM-DD")
     clu.add_argument("--start", help="run: first date of a range")
     clu.add_argument("--end", help="run: last date of a range")

@@ -78,9 +78,13 @@ class ClusterError(VisrecError):
 
 @dataclass(frozen=True)
 class Ports:
-    """The services' ports on 127.0.0.1: ``base`` and the next 12."""
+    """The services' ports on 127.0.0.1: ``base`` and the next 12.
 
-    base: int = 47100
+    Below Linux's ephemeral range (32768-60999), from which every outgoing connection takes its local
+    port: a service whose port a client connection holds cannot bind it and dies at start.
+    """
+
+    base: int = 27100
     count = 13
 
     @property
@@ -299,7 +303,17 @@ class LocalCluster:
             if name in self.pids and not self.alive(name):
                 break
             time.sleep(0.5)
-        raise ClusterError(f"{name} did not start on 127.0.0.1:{port}; see {self.logs / (name + '.log')}")
+        raise ClusterError(f"{name} did not start on 127.0.0.1:{port}; {self._log_tail(name)}")
+
+    def _log_tail(self, name: str, lines: int = 5) -> str:
+        """The last lines of a service's log, quoted into its error (CI shows the error, not the file)."""
+        path = self.logs / f"{name}.log"
+        try:
+            tail = path.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            tail = []
+        said = "\n".join(f"  | {line}" for line in tail) if tail else "  (it wrote nothing)"
+        return f"the end of {path}:\n{said}"
 
     def _run(self, what: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         result = subprocess.run(cmd, env=env or self.env(), capture_output=True, text=True)
@@ -688,9 +702,22 @@ def worker_hostname() -> str:
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server listens on ``host:port``."""
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could bind ``host:port`` now: nothing listens there and no connection holds it
+    as its local port (which ``port_open`` cannot see)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the services' servers bind
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def _descendants(pid: int) -> list[int]:
