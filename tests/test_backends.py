@@ -178,3 +178,10 @@ def test_image_model_training_lowers_its_loss_and_saves_on_this_backend(tmp_path
     np.testing.assert_allclose(
         np.asarray(loaded.embed(images[:8])), np.asarray(model.embed(images[:8])), atol=1e-5
     )
+    # Batch embedding runs the backbone with its trained normalisations folded into the convolutions.
+    from visrec.vision.embed import embed_pixels
+
+    assert not any(
+        isinstance(layer, keras.layers.BatchNormalization) for layer in loaded.inference_backbone().layers
+    )
+    np.testing.assert_allclose(embed_pixels(loaded, images), np.asarray(model.embed(images)), atol=1e-5)

@@ -25,6 +25,7 @@ import math
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 APPLICATIONS = {
@@ -34,28 +35,73 @@ APPLICATIONS = {
 }
 
 
-def _sep_block(x, filters: int, name: str, pool: bool = True):
+def _normalised(x, conv: layers.Layer, batch_norm: bool, name: str, k: str = ""):
+    """``conv``, then its batch normalisation and ReLU (``{name}_bn{k}``, ``{name}_relu{k}``); without
+    ``batch_norm``, ``conv`` alone (built with a bias and the ReLU inside: the folded form)."""
+    if not batch_norm:
+        return conv(x)
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{k}")(conv(x))
+    return layers.ReLU(name=f"{name}_relu{k}")(x)
+
+
+def _sep_block(x, filters: int, name: str, pool: bool = True, batch_norm: bool = True):
     for k in range(2):
-        x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep{k}")(x)
-        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{k}")(x)
-        x = layers.ReLU(name=f"{name}_relu{k}")(x)
+        conv = layers.SeparableConv2D(
+            filters,
+            3,
+            padding="same",
+            use_bias=not batch_norm,
+            activation=None if batch_norm else "relu",
+            name=f"{name}_sep{k}",
+        )
+        x = _normalised(x, conv, batch_norm, name, str(k))
     if pool:
         x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
     return x
 
 
-def compact_backbone(image_size: int, width: int) -> keras.Model:
-    """Image in [0, 1] -> multi-depth pooled features (``14 * width`` values)."""
+def compact_backbone(image_size: int, width: int, batch_norm: bool = True) -> keras.Model:
+    """Image in [0, 1] -> multi-depth pooled features (``14 * width`` values).
+
+    ``batch_norm=False`` builds the inference form that :func:`folded_backbone` fills: every
+    convolution with a bias and its ReLU inside, no normalisation layers.
+    """
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem")(inputs)
-    x = layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
-    x = layers.ReLU(name="stem_relu")(x)
-    b1 = _sep_block(x, 2 * width, "block1")
-    b2 = _sep_block(b1, 4 * width, "block2")
-    b3 = _sep_block(b2, 8 * width, "block3", pool=False)
+    stem = layers.Conv2D(
+        width,
+        3,
+        strides=2,
+        padding="same",
+        use_bias=not batch_norm,
+        activation=None if batch_norm else "relu",
+        name="stem",
+    )
+    x = _normalised(inputs, stem, batch_norm, "stem")
+    b1 = _sep_block(x, 2 * width, "block1", batch_norm=batch_norm)
+    b2 = _sep_block(b1, 4 * width, "block2", batch_norm=batch_norm)
+    b3 = _sep_block(b2, 8 * width, "block3", pool=False, batch_norm=batch_norm)
     pooled = [layers.GlobalAveragePooling2D(name=f"gap{k}")(b) for k, b in enumerate((b1, b2, b3), 1)]
     features = layers.Concatenate(name="features")(pooled)
     return keras.Model(inputs, features, name="compact")
+
+
+def folded_backbone(backbone: keras.Model) -> keras.Model:
+    """The trained compact backbone with each batch normalisation folded into the convolution before
+    it (its scale into the kernel's output channels, its shift into a bias): the same function at
+    inference, to float32 rounding, in one pass over each activation instead of three (the cnn
+    bench's embedding throughput). A snapshot: fold again after the weights change."""
+    width = backbone.get_layer("stem").filters
+    folded = compact_backbone(int(backbone.input.shape[1]), width, batch_norm=False)
+    convs = [layer for layer in backbone.layers if isinstance(layer, (layers.Conv2D, layers.SeparableConv2D))]
+    norms = [layer for layer in backbone.layers if isinstance(layer, layers.BatchNormalization)]
+    # Layers are listed in the order they were called: each convolution is followed by its own norm.
+    for conv, norm in zip(convs, norms, strict=True):
+        gamma, beta, mean, variance = (ops.convert_to_numpy(w) for w in norm.weights)
+        scale = gamma / np.sqrt(variance + norm.epsilon)
+        *kernels, last = (ops.convert_to_numpy(w) for w in conv.weights)
+        # The last kernel's output channels are the ones the norm scales.
+        folded.get_layer(conv.name).set_weights([*kernels, last * scale, beta - mean * scale])
+    return folded
 
 
 def application_backbone(name: str, image_size: int, weights: str | None) -> keras.Model:
@@ -289,11 +335,19 @@ class ImageClassifier(keras.Model):
         studio = x[:, :1, :1, :]  # catalog photos are shot on a plain background: its colour
         return self.surroundings(self.augmenter(x, training=True), studio, training=True)
 
-    def features(self, images, training: bool = False):
+    def features(self, images, training: bool = False, backbone: keras.Model | None = None):
+        """The backbone's pooled features of uint8 images (``backbone``: another form of it, such as
+        :meth:`inference_backbone`'s)."""
         x = ops.cast(images, self.compute_dtype) / 255.0
         if training and self.augment:
             x = self._augmented(x)
-        return self.backbone(x, training=training)
+        return (backbone or self.backbone)(x, training=training)
+
+    def inference_backbone(self) -> keras.Model:
+        """The backbone as inference wants it: the compact one with its batch normalisations folded
+        into its convolutions (:func:`folded_backbone`, a snapshot of today's weights); any other
+        backbone as it is."""
+        return folded_backbone(self.backbone) if self.backbone_name == "compact" else self.backbone
 
     def _retrieval(self, features):
         return ops.normalize(ops.cast(self.projection(features), "float32"), axis=-1)
@@ -368,21 +422,22 @@ class ImageClassifier(keras.Model):
             y_pred = y_pred["category"][: ops.shape(y)[0]]
         return super().compute_metrics(x, y[:, :n], y_pred, sample_weight)
 
-    def embed(self, images, kind: str | None = None):
+    def embed(self, images, kind: str | None = None, backbone: keras.Model | None = None):
         """L2-normalised embeddings (float32) of a batch of images.
 
         ``kind``: ``"retrieval"`` (the projection trained to find the photographed product),
         ``"classifier"`` (the pooled features the category head reads; each depth's part normalised
         on its own before the whole is, so colour and texture (shallow) weigh as much as shape
         (deep) in a cosine similarity) or ``"both"`` (the two, concatenated at equal weight: a
-        cosine similarity is the mean of the two); None: :attr:`default_embedding`.
+        cosine similarity is the mean of the two); None: :attr:`default_embedding`. ``backbone``: as
+        in :meth:`features` (``embed_pixels`` hands in :meth:`inference_backbone`'s).
         """
         kind = kind or self.default_embedding
         if kind not in ("retrieval", "classifier", "both"):
             raise ValueError(f"unknown embedding kind {kind!r}; use retrieval, classifier or both")
         if kind != "classifier" and not self.retrieval_dim:
             raise ValueError(f"this image model has no retrieval embedding (asked for {kind!r})")
-        features = ops.cast(self.features(images), "float32")
+        features = ops.cast(self.features(images, backbone=backbone), "float32")
         if kind == "retrieval":
             return self._retrieval(features)
         classifier = features

@@ -30,20 +30,21 @@ def load_cnn(version: str | None = None):
 
 def embed_pixels(model, pixels: np.ndarray, batch_size: int = 256, kind: str | None = None) -> np.ndarray:
     """L2-normalised embeddings (n, d) float32 of uint8 images, in batches (through tf.data and a
-    traced function on TensorFlow; on another Keras backend, numpy slices through the model).
+    traced function on TensorFlow; on another Keras backend, numpy slices through the model), by the
+    model's inference backbone (batch normalisation folded into the convolutions).
     ``kind``: which of the model's embeddings (see ``ImageClassifier.embed``; its default if None)."""
     import keras
 
     if len(pixels) == 0:
         return np.zeros((0, model.embedding_size(kind)), np.float32)
+    backbone = model.inference_backbone()
     if keras.backend.backend() != "tensorflow":
         batches = (pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size))
-        return np.concatenate([keras.ops.convert_to_numpy(model.embed(b, kind)) for b in batches]).astype(
-            np.float32
-        )
+        embedded = [keras.ops.convert_to_numpy(model.embed(b, kind, backbone)) for b in batches]
+        return np.concatenate(embedded).astype(np.float32)
     import tensorflow as tf
 
-    embed = tf.function(lambda x: model.embed(x, kind), reduce_retracing=True)
+    embed = tf.function(lambda x: model.embed(x, kind, backbone), reduce_retracing=True)
     ds = in_memory_batches(pixels, batch_size)
     return np.concatenate([embed(batch).numpy() for batch in ds]).astype(np.float32)
 
