@@ -110,3 +110,13 @@ def test_a_port_a_connection_holds_is_not_free_though_nothing_listens_there():
         probe.bind(("127.0.0.1", 0))
         unheld = probe.getsockname()[1]
     assert port_free(unheld)
+
+
+def test_up_names_a_taken_port_before_it_starts_anything(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = held.getsockname()[1]
+        cluster = LocalCluster(tmp_path / "cluster", Ports(port - 2))  # the S3 server's port is taken
+        with pytest.raises(ClusterError, match="of 127.0.0.1 are in use.*--port-base") as refused:
+            cluster.up({})
+    assert str(port) in str(refused.value).split(" of ")[0]
+    assert cluster.pids == {} and cluster.processes() == []

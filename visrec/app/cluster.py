@@ -125,6 +125,9 @@ class Ports:
     def triggerer_log_server(self) -> int:
         return self.base + 12
 
+    def all(self) -> range:
+        return range(self.base, self.base + self.count)
+
 
 class LocalCluster:
     """The process twin of docker/compose.yaml, rooted at ``root`` (state, logs, Airflow homes)."""
@@ -516,6 +519,12 @@ class LocalCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         fresh = not any(self.alive(name) for name in self.pids)
         if fresh:
+            taken = [port for port in self.ports.all() if not port_free(port)]
+            if taken:
+                raise ClusterError(
+                    f"port(s) {', '.join(map(str, taken))} of 127.0.0.1 are in use (by a server, or as a "
+                    f"connection's local port); start it on {self.ports.count} free ports with --port-base"
+                )
             self.pids = {}
         self._write_env(settings_env or {})
         services = [
