@@ -83,9 +83,8 @@ def test_down_ends_the_children_of_a_killed_leader(twin):
 
 def test_a_service_that_dies_at_start_says_why_in_its_error(tmp_path):
     cluster = LocalCluster(tmp_path / "cluster")
-    cluster._start(
-        "s3", ["sh", "-c", "echo starting; echo 'OSError: [Errno 98] Address already in use'; exit 1"]
-    )  # noqa: SLF001
+    dies = ["sh", "-c", "echo starting; echo 'OSError: [Errno 98] Address already in use'; exit 1"]
+    cluster._start("s3", dies)  # noqa: SLF001
     with pytest.raises(ClusterError) as failed:
         cluster._wait_port("s3", cluster.ports.s3, timeout=30)  # noqa: SLF001
     message = str(failed.value)
