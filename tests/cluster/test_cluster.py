@@ -61,7 +61,7 @@ def _session(pid: int) -> int | None:
 
 def _free_base() -> int:
     for base in range(27300, 28000, 20):
-        if all(port_free(base + n) for n in range(Ports.count)):
+        if all(port_free(port) for port in Ports(base).all()):
             return base
     pytest.skip(f"no {Ports.count} free ports between 27300 and 28000")
 
@@ -417,4 +417,4 @@ def test_down_ends_every_process_of_the_cluster(cluster):
     )
     cluster.down()
     assert cluster.processes() == []
-    assert not [n for n in range(Ports.count) if port_open(cluster.ports.base + n)]
+    assert not [port for port in cluster.ports.all() if port_open(port)]

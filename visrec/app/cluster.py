@@ -126,6 +126,7 @@ class Ports:
         return self.base + 12
 
     def all(self) -> range:
+        """Every port of the cluster, ``base`` to ``base + count - 1``."""
         return range(self.base, self.base + self.count)
 
 
